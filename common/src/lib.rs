@@ -1,0 +1,17 @@
+//! Shared crate of the gateway: what the control plane, the data planes and
+//! gwctl must agree on.
+//!
+//! * [`config`]: the declarative config model (YAML or JSON), its validation
+//!   and its diff.
+//! * [`routing`]: the route table both planes build from a config, so a
+//!   config the control plane accepts is one every data plane can load.
+//! * [`registration`]: the rules for instance registrations and the instance
+//!   model streamed to data planes.
+//! * [`duration`]: human-friendly durations (`250ms`, `5s`, `1m`) in configs.
+
+pub mod config;
+pub mod duration;
+pub mod registration;
+pub mod routing;
+
+pub use config::{ConfigError, GatewayConfig};
