@@ -11,8 +11,12 @@
 //! config whose table cannot be built, so every data plane can load it.
 
 use crate::config::RouteConfig;
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::fmt;
+
+/// Segments kept on the stack during a lookup; deeper paths spill to the heap.
+const INLINE_SEGMENTS: usize = 16;
 
 /// Request methods a route can name, in bit order.
 const METHODS: [&str; 9] = [
@@ -299,8 +303,8 @@ impl<T> RouteTable<T> {
         if !path.starts_with('/') {
             return Lookup::NotFound;
         }
-        let mut offsets = Vec::with_capacity(8);
-        let mut segs = Vec::with_capacity(8);
+        let mut offsets: SmallVec<[usize; INLINE_SEGMENTS]> = SmallVec::new();
+        let mut segs: SmallVec<[&'p str; INLINE_SEGMENTS]> = SmallVec::new();
         let body = &path[1..];
         let mut start = 1;
         for seg in body.split('/') {
@@ -313,7 +317,7 @@ impl<T> RouteTable<T> {
             method_bit,
             host,
             segs: &segs,
-            params: Vec::new(),
+            params: SmallVec::new(),
             method_refused: false,
         };
         match search.walk(&self.root, 0) {
@@ -347,7 +351,7 @@ struct Search<'t, 's, 'p, T> {
     method_bit: u16,
     host: Option<&'s str>,
     segs: &'s [&'p str],
-    params: Vec<&'p str>,
+    params: SmallVec<[&'p str; 4]>,
     method_refused: bool,
 }
 
@@ -417,15 +421,16 @@ mod tests {
         }
     }
 
-    fn table(
-        routes: &[(
-            &'static str,
-            &'static str,
-            bool,
-            &'static [&'static str],
-            Option<&'static str>,
-        )],
-    ) -> RouteTable<&'static str> {
+    /// (name, path, prefix, methods, host)
+    type TestRoute = (
+        &'static str,
+        &'static str,
+        bool,
+        &'static [&'static str],
+        Option<&'static str>,
+    );
+
+    fn table(routes: &[TestRoute]) -> RouteTable<&'static str> {
         let owned: Vec<Vec<String>> = routes
             .iter()
             .map(|r| r.3.iter().map(|m| m.to_string()).collect())
@@ -439,11 +444,11 @@ mod tests {
         .unwrap()
     }
 
-    fn found<'p>(
+    fn found(
         t: &RouteTable<&'static str>,
         method: &str,
         host: Option<&str>,
-        path: &'p str,
+        path: &str,
     ) -> Option<(&'static str, String, Vec<String>)> {
         match t.lookup(method, host, path) {
             Lookup::Found(m) => Some((

@@ -1,0 +1,729 @@
+//! The Discovery stream server: one session per connected data plane.
+//!
+//! A session answers the data plane's `Hello` with nothing (it is current),
+//! the deltas it misses merged into one (its version is still in the ring)
+//! or a snapshot, then sends one merged delta from the last version it sent
+//! whenever the view advances, so bursts coalesce. ACK/NACK come back
+//! asynchronously and are recorded, with the data plane's reports, in the
+//! store so that every replica can list every data plane.
+//!
+//! Updates are encoded once per version range and shared by every session
+//! that sends the same range ([`UpdateCache`]); a custom codec writes the
+//! encoded bytes as they are.
+
+use crate::metrics::Metrics;
+use crate::store::{unix_ms, BreakerStatus, DataPlaneRecord, Delta, InFlight, Store};
+use crate::view::{merge, Stamp, View, ViewState};
+use bytes::{BufMut, Bytes};
+use gateway_proto::v1 as pb;
+use parking_lot::Mutex;
+use prost::Message;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, OnceCell};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{http, BoxFuture, Service, StdError};
+use tonic::server::{NamedService, StreamingService};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Time a data plane has to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Least time between two writes of a data plane's status.
+const RECORD_WRITE_GAP: Duration = Duration::from_millis(250);
+/// Most in-flight or breaker entries kept per data plane.
+const MAX_REPORT_ENTRIES: usize = 10_000;
+/// Longest NACK reason kept.
+const MAX_REASON_BYTES: usize = 1024;
+/// Cached encoded deltas before old ranges are dropped.
+const DELTA_CACHE_ENTRIES: usize = 256;
+
+/// A `ConfigUpdate`, encoded once and shared.
+#[derive(Debug, Clone)]
+pub struct EncodedUpdate {
+    bytes: Bytes,
+    version: u64,
+}
+
+impl EncodedUpdate {
+    fn new(update: &pb::ConfigUpdate) -> Self {
+        EncodedUpdate {
+            bytes: Bytes::from(update.encode_to_vec()),
+            version: update.version,
+        }
+    }
+
+    /// Version after the update is applied.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The encoded message.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+/// (generation, version) of a cached snapshot.
+type SnapshotKey = (u64, u64);
+/// (generation, from, to) of a cached delta.
+type DeltaKey = (u64, u64, u64);
+/// Filled once by the first session that needs it; the others wait.
+type Slot<T> = Arc<OnceCell<T>>;
+
+/// Encoded snapshots and merged deltas, keyed by what they cover.
+#[derive(Default)]
+pub struct UpdateCache {
+    snapshot: Mutex<Option<(SnapshotKey, Slot<EncodedUpdate>)>>,
+    deltas: Mutex<HashMap<DeltaKey, Slot<Option<EncodedUpdate>>>>,
+}
+
+fn snapshot_update(state: &ViewState) -> pb::ConfigUpdate {
+    pb::ConfigUpdate {
+        epoch: state.epoch().to_string(),
+        version: state.version(),
+        snapshot: true,
+        base_version: 0,
+        config_json: state.config_json().to_string(),
+        upserts: state.instances().values().map(|i| i.to_proto()).collect(),
+        removals: Vec::new(),
+    }
+}
+
+fn delta_update(epoch: String, from: u64, to: u64, delta: Delta) -> pb::ConfigUpdate {
+    pb::ConfigUpdate {
+        epoch,
+        version: to,
+        snapshot: false,
+        base_version: from,
+        config_json: delta.config.unwrap_or_default(),
+        upserts: delta.upserts.iter().map(|i| i.to_proto()).collect(),
+        removals: delta.removals,
+    }
+}
+
+impl UpdateCache {
+    /// A snapshot of the view as it is now.
+    pub async fn snapshot(&self, view: &View) -> EncodedUpdate {
+        let stamp = view.stamp();
+        let key = (stamp.generation, stamp.version);
+        let cell = {
+            let mut slot = self.snapshot.lock();
+            match slot.as_ref() {
+                Some((k, cell)) if *k == key => cell.clone(),
+                _ => {
+                    let cell = Arc::new(OnceCell::new());
+                    *slot = Some((key, cell.clone()));
+                    cell
+                }
+            }
+        };
+        cell.get_or_init(|| async { EncodedUpdate::new(&snapshot_update(&view.read())) })
+            .await
+            .clone()
+    }
+
+    /// The delta from `from` to `to` in `generation`, if the view still
+    /// holds every delta in between.
+    pub async fn delta(
+        &self,
+        view: &View,
+        generation: u64,
+        from: u64,
+        to: u64,
+    ) -> Option<EncodedUpdate> {
+        let key = (generation, from, to);
+        let cell = {
+            let mut deltas = self.deltas.lock();
+            if deltas.len() >= DELTA_CACHE_ENTRIES && !deltas.contains_key(&key) {
+                let newest = deltas.keys().map(|k| k.2).max().unwrap_or(0);
+                deltas.retain(|k, _| k.2 >= newest && k.0 >= generation);
+            }
+            deltas.entry(key).or_default().clone()
+        };
+        cell.get_or_init(|| async {
+            let (epoch, deltas) = {
+                let state = view.read();
+                if state.generation() != generation {
+                    return None;
+                }
+                (state.epoch().to_string(), state.deltas_between(from, to)?)
+            };
+            Some(EncodedUpdate::new(&delta_update(
+                epoch,
+                from,
+                to,
+                merge(&deltas),
+            )))
+        })
+        .await
+        .clone()
+    }
+}
+
+/// What this replica knows about its own sessions (for metrics).
+#[derive(Default)]
+pub struct Sessions {
+    acked: Mutex<HashMap<u64, u64>>,
+    next_id: AtomicU64,
+}
+
+impl Sessions {
+    fn open(&self) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.acked.lock().insert(id, 0);
+        id
+    }
+
+    fn ack(&self, id: u64, version: u64) {
+        if let Some(v) = self.acked.lock().get_mut(&id) {
+            *v = version;
+        }
+    }
+
+    fn close(&self, id: u64) {
+        self.acked.lock().remove(&id);
+    }
+
+    /// Open sessions.
+    pub fn count(&self) -> usize {
+        self.acked.lock().len()
+    }
+
+    /// Largest gap between `version` and a session's acknowledged version.
+    pub fn max_lag(&self, version: u64) -> u64 {
+        self.acked
+            .lock()
+            .values()
+            .map(|acked| version.saturating_sub(*acked))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Everything sessions share.
+pub struct DiscoveryContext {
+    /// The replica's view.
+    pub view: Arc<View>,
+    /// The store (data-plane status records).
+    pub store: Arc<dyn Store>,
+    /// This replica's id.
+    pub replica: String,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Encoded updates.
+    pub cache: UpdateCache,
+    /// Open sessions.
+    pub sessions: Sessions,
+    /// Fires at shutdown: sessions end.
+    pub cancel: CancellationToken,
+    /// Session tasks, awaited at shutdown.
+    pub tracker: TaskTracker,
+}
+
+/// The `gateway.v1.Discovery` service.
+#[derive(Clone)]
+pub struct DiscoveryServer {
+    ctx: Arc<DiscoveryContext>,
+}
+
+impl DiscoveryServer {
+    /// Serves Discovery streams with `ctx`.
+    pub fn new(ctx: Arc<DiscoveryContext>) -> Self {
+        DiscoveryServer { ctx }
+    }
+}
+
+impl NamedService for DiscoveryServer {
+    const NAME: &'static str = "gateway.v1.Discovery";
+}
+
+impl<B> Service<http::Request<B>> for DiscoveryServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != "/gateway.v1.Discovery/Stream" {
+            return Box::pin(async move {
+                let status = Status::unimplemented("unknown Discovery method");
+                Ok(status.into_http())
+            });
+        }
+        let method = StreamMethod(self.ctx.clone());
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(DiscoveryCodec);
+            Ok(grpc.streaming(method, req).await)
+        })
+    }
+}
+
+struct StreamMethod(Arc<DiscoveryContext>);
+
+impl StreamingService<pb::DataPlaneMessage> for StreamMethod {
+    type Response = EncodedUpdate;
+    type ResponseStream = ReceiverStream<Result<EncodedUpdate, Status>>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<pb::DataPlaneMessage>>) -> Self::Future {
+        let ctx = self.0.clone();
+        Box::pin(async move {
+            let (tx, rx) = mpsc::channel(2);
+            let inbound = request.into_inner();
+            let tracker = ctx.tracker.clone();
+            tracker.spawn(run_session(ctx, inbound, tx));
+            Ok(Response::new(ReceiverStream::new(rx)))
+        })
+    }
+}
+
+/// Writes pre-encoded updates; decodes data-plane messages with prost.
+#[derive(Debug, Clone, Copy, Default)]
+struct DiscoveryCodec;
+
+struct PreEncoded;
+
+impl Encoder for PreEncoded {
+    type Item = EncodedUpdate;
+    type Error = Status;
+
+    fn encode(&mut self, item: EncodedUpdate, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item.bytes);
+        Ok(())
+    }
+}
+
+struct MessageDecoder(tonic_prost::ProstDecoder<pb::DataPlaneMessage>);
+
+impl Decoder for MessageDecoder {
+    type Item = pb::DataPlaneMessage;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        self.0.decode(src)
+    }
+}
+
+impl Codec for DiscoveryCodec {
+    type Encode = EncodedUpdate;
+    type Decode = pb::DataPlaneMessage;
+    type Encoder = PreEncoded;
+    type Decoder = MessageDecoder;
+
+    fn encoder(&mut self) -> PreEncoded {
+        PreEncoded
+    }
+
+    fn decoder(&mut self) -> MessageDecoder {
+        MessageDecoder(tonic_prost::ProstDecoder::default())
+    }
+}
+
+fn valid_node_id(id: &str) -> bool {
+    (1..=253).contains(&id.len()) && !id.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// Generation and version last sent to the data plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sent {
+    generation: u64,
+    version: u64,
+}
+
+/// The session ended (the data plane left, or the replica shuts down).
+struct Closed;
+
+struct Session {
+    ctx: Arc<DiscoveryContext>,
+    local_id: u64,
+    tx: mpsc::Sender<Result<EncodedUpdate, Status>>,
+    sent: Option<Sent>,
+    record: DataPlaneRecord,
+    record_tx: watch::Sender<DataPlaneRecord>,
+}
+
+async fn run_session(
+    ctx: Arc<DiscoveryContext>,
+    mut inbound: Streaming<pb::DataPlaneMessage>,
+    tx: mpsc::Sender<Result<EncodedUpdate, Status>>,
+) {
+    let hello = tokio::select! {
+        _ = ctx.cancel.cancelled() => return,
+        first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()) => first,
+    };
+    let hello = match hello {
+        Ok(Ok(Some(pb::DataPlaneMessage {
+            kind: Some(pb::data_plane_message::Kind::Hello(hello)),
+        }))) if valid_node_id(&hello.node_id) => hello,
+        Ok(Err(_)) | Ok(Ok(None)) => return,
+        _ => {
+            let status = Status::invalid_argument(
+                "the first message must be Hello with a node_id of 1-253 printable characters",
+            );
+            ctx.metrics.grpc_error("Discovery/Stream", &status);
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    };
+    let now = unix_ms();
+    // What the data plane holds counts as acknowledged only in this epoch.
+    let held = if ctx.view.read().epoch() == hello.epoch {
+        hello.version
+    } else {
+        0
+    };
+    let record = DataPlaneRecord {
+        node_id: hello.node_id.clone(),
+        session: uuid::Uuid::new_v4().to_string(),
+        replica: ctx.replica.clone(),
+        acked_version: held,
+        connected_at_unix_ms: now,
+        last_seen_unix_ms: now,
+        connected: true,
+        ..DataPlaneRecord::default()
+    };
+    tracing::info!(node_id = %hello.node_id, epoch = %hello.epoch, version = hello.version, "data plane connected");
+    let (record_tx, record_rx) = watch::channel(record.clone());
+    let writer = tokio::spawn(write_records(ctx.store.clone(), record_rx));
+    let local_id = ctx.sessions.open();
+    ctx.sessions.ack(local_id, held);
+    let mut session = Session {
+        ctx: ctx.clone(),
+        local_id,
+        tx,
+        sent: None,
+        record,
+        record_tx,
+    };
+    let _ = session.run(hello, &mut inbound).await;
+    ctx.sessions.close(local_id);
+    let Session {
+        mut record,
+        record_tx,
+        ..
+    } = session;
+    drop(record_tx);
+    let _ = writer.await;
+    record.connected = false;
+    record.last_seen_unix_ms = unix_ms();
+    if let Err(e) = ctx.store.record_dataplane_gone(&record).await {
+        tracing::debug!(error = %e, "cannot record a data plane's disconnection");
+    }
+    tracing::info!(node_id = %record.node_id, "data plane disconnected");
+}
+
+/// Writes the latest status of a data plane, at most every
+/// [`RECORD_WRITE_GAP`], until the session drops its sender.
+async fn write_records(store: Arc<dyn Store>, mut rx: watch::Receiver<DataPlaneRecord>) {
+    while rx.changed().await.is_ok() {
+        let record = rx.borrow_and_update().clone();
+        if let Err(e) = store.record_dataplane(&record).await {
+            tracing::debug!(node_id = %record.node_id, error = %e, "cannot record a data plane's status");
+        }
+        tokio::time::sleep(RECORD_WRITE_GAP).await;
+    }
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        hello: pb::Hello,
+        inbound: &mut Streaming<pb::DataPlaneMessage>,
+    ) -> Result<(), Closed> {
+        self.publish_record();
+        self.greet(&hello).await?;
+        let mut stamps = self.ctx.view.subscribe();
+        stamps.borrow_and_update();
+        // A change between the greeting and the subscription is caught here.
+        self.sync().await?;
+        let cancel = self.ctx.cancel.clone();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(Closed),
+                changed = stamps.changed() => {
+                    changed.map_err(|_| Closed)?;
+                    self.sync().await?;
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => self.handle(message).await?,
+                    Ok(None) | Err(_) => return Err(Closed),
+                },
+            }
+        }
+    }
+
+    async fn send(&mut self, update: EncodedUpdate, generation: u64) -> Result<(), Closed> {
+        let version = update.version();
+        self.tx.send(Ok(update)).await.map_err(|_| Closed)?;
+        self.sent = Some(Sent {
+            generation,
+            version,
+        });
+        Ok(())
+    }
+
+    async fn send_snapshot(&mut self) -> Result<(), Closed> {
+        let generation = self.ctx.view.stamp().generation;
+        let update = self.ctx.cache.snapshot(&self.ctx.view).await;
+        self.send(update, generation).await
+    }
+
+    /// Answers the Hello: nothing when current, the missing deltas when the
+    /// ring has them, else a snapshot.
+    async fn greet(&mut self, hello: &pb::Hello) -> Result<(), Closed> {
+        let same_epoch = hello.version > 0 && self.ctx.view.read().epoch() == hello.epoch;
+        if !same_epoch {
+            return self.send_snapshot().await;
+        }
+        if hello.version > self.ctx.view.stamp().version {
+            // The data plane saw a newer version through another replica.
+            self.ctx
+                .view
+                .wait_for_version(hello.version, Duration::from_secs(2))
+                .await;
+        }
+        let stamp = self.ctx.view.stamp();
+        if hello.version == stamp.version {
+            self.sent = Some(Sent {
+                generation: stamp.generation,
+                version: stamp.version,
+            });
+            return Ok(());
+        }
+        if hello.version < stamp.version {
+            let delta = self
+                .ctx
+                .cache
+                .delta(
+                    &self.ctx.view,
+                    stamp.generation,
+                    hello.version,
+                    stamp.version,
+                )
+                .await;
+            if let Some(update) = delta {
+                return self.send(update, stamp.generation).await;
+            }
+        }
+        self.send_snapshot().await
+    }
+
+    /// Brings the data plane from what was last sent to the view's version.
+    async fn sync(&mut self) -> Result<(), Closed> {
+        let stamp: Stamp = self.ctx.view.stamp();
+        match self.sent {
+            Some(sent) if sent.generation == stamp.generation && sent.version == stamp.version => {
+                Ok(())
+            }
+            Some(sent) if sent.generation == stamp.generation && sent.version < stamp.version => {
+                let delta = self
+                    .ctx
+                    .cache
+                    .delta(
+                        &self.ctx.view,
+                        stamp.generation,
+                        sent.version,
+                        stamp.version,
+                    )
+                    .await;
+                match delta {
+                    Some(update) => self.send(update, stamp.generation).await,
+                    None => self.send_snapshot().await,
+                }
+            }
+            _ => self.send_snapshot().await,
+        }
+    }
+
+    async fn handle(&mut self, message: pb::DataPlaneMessage) -> Result<(), Closed> {
+        use pb::data_plane_message::Kind;
+        self.record.last_seen_unix_ms = unix_ms();
+        match message.kind {
+            Some(Kind::Ack(ack)) => {
+                self.record.acked_version = ack.version;
+                self.ctx.sessions.ack(self.local_id, ack.version);
+            }
+            Some(Kind::Nack(nack)) if nack.want_snapshot => {
+                tracing::debug!(node_id = %self.record.node_id, version = nack.version, "data plane asks for a snapshot");
+                self.send_snapshot().await?;
+            }
+            Some(Kind::Nack(nack)) => {
+                tracing::warn!(node_id = %self.record.node_id, version = nack.version, reason = %nack.reason, "data plane refused an update");
+                self.record.nacked_version = nack.version;
+                self.record.nack_reason = truncate(&nack.reason, MAX_REASON_BYTES);
+            }
+            Some(Kind::Report(report)) => self.merge_report(report),
+            Some(Kind::Hello(hello)) => {
+                self.greet(&hello).await?;
+            }
+            None => {}
+        }
+        self.publish_record();
+        Ok(())
+    }
+
+    /// Reports carry the in-flight counts that changed (zero: gone) and
+    /// breaker states; they are merged into what is known.
+    fn merge_report(&mut self, report: pb::Report) {
+        let record = &mut self.record;
+        for load in report.in_flight {
+            record
+                .in_flight
+                .retain(|l| l.instance_id != load.instance_id);
+            if load.in_flight > 0 && record.in_flight.len() < MAX_REPORT_ENTRIES {
+                record.in_flight.push(InFlight {
+                    instance_id: load.instance_id,
+                    in_flight: load.in_flight,
+                });
+            }
+        }
+        for breaker in report.breakers {
+            record.breakers.retain(|b| b.service != breaker.service);
+            if record.breakers.len() < MAX_REPORT_ENTRIES {
+                record.breakers.push(BreakerStatus {
+                    service: breaker.service,
+                    state: breaker.state,
+                });
+            }
+        }
+        record
+            .in_flight
+            .sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        record.breakers.sort_by(|a, b| a.service.cmp(&b.service));
+    }
+
+    fn publish_record(&self) {
+        self.record_tx.send_replace(self.record.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Snapshot;
+    use gateway_common::registration::{Instance, InstanceSpec, InstanceState};
+    use gateway_common::GatewayConfig;
+
+    fn instance(id: &str) -> Instance {
+        Instance {
+            spec: InstanceSpec {
+                id: id.into(),
+                service: "svc".into(),
+                address: "10.0.0.1".into(),
+                port: 80,
+                health_path: String::new(),
+                weight: 1,
+                zone: String::new(),
+                metadata: Default::default(),
+                static_instance: false,
+            },
+            state: InstanceState::default(),
+        }
+    }
+
+    fn view() -> Arc<View> {
+        View::new(
+            Snapshot {
+                epoch: "e".into(),
+                version: 0,
+                config: GatewayConfig::default(),
+                config_json: GatewayConfig::default().to_json(),
+                instances: vec![],
+            },
+            vec![],
+            100,
+        )
+    }
+
+    fn upsert(version: u64, id: &str) -> crate::store::Change {
+        crate::store::Change {
+            version,
+            epoch: None,
+            delta: Delta {
+                upserts: vec![instance(id)],
+                ..Delta::default()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn deltas_are_encoded_once_per_range() {
+        let view = view();
+        view.apply(vec![upsert(1, "a"), upsert(2, "b")]).unwrap();
+        let cache = UpdateCache::default();
+        let g = view.stamp().generation;
+        let one = cache.delta(&view, g, 0, 2).await.unwrap();
+        let two = cache.delta(&view, g, 0, 2).await.unwrap();
+        assert_eq!(one.bytes().as_ptr(), two.bytes().as_ptr(), "shared bytes");
+        let decoded = pb::ConfigUpdate::decode(one.bytes().clone()).unwrap();
+        assert_eq!(decoded.base_version, 0);
+        assert_eq!(decoded.version, 2);
+        assert!(!decoded.snapshot);
+        assert_eq!(decoded.upserts.len(), 2);
+        assert!(
+            cache.delta(&view, g + 1, 0, 2).await.is_none(),
+            "other generation"
+        );
+    }
+
+    #[tokio::test]
+    async fn snapshots_hold_every_instance() {
+        let view = view();
+        view.apply(vec![upsert(1, "a"), upsert(2, "b")]).unwrap();
+        let cache = UpdateCache::default();
+        let snap = cache.snapshot(&view).await;
+        let decoded = pb::ConfigUpdate::decode(snap.bytes().clone()).unwrap();
+        assert!(decoded.snapshot);
+        assert_eq!(decoded.version, 2);
+        assert_eq!(decoded.epoch, "e");
+        assert_eq!(decoded.upserts.len(), 2);
+        assert!(GatewayConfig::from_json(&decoded.config_json).is_ok());
+    }
+
+    #[test]
+    fn lag_is_measured_against_acks() {
+        let sessions = Sessions::default();
+        let a = sessions.open();
+        let b = sessions.open();
+        sessions.ack(a, 10);
+        sessions.ack(b, 7);
+        assert_eq!(sessions.max_lag(10), 3);
+        sessions.close(b);
+        assert_eq!(sessions.max_lag(10), 0);
+        assert_eq!(sessions.count(), 1);
+    }
+
+    #[test]
+    fn node_ids_and_reasons_are_bounded() {
+        assert!(valid_node_id("dp-1"));
+        assert!(!valid_node_id(""));
+        assert!(!valid_node_id("a b"));
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

@@ -1,0 +1,641 @@
+//! Each replica's in-memory view of what data planes see: the current
+//! config and instances at one version, plus a bounded ring of the most
+//! recent deltas so that data planes a few versions behind get only what
+//! they miss.
+//!
+//! The view is loaded from a snapshot and then follows the store's change
+//! log ([`follow`]). When the log cannot be followed (entries trimmed, the
+//! store's epoch changed, the version went backwards) it reloads a snapshot
+//! and bumps its generation, which makes every Discovery session send a
+//! snapshot.
+
+use crate::store::{Change, Delta, Snapshot, Store, StoreError};
+use gateway_common::registration::Instance;
+use gateway_common::GatewayConfig;
+use parking_lot::{RwLock, RwLockReadGuard};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Deltas kept in memory.
+pub const RING_CAPACITY: usize = 10_000;
+/// Most bytes of config JSON the ring holds (configs are the large deltas).
+const RING_CONFIG_BYTES: usize = 64 << 20;
+/// Change-log entries read back at a reload to refill the ring.
+const HISTORY_ON_LOAD: u64 = 1_000;
+/// Entries read per change-log poll.
+const READ_BATCH: usize = 1_000;
+/// How long one change-log read blocks before the store's head is checked.
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// Identifies what a view holds: a generation (bumped by every snapshot
+/// load) and a version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// Snapshot loads so far.
+    pub generation: u64,
+    /// Current version.
+    pub version: u64,
+}
+
+/// The state of a view at one version.
+pub struct ViewState {
+    epoch: String,
+    version: u64,
+    generation: u64,
+    config: Arc<GatewayConfig>,
+    config_json: Arc<str>,
+    instances: BTreeMap<String, Instance>,
+    ring: VecDeque<(u64, Arc<Delta>)>,
+    ring_config_bytes: usize,
+}
+
+fn config_bytes(delta: &Delta) -> usize {
+    delta.config.as_ref().map_or(0, String::len)
+}
+
+impl ViewState {
+    /// Appends a delta, dropping the oldest ones beyond the bounds.
+    fn push(&mut self, version: u64, delta: Arc<Delta>, capacity: usize) {
+        self.ring_config_bytes += config_bytes(&delta);
+        self.ring.push_back((version, delta));
+        while self.ring.len() > capacity || self.ring_config_bytes > RING_CONFIG_BYTES {
+            let Some((_, old)) = self.ring.pop_front() else {
+                break;
+            };
+            self.ring_config_bytes -= config_bytes(&old);
+        }
+    }
+
+    /// Epoch of the store's history.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Current version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Generation (snapshot loads so far).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Current config.
+    pub fn config(&self) -> &Arc<GatewayConfig> {
+        &self.config
+    }
+
+    /// Its canonical JSON.
+    pub fn config_json(&self) -> &Arc<str> {
+        &self.config_json
+    }
+
+    /// Every instance, by id.
+    pub fn instances(&self) -> &BTreeMap<String, Instance> {
+        &self.instances
+    }
+
+    /// The deltas turning version `from` into version `to`, if the ring
+    /// still holds all of them (an empty list when `from == to`).
+    pub fn deltas_between(&self, from: u64, to: u64) -> Option<Vec<Arc<Delta>>> {
+        if from == to {
+            return Some(Vec::new());
+        }
+        if from > to || to > self.version {
+            return None;
+        }
+        let first = self.ring.front()?.0;
+        if from + 1 < first {
+            return None;
+        }
+        let skip = (from + 1 - first) as usize;
+        let count = (to - from) as usize;
+        let deltas: Vec<Arc<Delta>> = self
+            .ring
+            .iter()
+            .skip(skip)
+            .take(count)
+            .map(|(_, d)| d.clone())
+            .collect();
+        (deltas.len() == count).then_some(deltas)
+    }
+}
+
+/// Why a change could not be applied on top of the view.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FollowError {
+    /// The change log skipped versions (trimmed, or the store was reset).
+    #[error("change log jumps from version {have} to {got}")]
+    Gap {
+        /// Version of the view.
+        have: u64,
+        /// Version of the entry read.
+        got: u64,
+    },
+    /// An entry of another epoch: the store was reset.
+    #[error("the store's epoch changed")]
+    EpochChanged,
+    /// A delta whose config does not load.
+    #[error("change log holds an unreadable config at version {version}: {reason}")]
+    BadConfig {
+        /// Version of the entry.
+        version: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A replica's view; see the module docs.
+pub struct View {
+    state: RwLock<ViewState>,
+    stamp: watch::Sender<Stamp>,
+    capacity: usize,
+}
+
+/// Merges consecutive deltas into one: the last config wins, and for each
+/// instance id its last upsert or removal wins.
+pub fn merge(deltas: &[Arc<Delta>]) -> Delta {
+    if let [only] = deltas {
+        return (**only).clone();
+    }
+    let mut config = None;
+    let mut last: HashMap<&str, Option<&Instance>> = HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for delta in deltas {
+        if let Some(c) = &delta.config {
+            config = Some(c.clone());
+        }
+        let changes = delta
+            .upserts
+            .iter()
+            .map(|i| (i.spec.id.as_str(), Some(i)))
+            .chain(delta.removals.iter().map(|id| (id.as_str(), None)));
+        for (id, change) in changes {
+            if last.insert(id, change).is_none() {
+                order.push(id);
+            }
+        }
+    }
+    let mut merged = Delta {
+        config,
+        ..Delta::default()
+    };
+    for id in order {
+        match last.get(id) {
+            Some(Some(instance)) => merged.upserts.push((*instance).clone()),
+            Some(None) => merged.removals.push(id.to_string()),
+            None => {}
+        }
+    }
+    merged
+}
+
+impl View {
+    /// A view holding `snapshot` (generation 1), keeping up to `capacity`
+    /// deltas; `history` refills the ring as in [`View::load`].
+    pub fn new(snapshot: Snapshot, history: Vec<Change>, capacity: usize) -> Arc<View> {
+        let state = ViewState {
+            epoch: String::new(),
+            version: 0,
+            generation: 0,
+            config: Arc::new(GatewayConfig::default()),
+            config_json: Arc::from(""),
+            instances: BTreeMap::new(),
+            ring: VecDeque::new(),
+            ring_config_bytes: 0,
+        };
+        let view = Arc::new(View {
+            state: RwLock::new(state),
+            stamp: watch::channel(Stamp::default()).0,
+            capacity: capacity.max(1),
+        });
+        view.load(snapshot, history);
+        view
+    }
+
+    /// Reads the current state. Do not hold the guard across an `.await`.
+    pub fn read(&self) -> RwLockReadGuard<'_, ViewState> {
+        self.state.read()
+    }
+
+    /// Current generation and version.
+    pub fn stamp(&self) -> Stamp {
+        *self.stamp.borrow()
+    }
+
+    /// Notified whenever the stamp changes.
+    pub fn subscribe(&self) -> watch::Receiver<Stamp> {
+        self.stamp.subscribe()
+    }
+
+    /// Waits until the view reaches `version` (or `timeout` passes);
+    /// returns whether it did.
+    pub async fn wait_for_version(&self, version: u64, timeout: Duration) -> bool {
+        let mut rx = self.subscribe();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|s| s.version >= version)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// Replaces everything with `snapshot` (a new generation). `history`
+    /// refills the ring when it ends exactly at the snapshot's version.
+    pub fn load(&self, snapshot: Snapshot, history: Vec<Change>) {
+        let mut state = self.state.write();
+        state.generation += 1;
+        state.ring.clear();
+        state.ring_config_bytes = 0;
+        let consecutive = history.windows(2).all(|w| w[1].version == w[0].version + 1);
+        let ends_at_snapshot = history.last().map(|c| c.version) == Some(snapshot.version);
+        let same_epoch = history
+            .iter()
+            .all(|c| c.epoch.as_deref().is_none_or(|e| e == snapshot.epoch));
+        if consecutive && ends_at_snapshot && same_epoch {
+            for change in history {
+                state.push(change.version, Arc::new(change.delta), self.capacity);
+            }
+        }
+        state.epoch = snapshot.epoch;
+        state.version = snapshot.version;
+        state.config = Arc::new(snapshot.config);
+        state.config_json = snapshot.config_json.into();
+        state.instances = snapshot
+            .instances
+            .into_iter()
+            .map(|i| (i.spec.id.clone(), i))
+            .collect();
+        let stamp = Stamp {
+            generation: state.generation,
+            version: state.version,
+        };
+        drop(state);
+        self.stamp.send_replace(stamp);
+    }
+
+    /// Applies change-log entries in order. Entries at or below the current
+    /// version are skipped; a gap, another epoch or an unreadable config
+    /// stops (what was applied before stays).
+    pub fn apply(&self, changes: Vec<Change>) -> Result<(), FollowError> {
+        let mut state = self.state.write();
+        let mut result = Ok(());
+        for change in changes {
+            if change.version <= state.version {
+                continue;
+            }
+            if change.version != state.version + 1 {
+                result = Err(FollowError::Gap {
+                    have: state.version,
+                    got: change.version,
+                });
+                break;
+            }
+            if change.epoch.as_deref().is_some_and(|e| e != state.epoch) {
+                result = Err(FollowError::EpochChanged);
+                break;
+            }
+            if let Err(e) = self.apply_one(&mut state, change) {
+                result = Err(e);
+                break;
+            }
+        }
+        let stamp = Stamp {
+            generation: state.generation,
+            version: state.version,
+        };
+        drop(state);
+        self.stamp.send_if_modified(|s| {
+            let modified = *s != stamp;
+            *s = stamp;
+            modified
+        });
+        result
+    }
+
+    fn apply_one(&self, state: &mut ViewState, change: Change) -> Result<(), FollowError> {
+        if let Some(json) = &change.delta.config {
+            let config = GatewayConfig::from_json(json).map_err(|e| FollowError::BadConfig {
+                version: change.version,
+                reason: e.to_string(),
+            })?;
+            state.config = Arc::new(config);
+            state.config_json = json.as_str().into();
+        }
+        for instance in &change.delta.upserts {
+            state
+                .instances
+                .insert(instance.spec.id.clone(), instance.clone());
+        }
+        for id in &change.delta.removals {
+            state.instances.remove(id);
+        }
+        state.version = change.version;
+        state.push(change.version, Arc::new(change.delta), self.capacity);
+        Ok(())
+    }
+}
+
+/// Loads a snapshot and the change-log entries just before it.
+pub async fn load_snapshot(store: &dyn Store) -> Result<(Snapshot, Vec<Change>), StoreError> {
+    let snapshot = store.snapshot().await?;
+    let from = snapshot.version.saturating_sub(HISTORY_ON_LOAD);
+    let history = store
+        .changes_after(from, HISTORY_ON_LOAD as usize)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.version <= snapshot.version)
+        .collect();
+    Ok((snapshot, history))
+}
+
+async fn reload(view: &View, store: &dyn Store) -> Result<(), StoreError> {
+    let (snapshot, history) = load_snapshot(store).await?;
+    tracing::info!(
+        epoch = %snapshot.epoch,
+        version = snapshot.version,
+        instances = snapshot.instances.len(),
+        "loaded a snapshot of the store"
+    );
+    view.load(snapshot, history);
+    Ok(())
+}
+
+/// What to do after one read of the change log.
+enum Next {
+    Continue,
+    Reload,
+}
+
+async fn step(view: &View, store: &dyn Store) -> Result<Next, StoreError> {
+    let version = view.stamp().version;
+    let changes = store.wait_changes(version, READ_BATCH, BLOCK).await?;
+    if changes.is_empty() {
+        // Idle: make sure the store was not reset or rolled back meanwhile.
+        let head = store.head().await?;
+        let view_epoch = view.read().epoch().to_string();
+        let reset = head.epoch.as_deref() != Some(view_epoch.as_str());
+        if reset || head.version < view.stamp().version {
+            tracing::warn!(
+                store_version = head.version,
+                view_version = view.stamp().version,
+                "the store was reset or rolled back; reloading"
+            );
+            return Ok(Next::Reload);
+        }
+        return Ok(Next::Continue);
+    }
+    match view.apply(changes) {
+        Ok(()) => Ok(Next::Continue),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot follow the change log; reloading a snapshot");
+            Ok(Next::Reload)
+        }
+    }
+}
+
+/// Keeps `view` in step with the store's change log until `cancel` fires.
+/// Store outages are retried with backoff; the view keeps its last state.
+pub async fn follow(
+    view: Arc<View>,
+    store: Arc<dyn Store>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(100);
+    let mut failing = false;
+    let mut need_reload = false;
+    loop {
+        let attempt = async {
+            if need_reload {
+                reload(&view, store.as_ref()).await?;
+                return Ok(Next::Continue);
+            }
+            step(&view, store.as_ref()).await
+        };
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            outcome = attempt => outcome,
+        };
+        match outcome {
+            Ok(next) => {
+                if failing {
+                    tracing::info!(version = view.stamp().version, "change log reachable again");
+                }
+                failing = false;
+                backoff = Duration::from_millis(100);
+                need_reload = matches!(next, Next::Reload);
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot read the change log; retrying");
+                }
+                failing = true;
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_common::registration::{InstanceSpec, InstanceState};
+
+    fn instance(id: &str, port: u16) -> Instance {
+        Instance {
+            spec: InstanceSpec {
+                id: id.into(),
+                service: "svc".into(),
+                address: "10.0.0.1".into(),
+                port,
+                health_path: String::new(),
+                weight: 1,
+                zone: String::new(),
+                metadata: Default::default(),
+                static_instance: false,
+            },
+            state: InstanceState::default(),
+        }
+    }
+
+    fn snapshot(version: u64) -> Snapshot {
+        Snapshot {
+            epoch: "e1".into(),
+            version,
+            config: GatewayConfig::default(),
+            config_json: GatewayConfig::default().to_json(),
+            instances: vec![],
+        }
+    }
+
+    fn change(version: u64, delta: Delta) -> Change {
+        Change {
+            version,
+            epoch: Some("e1".into()),
+            delta,
+        }
+    }
+
+    fn upsert(version: u64, id: &str, port: u16) -> Change {
+        change(
+            version,
+            Delta {
+                upserts: vec![instance(id, port)],
+                ..Delta::default()
+            },
+        )
+    }
+
+    fn removal(version: u64, id: &str) -> Change {
+        change(
+            version,
+            Delta {
+                removals: vec![id.into()],
+                ..Delta::default()
+            },
+        )
+    }
+
+    #[test]
+    fn merge_keeps_the_last_change_of_each_instance() {
+        let deltas: Vec<Arc<Delta>> = [
+            upsert(1, "a", 1),
+            upsert(2, "b", 1),
+            removal(3, "a"),
+            upsert(4, "b", 2),
+            removal(5, "c"),
+            upsert(6, "c", 3),
+        ]
+        .into_iter()
+        .map(|c| Arc::new(c.delta))
+        .collect();
+        let merged = merge(&deltas);
+        let ups: Vec<(String, u16)> = merged
+            .upserts
+            .iter()
+            .map(|i| (i.spec.id.clone(), i.spec.port))
+            .collect();
+        assert_eq!(ups, vec![("b".into(), 2), ("c".into(), 3)]);
+        assert_eq!(merged.removals, vec!["a".to_string()]);
+        assert_eq!(merged.config, None);
+    }
+
+    #[test]
+    fn merge_takes_the_last_config() {
+        let deltas = vec![
+            Arc::new(Delta {
+                config: Some("one".into()),
+                ..Delta::default()
+            }),
+            Arc::new(Delta::default()),
+            Arc::new(Delta {
+                config: Some("two".into()),
+                ..Delta::default()
+            }),
+        ];
+        assert_eq!(merge(&deltas).config.as_deref(), Some("two"));
+    }
+
+    #[test]
+    fn applies_consecutive_changes_and_keeps_a_bounded_ring() {
+        let view = View::new(snapshot(0), vec![], 3);
+        view.apply((1..=5).map(|v| upsert(v, &format!("i{v}"), 1)).collect())
+            .unwrap();
+        let state = view.read();
+        assert_eq!(state.version(), 5);
+        assert_eq!(state.instances().len(), 5);
+        assert!(state.deltas_between(2, 5).is_some());
+        assert!(state.deltas_between(1, 5).is_none(), "trimmed");
+        assert_eq!(state.deltas_between(5, 5), Some(vec![]));
+        assert!(state.deltas_between(5, 6).is_none(), "future");
+    }
+
+    #[test]
+    fn the_ring_holds_a_bounded_amount_of_config() {
+        let view = View::new(snapshot(0), vec![], 1_000);
+        let big = GatewayConfig::default().to_json() + &" ".repeat(RING_CONFIG_BYTES / 3);
+        let changes = (1..=4)
+            .map(|v| {
+                change(
+                    v,
+                    Delta {
+                        config: Some(big.clone()),
+                        ..Delta::default()
+                    },
+                )
+            })
+            .collect();
+        view.apply(changes).unwrap();
+        let state = view.read();
+        assert!(state.deltas_between(2, 4).is_some());
+        assert!(
+            state.deltas_between(0, 4).is_none(),
+            "oldest configs dropped"
+        );
+    }
+
+    #[test]
+    fn a_gap_or_another_epoch_is_refused() {
+        let view = View::new(snapshot(0), vec![], 10);
+        let err = view.apply(vec![upsert(1, "a", 1), upsert(3, "b", 1)]);
+        assert_eq!(err, Err(FollowError::Gap { have: 1, got: 3 }));
+        assert_eq!(view.stamp().version, 1, "what came before the gap stays");
+        let mut other = upsert(2, "c", 1);
+        other.epoch = Some("e2".into());
+        assert_eq!(view.apply(vec![other]), Err(FollowError::EpochChanged));
+        assert_eq!(
+            view.apply(vec![upsert(1, "a", 1)]),
+            Ok(()),
+            "duplicates skipped"
+        );
+    }
+
+    #[test]
+    fn a_bad_config_in_the_log_is_refused() {
+        let view = View::new(snapshot(0), vec![], 10);
+        let bad = change(
+            1,
+            Delta {
+                config: Some("{\"version\":7}".into()),
+                ..Delta::default()
+            },
+        );
+        assert!(matches!(
+            view.apply(vec![bad]),
+            Err(FollowError::BadConfig { version: 1, .. })
+        ));
+        assert_eq!(view.stamp().version, 0);
+    }
+
+    #[test]
+    fn loading_a_snapshot_bumps_the_generation_and_refills_the_ring() {
+        let view = View::new(snapshot(0), vec![], 10);
+        let before = view.stamp();
+        let history: Vec<Change> = (4..=6).map(|v| upsert(v, "x", v as u16)).collect();
+        view.load(snapshot(6), history);
+        let after = view.stamp();
+        assert_eq!(after.generation, before.generation + 1);
+        assert_eq!(after.version, 6);
+        assert!(view.read().deltas_between(3, 6).is_some());
+        // History that does not end at the snapshot is not used.
+        view.load(snapshot(9), (4..=6).map(|v| upsert(v, "x", 1)).collect());
+        assert!(view.read().deltas_between(8, 9).is_none());
+    }
+
+    #[tokio::test]
+    async fn waits_for_a_version() {
+        let view = View::new(snapshot(0), vec![], 10);
+        assert!(!view.wait_for_version(1, Duration::from_millis(20)).await);
+        let v = view.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            v.apply(vec![upsert(1, "a", 1)]).unwrap();
+        });
+        assert!(view.wait_for_version(1, Duration::from_secs(2)).await);
+    }
+}
