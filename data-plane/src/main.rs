@@ -1,1 +1,86 @@
-fn main() {}
+//! `data-plane`: the gateway's data plane process.
+
+use clap::Parser;
+use data_plane::cli::{init_logging, Cli};
+use data_plane::{settings, shutdown, DataPlane, Settings};
+use std::process::ExitCode;
+
+/// mimalloc's per-thread free lists serve the proxy's many short-lived
+/// allocations (header maps, buffers, futures) faster than the system
+/// allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{first}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_logging(&cli.log_level, cli.log_format) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let workers = cli.worker_threads.map(usize::from);
+    let settings = match cli.into_settings(settings::service_urls_from_env()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            tracing::error!(error = %e, "refusing to start");
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match build_runtime(workers) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "data plane failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One worker (one usable CPU, e.g. under `taskset`) runs the cheaper
+/// single-threaded scheduler; more use the work-stealing one.
+fn build_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    if workers == 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let plane = DataPlane::start(settings).await?;
+    let handle = plane.shutdown_handle();
+    tokio::spawn(async move {
+        shutdown::signal().await;
+        handle.trigger();
+    });
+    plane.wait().await
+}

@@ -1,0 +1,61 @@
+//! The admin listener: liveness, readiness (a config is applied and the
+//! data plane is not draining) and Prometheus metrics.
+
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// What the admin endpoints read.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// Routing state (readiness, version).
+    pub runtime: Arc<Runtime>,
+    /// Metrics to expose.
+    pub metrics: Arc<Metrics>,
+    /// True once shutdown has begun.
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// The admin routes.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn live() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
+    let (epoch, version) = state.runtime.version();
+    let (status, text) = if *state.stopping.borrow() {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping")
+    } else if state.runtime.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "waiting for config")
+    };
+    (
+        status,
+        Json(serde_json::json!({ "status": text, "epoch": epoch, "version": version })),
+    )
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}

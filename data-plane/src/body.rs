@@ -1,0 +1,192 @@
+//! Streaming bodies of the proxy: the request body with its size limit on
+//! the way up, and the response body that holds the instance's in-flight
+//! count on the way down. Neither buffers: frames pass through as they come.
+
+use crate::balancer::InFlightGuard;
+use crate::upstream::PooledConn;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+/// The request body grew past the route's limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The limit in bytes.
+    pub limit: u64,
+}
+
+/// Error of a streamed request body.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    /// Over the limit.
+    #[error(transparent)]
+    TooLarge(#[from] BodyTooLarge),
+    /// The client's stream failed.
+    #[error("reading the request body: {0}")]
+    Read(#[from] hyper::Error),
+}
+
+pin_project_lite::pin_project! {
+    /// A request body forwarded upstream frame by frame, failing with
+    /// [`BodyTooLarge`] once more than `limit` bytes have passed.
+    pub struct LimitedBody {
+        #[pin]
+        inner: Incoming,
+        limit: u64,
+        seen: u64,
+    }
+}
+
+impl LimitedBody {
+    /// Wraps `inner` with a limit of `limit` bytes.
+    pub fn new(inner: Incoming, limit: u64) -> Self {
+        Self {
+            inner,
+            limit,
+            seen: 0,
+        }
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.seen += data.len() as u64;
+                    if *this.seen > *this.limit {
+                        return Poll::Ready(Some(Err(BodyTooLarge { limit: *this.limit }.into())));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// What the proxy answers with: an upstream body streamed through, or a
+    /// body the gateway made itself (errors).
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        /// Streamed from an upstream; when the stream ends the connection
+        /// goes back to its pool and the in-flight count is released (a
+        /// body dropped early, client gone, closes the connection instead).
+        Upstream {
+            #[pin]
+            inner: Incoming,
+            done: Option<(PooledConn, InFlightGuard)>,
+        },
+        /// Made by the gateway.
+        Full {
+            #[pin]
+            inner: Full<Bytes>,
+        },
+    }
+}
+
+impl ProxyBody {
+    /// A body streamed from an upstream over `conn`, holding `guard` until
+    /// it ends.
+    pub fn upstream(inner: Incoming, conn: PooledConn, guard: InFlightGuard) -> Self {
+        if inner.is_end_stream() {
+            // No body at all: the exchange is already complete.
+            conn.release();
+            drop(guard);
+            return ProxyBody::Upstream { inner, done: None };
+        }
+        ProxyBody::Upstream {
+            inner,
+            done: Some((conn, guard)),
+        }
+    }
+
+    /// A body made by the gateway.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        ProxyBody::Full {
+            inner: Full::new(bytes.into()),
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project() {
+            ProxyBodyProj::Upstream { mut inner, done } => {
+                let polled = ready!(inner.as_mut().poll_frame(cx));
+                // hyper stops polling once `is_end_stream` holds, so the last
+                // frame may be the last poll.
+                let complete = match &polled {
+                    Some(Ok(_)) => inner.is_end_stream(),
+                    None => true,
+                    Some(Err(_)) => false,
+                };
+                match &polled {
+                    _ if complete => {
+                        if let Some((conn, guard)) = done.take() {
+                            conn.release();
+                            drop(guard);
+                        }
+                    }
+                    Some(Ok(_)) | None => {}
+                    // A failed stream: the connection is not reused.
+                    Some(Err(_)) => {
+                        done.take();
+                    }
+                }
+                Poll::Ready(polled)
+            }
+            ProxyBodyProj::Full { inner } => match ready!(inner.poll_frame(cx)) {
+                Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+                Some(Err(never)) => match never {},
+                None => Poll::Ready(None),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Full { inner } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Full { inner } => inner.size_hint(),
+        }
+    }
+}

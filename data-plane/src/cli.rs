@@ -1,0 +1,187 @@
+//! Command line and environment of the `data-plane` binary, and its logging.
+
+use crate::settings::{self, parse_listen, Settings, SettingsError};
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable, coloured when on a terminal.
+    Pretty,
+}
+
+/// The gateway's data plane: proxies HTTP traffic to backend instances with
+/// routing config streamed from the control plane (or read from a file).
+#[derive(Debug, Parser)]
+#[command(name = "data-plane", version, about, long_about = None)]
+pub struct Cli {
+    /// Public listener, HOST:PORT (or a bare port). Overrides PORT.
+    #[arg(long, env = "GW_LISTEN", value_name = "ADDR", value_parser = parse_listen_arg)]
+    pub listen: Option<SocketAddr>,
+
+    /// Public port on 0.0.0.0, used when --listen/GW_LISTEN is not given [default: 3000].
+    #[arg(long, env = "PORT", value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// Admin listener for /health/live, /health/ready and /metrics.
+    #[arg(long, env = "GW_ADMIN_LISTEN", value_name = "ADDR", default_value = settings::DEFAULT_ADMIN_LISTEN, value_parser = parse_listen_arg)]
+    pub admin_listen: SocketAddr,
+
+    /// Control-plane URL to stream config from (ignored with --config).
+    #[arg(long, env = "CONTROL_PLANE_URL", value_name = "URL", default_value = settings::DEFAULT_CONTROL_PLANE, value_parser = parse_control_plane)]
+    pub control_plane: String,
+
+    /// Standalone mode: read the declarative config (YAML or JSON) from FILE;
+    /// no control plane. SIGHUP reloads it.
+    #[arg(long, env = "GW_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Identity shown in the topology [default: HOSTNAME-PID].
+    #[arg(long, env = "GW_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+
+    /// Bearer token for the Discovery stream, when the control plane requires one.
+    #[arg(
+        long,
+        env = "GW_DATAPLANE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub dataplane_token: Option<String>,
+
+    /// Time in-flight requests get to finish on SIGTERM/SIGINT (e.g. 30s, 500ms).
+    #[arg(long, env = "GW_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// JWT signing secret; refused when shorter than 32 bytes.
+    #[arg(
+        long,
+        env = "JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// Worker threads of the async runtime [default: number of usable CPUs].
+    #[arg(long, env = "GW_WORKER_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
+
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(long, env = "LOG_LEVEL", value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "json",
+        ignore_case = true
+    )]
+    pub log_format: LogFormat,
+}
+
+fn parse_listen_arg(text: &str) -> Result<SocketAddr, String> {
+    parse_listen(text).map_err(|e| e.to_string())
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    gateway_common::duration::parse(text)
+}
+
+fn parse_control_plane(text: &str) -> Result<String, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(text.to_string()),
+        _ => Err(format!("{text:?} must be http://HOST:PORT")),
+    }
+}
+
+impl Cli {
+    /// Checks what clap cannot (JWT secret strength) and builds the settings;
+    /// `service_urls` are the seed `*_SERVICE_URL` overrides.
+    pub fn into_settings(
+        self,
+        service_urls: Vec<(String, String)>,
+    ) -> Result<Settings, SettingsError> {
+        settings::check_jwt_secret(self.jwt_secret.as_deref())?;
+        let listen = match (self.listen, self.port) {
+            (Some(addr), _) => addr,
+            (None, Some(port)) => SocketAddr::from(([0, 0, 0, 0], port)),
+            (None, None) => parse_listen(settings::DEFAULT_LISTEN)?,
+        };
+        Ok(Settings {
+            listen,
+            admin_listen: self.admin_listen,
+            control_plane: self.control_plane,
+            config_file: self.config,
+            node_id: self
+                .node_id
+                .filter(|id| !id.trim().is_empty())
+                .unwrap_or_else(settings::default_node_id),
+            dataplane_token: self.dataplane_token.filter(|t| !t.is_empty()),
+            shutdown_grace: self.shutdown_grace,
+            service_urls,
+        })
+    }
+}
+
+/// Installs the global tracing subscriber: `level` is a level or filter,
+/// `format` json or pretty.
+pub fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| format!("LOG_LEVEL {level:?} is not a level or filter: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+    result.map_err(|e| format!("cannot install the logger: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("data-plane").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn listen_precedence() {
+        let s = parse(&["--port", "8081"])
+            .unwrap()
+            .into_settings(vec![])
+            .unwrap();
+        assert_eq!(s.listen, "0.0.0.0:8081".parse().unwrap());
+        let s = parse(&["--port", "8081", "--listen", "127.0.0.1:9"])
+            .unwrap()
+            .into_settings(vec![])
+            .unwrap();
+        assert_eq!(s.listen, "127.0.0.1:9".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse(&["--listen", "nowhere"]).is_err());
+        assert!(parse(&["--control-plane", "ftp://x"]).is_err());
+        assert!(parse(&["--shutdown-grace", "soon"]).is_err());
+        let weak = parse(&["--jwt-secret", "short"]).unwrap();
+        assert!(weak.into_settings(vec![]).is_err());
+    }
+
+    #[test]
+    fn grace_reads_durations() {
+        let cli = parse(&["--shutdown-grace", "250ms"]).unwrap();
+        assert_eq!(cli.shutdown_grace, Duration::from_millis(250));
+    }
+}

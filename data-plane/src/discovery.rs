@@ -1,0 +1,334 @@
+//! Client of the control plane's Discovery stream: says hello with the
+//! version held, applies snapshots and deltas, ACKs or NACKs each, reports
+//! in-flight counts, and reconnects with capped, jittered backoff while the
+//! last good snapshot keeps serving.
+
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use gateway_proto::v1 as pb;
+use gateway_proto::v1::discovery_client::DiscoveryClient;
+use pb::data_plane_message::Kind;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Endpoint;
+
+/// Timing of the Discovery client.
+#[derive(Debug, Clone)]
+pub struct DiscoveryTiming {
+    /// First reconnect delay (before jitter).
+    pub backoff_base: Duration,
+    /// Largest reconnect delay.
+    pub backoff_cap: Duration,
+    /// How often in-flight counts are checked and sent when changed.
+    pub report_interval: Duration,
+    /// Longest time without a report (liveness).
+    pub report_max_silence: Duration,
+    /// Time allowed to open the connection.
+    pub connect_timeout: Duration,
+}
+
+impl Default for DiscoveryTiming {
+    fn default() -> Self {
+        Self {
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(5),
+            report_interval: Duration::from_millis(500),
+            report_max_silence: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Connection settings of the client.
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// Control-plane URL.
+    pub url: String,
+    /// Identity sent in Hello.
+    pub node_id: String,
+    /// Bearer token, if the control plane requires one.
+    pub token: Option<String>,
+    /// Timing.
+    pub timing: DiscoveryTiming,
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream failed: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("the control plane closed the stream")]
+    Closed,
+    #[error("bad token: {0}")]
+    Token(String),
+}
+
+/// Runs the client until `shutdown` turns true.
+pub async fn run(
+    config: DiscoveryConfig,
+    runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut attempt: u32 = 0;
+    loop {
+        let mut session = Session {
+            config: &config,
+            runtime: &runtime,
+            metrics: &metrics,
+            received: false,
+        };
+        tokio::select! {
+            result = session.run() => {
+                metrics.control_plane_connected.set(0);
+                if session.received {
+                    attempt = 0;
+                }
+                if let Err(e) = result {
+                    tracing::warn!(url = %config.url, error = %e, "discovery stream down; serving the last config");
+                }
+            }
+            _ = crate::shutdown::stopped(&mut shutdown) => break,
+        }
+        let delay = backoff(&config.timing, attempt);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = crate::shutdown::stopped(&mut shutdown) => break,
+        }
+    }
+    metrics.control_plane_connected.set(0);
+}
+
+/// Full-jitter exponential backoff: uniform in `[0, min(cap, base * 2^attempt)]`.
+pub fn backoff(timing: &DiscoveryTiming, attempt: u32) -> Duration {
+    let ceiling = timing
+        .backoff_base
+        .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+        .min(timing.backoff_cap);
+    let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::random_range(0..=ms))
+}
+
+struct Session<'a> {
+    config: &'a DiscoveryConfig,
+    runtime: &'a Arc<Runtime>,
+    metrics: &'a Metrics,
+    received: bool,
+}
+
+impl Session<'_> {
+    async fn run(&mut self) -> Result<(), SessionError> {
+        let channel = Endpoint::from_shared(self.config.url.clone())?
+            .connect_timeout(self.config.timing.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        let (tx, rx) = mpsc::channel::<pb::DataPlaneMessage>(64);
+        let (epoch, version) = self.runtime.version();
+        send(
+            &tx,
+            Kind::Hello(pb::Hello {
+                node_id: self.config.node_id.clone(),
+                epoch,
+                version,
+            }),
+        )
+        .await?;
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = &self.config.token {
+            let value = MetadataValue::try_from(format!("Bearer {token}"))
+                .map_err(|e| SessionError::Token(e.to_string()))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        let mut inbound = DiscoveryClient::new(channel)
+            .stream(request)
+            .await?
+            .into_inner();
+        self.metrics.control_plane_connected.set(1);
+        tracing::info!(url = %self.config.url, "discovery stream open");
+
+        let mut reporter = Reporter::new(self.config.timing.report_max_silence);
+        let mut tick = tokio::time::interval(self.config.timing.report_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = inbound.message() => match message? {
+                    Some(update) => {
+                        self.received = true;
+                        let reply = self.handle(&update);
+                        send(&tx, reply).await?;
+                    }
+                    None => return Err(SessionError::Closed),
+                },
+                _ = tick.tick() => {
+                    if let Some(report) = reporter.next(&self.runtime.in_flight()) {
+                        send(&tx, Kind::Report(report)).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&self, update: &pb::ConfigUpdate) -> Kind {
+        match self.runtime.apply_update(update) {
+            Ok(()) => {
+                tracing::info!(
+                    epoch = %update.epoch,
+                    version = update.version,
+                    snapshot = update.snapshot,
+                    upserts = update.upserts.len(),
+                    removals = update.removals.len(),
+                    config = !update.config_json.is_empty(),
+                    "config applied"
+                );
+                Kind::Ack(pb::Ack {
+                    version: update.version,
+                })
+            }
+            Err(e) => {
+                let want_snapshot = e.wants_snapshot();
+                tracing::warn!(version = update.version, want_snapshot, error = %e, "config update refused");
+                Kind::Nack(pb::Nack {
+                    version: update.version,
+                    reason: e.to_string(),
+                    want_snapshot,
+                })
+            }
+        }
+    }
+}
+
+async fn send(tx: &mpsc::Sender<pb::DataPlaneMessage>, kind: Kind) -> Result<(), SessionError> {
+    tx.send(pb::DataPlaneMessage { kind: Some(kind) })
+        .await
+        .map_err(|_| SessionError::Closed)
+}
+
+/// Decides what a report carries: every instance whose count is non-zero or
+/// changed since the last report; a report is sent when something changed,
+/// or after `max_silence` as a liveness signal.
+#[derive(Debug)]
+pub struct Reporter {
+    last: HashMap<String, u64>,
+    last_sent: Option<Instant>,
+    max_silence: Duration,
+}
+
+impl Reporter {
+    /// A reporter that stays silent at most `max_silence`.
+    pub fn new(max_silence: Duration) -> Self {
+        Self {
+            last: HashMap::new(),
+            last_sent: None,
+            max_silence,
+        }
+    }
+
+    /// The report to send now, if any, given the current counts.
+    pub fn next(&mut self, counts: &[(String, u64)]) -> Option<pb::Report> {
+        let mut changed = false;
+        let mut loads = Vec::new();
+        let mut current = HashMap::with_capacity(counts.len());
+        for (id, n) in counts {
+            let before = self.last.get(id).copied().unwrap_or(0);
+            if *n != before {
+                changed = true;
+            }
+            if *n != 0 || before != 0 {
+                loads.push(pb::InstanceLoad {
+                    instance_id: id.clone(),
+                    in_flight: *n,
+                });
+            }
+            if *n != 0 {
+                current.insert(id.clone(), *n);
+            }
+        }
+        // Instances gone since the last report with a non-zero count.
+        for (id, _) in self
+            .last
+            .iter()
+            .filter(|(id, _)| !current.contains_key(*id))
+        {
+            if !counts.iter().any(|(c, _)| c == id) {
+                changed = true;
+                loads.push(pb::InstanceLoad {
+                    instance_id: id.clone(),
+                    in_flight: 0,
+                });
+            }
+        }
+        let silent_too_long = self
+            .last_sent
+            .is_none_or(|at| at.elapsed() >= self.max_silence);
+        if !changed && !silent_too_long {
+            return None;
+        }
+        self.last = current;
+        self.last_sent = Some(Instant::now());
+        loads.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        Some(pb::Report {
+            in_flight: loads,
+            breakers: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(items: &[(&str, u64)]) -> Vec<(String, u64)> {
+        items.iter().map(|(id, n)| (id.to_string(), *n)).collect()
+    }
+
+    fn loads(report: &pb::Report) -> Vec<(String, u64)> {
+        report
+            .in_flight
+            .iter()
+            .map(|l| (l.instance_id.clone(), l.in_flight))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_changes_zeroes_and_liveness() {
+        let mut r = Reporter::new(Duration::from_secs(5));
+        // First report is always sent (liveness), empty here.
+        assert_eq!(loads(&r.next(&counts(&[("a", 0)])).unwrap()), vec![]);
+        assert!(r.next(&counts(&[("a", 0)])).is_none());
+        let report = r.next(&counts(&[("a", 2), ("b", 0)])).unwrap();
+        assert_eq!(loads(&report), counts(&[("a", 2)]));
+        assert!(r.next(&counts(&[("a", 2)])).is_none());
+        let report = r.next(&counts(&[("a", 0)])).unwrap();
+        assert_eq!(loads(&report), counts(&[("a", 0)]));
+        assert!(r.next(&counts(&[("a", 0)])).is_none());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(r.next(&counts(&[("a", 0)])).is_some());
+        r.next(&counts(&[("c", 1)])).unwrap();
+        let report = r.next(&counts(&[])).unwrap();
+        assert_eq!(loads(&report), counts(&[("c", 0)]));
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let timing = DiscoveryTiming::default();
+        for attempt in 0..40 {
+            let d = backoff(&timing, attempt);
+            assert!(d <= timing.backoff_cap, "{attempt}: {d:?}");
+            let ceiling = timing.backoff_base * 2u32.pow(attempt.min(6));
+            assert!(d <= ceiling.min(timing.backoff_cap));
+        }
+        let samples: std::collections::HashSet<_> = (0..50).map(|_| backoff(&timing, 10)).collect();
+        assert!(samples.len() > 5, "no jitter: {samples:?}");
+    }
+}

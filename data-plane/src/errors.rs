@@ -1,0 +1,141 @@
+//! Errors the gateway answers itself, in the seed's JSON shape:
+//! `{statusCode, error, message, code, requestId, timestamp}` with
+//! `X-Request-ID` and `Cache-Control: no-store`.
+
+use crate::body::ProxyBody;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Header carrying the request id.
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// Why the gateway answered instead of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayError {
+    /// No route takes the path and host.
+    RouteNotFound,
+    /// Routes take the path but not the method.
+    MethodNotAllowed,
+    /// The request body is over the route's limit.
+    PayloadTooLarge,
+    /// The service has no routable instance.
+    NoHealthyInstance,
+    /// The instance refused the connection.
+    UpstreamUnavailable,
+    /// The instance did not answer in time.
+    UpstreamTimeout,
+    /// Any other upstream failure.
+    BadGateway,
+}
+
+impl GatewayError {
+    /// HTTP status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NoHealthyInstance | Self::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Machine-readable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::RouteNotFound => "ROUTE_NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::NoHealthyInstance => "NO_HEALTHY_INSTANCE",
+            Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
+            Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Self::BadGateway => "BAD_GATEWAY",
+        }
+    }
+
+    /// The response, with `message` for people.
+    pub fn response(self, message: &str, request_id: Option<&HeaderValue>) -> Response<ProxyBody> {
+        let status = self.status();
+        let id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
+        let body = serde_json::json!({
+            "statusCode": status.as_u16(),
+            "error": status.canonical_reason().unwrap_or("Error"),
+            "message": message,
+            "code": self.code(),
+            "requestId": id,
+            "timestamp": iso8601(SystemTime::now()),
+        });
+        let mut response = Response::new(ProxyBody::full(body.to_string()));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(id) = request_id {
+            headers.insert(X_REQUEST_ID, id.clone());
+        }
+        response
+    }
+}
+
+/// `2026-01-31T12:34:56.789Z`.
+pub fn iso8601(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_iso8601_utc() {
+        assert_eq!(iso8601(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_123);
+        assert_eq!(iso8601(t), "2024-02-29T12:34:56.123Z");
+    }
+
+    #[tokio::test]
+    async fn body_has_the_seed_shape() {
+        let id = HeaderValue::from_static("abc");
+        let resp = GatewayError::NoHealthyInstance.response("no instance of echo", Some(&id));
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        assert_eq!(resp.headers()["x-request-id"], "abc");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["statusCode"], 503);
+        assert_eq!(v["error"], "Service Unavailable");
+        assert_eq!(v["code"], "NO_HEALTHY_INSTANCE");
+        assert_eq!(v["requestId"], "abc");
+        assert_eq!(v["message"], "no instance of echo");
+        assert_eq!(v.as_object().unwrap().len(), 6);
+    }
+}

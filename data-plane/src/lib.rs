@@ -1,0 +1,268 @@
+//! The gateway's data plane: a stateless HTTP proxy that takes its routing
+//! config from the control plane's Discovery stream (or, standalone, from a
+//! file), matches routes, balances over routable instances and streams
+//! requests and responses through pooled keep-alive connections.
+//!
+//! [`DataPlane::start`] runs it inside the caller's tokio runtime, so the
+//! `data-plane` binary and `gwctl dev` share one implementation.
+
+pub mod admin;
+pub mod balancer;
+pub mod body;
+pub mod cli;
+pub mod discovery;
+pub mod errors;
+pub mod headers;
+pub mod layers;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod runtime;
+pub mod server;
+pub mod settings;
+pub mod shutdown;
+pub mod standalone;
+pub mod upstream;
+
+pub use settings::Settings;
+pub use shutdown::ShutdownHandle;
+
+use anyhow::Context as _;
+use metrics::Metrics;
+use runtime::Runtime;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A running data plane.
+#[derive(Debug)]
+pub struct DataPlane {
+    listen_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    shutdown: ShutdownHandle,
+    proxy: JoinHandle<()>,
+    admin: JoinHandle<std::io::Result<()>>,
+    /// Stops the admin listener once the proxy has drained.
+    admin_stop: tokio::sync::watch::Sender<bool>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl DataPlane {
+    /// Binds both listeners, loads the file config in standalone mode (a bad
+    /// file refuses to start) or starts the Discovery client, and returns
+    /// once serving.
+    pub async fn start(settings: Settings) -> anyhow::Result<DataPlane> {
+        let metrics = Arc::new(Metrics::new());
+        let runtime = Arc::new(Runtime::new(metrics.clone()));
+        if let Some(path) = &settings.config_file {
+            let version = standalone::reload(&runtime, path, &settings.service_urls)
+                .context("refusing to start: the config file cannot be used")?;
+            tracing::info!(file = %path.display(), version, "standalone config loaded");
+        } else if !settings.service_urls.is_empty() {
+            tracing::warn!(
+                "*_SERVICE_URL variables only apply in standalone mode (--config); ignored"
+            );
+        }
+        let listener = bind(settings.listen)
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let admin_listener = TcpListener::bind(settings.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin)", settings.admin_listen))?;
+        let listen_addr = listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+
+        let (shutdown, stop_rx) = ShutdownHandle::new();
+        let proxy = Arc::new(proxy::Proxy::new(runtime.clone(), metrics.clone()));
+        let proxy = tokio::spawn(server::serve(
+            listener,
+            proxy,
+            stop_rx.clone(),
+            settings.shutdown_grace,
+        ));
+        let (admin_stop, admin_stop_rx) = tokio::sync::watch::channel(false);
+        let admin = tokio::spawn(serve_admin(
+            admin_listener,
+            admin::AdminState {
+                runtime: runtime.clone(),
+                metrics: metrics.clone(),
+                stopping: stop_rx.clone(),
+            },
+            admin_stop_rx,
+        ));
+        let mut background = Vec::new();
+        match &settings.config_file {
+            Some(path) => {
+                background.push(tokio::spawn(reload_on_sighup(
+                    runtime.clone(),
+                    path.clone(),
+                    settings.service_urls.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+            None => {
+                let config = discovery::DiscoveryConfig {
+                    url: settings.control_plane.clone(),
+                    node_id: settings.node_id.clone(),
+                    token: settings.dataplane_token.clone(),
+                    timing: discovery::DiscoveryTiming::default(),
+                };
+                background.push(tokio::spawn(discovery::run(
+                    config,
+                    runtime.clone(),
+                    metrics.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+        }
+        tracing::info!(%listen_addr, %admin_addr, node_id = %settings.node_id, "data plane listening");
+        Ok(DataPlane {
+            listen_addr,
+            admin_addr,
+            runtime,
+            metrics,
+            shutdown,
+            proxy,
+            admin,
+            admin_stop,
+            background,
+        })
+    }
+
+    /// The bound public address.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The routing state (version, readiness, in-flight counts).
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// A handle that starts the graceful shutdown from elsewhere (a signal
+    /// handler); [`DataPlane::wait`] then returns once drained.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the grace
+    /// period, then stops everything.
+    pub async fn shutdown(self) {
+        self.shutdown.trigger();
+        if let Err(e) = self.wait().await {
+            tracing::warn!(error = %e, "data plane stopped with an error");
+        }
+    }
+
+    /// Resolves when the data plane has stopped: `Ok` after a shutdown asked
+    /// through [`DataPlane::shutdown_handle`], an error if a listener failed.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let DataPlane {
+            shutdown,
+            mut proxy,
+            mut admin,
+            admin_stop,
+            background,
+            ..
+        } = self;
+        let admin_result = tokio::select! {
+            _ = &mut proxy => None,
+            result = &mut admin => Some(result),
+        };
+        let asked = shutdown.is_triggered();
+        shutdown.trigger();
+        if admin_result.is_some() {
+            let _ = proxy.await;
+        }
+        admin_stop.send_replace(true);
+        let admin_result = match admin_result {
+            Some(result) => result,
+            None => admin.await,
+        };
+        for task in background {
+            let _ = task.await;
+        }
+        match admin_result {
+            Ok(Err(e)) => return Err(anyhow::Error::new(e).context("admin listener failed")),
+            Err(e) => return Err(anyhow::Error::new(e).context("admin listener panicked")),
+            Ok(Ok(())) => {}
+        }
+        if asked {
+            Ok(())
+        } else {
+            anyhow::bail!("the proxy listener stopped unexpectedly")
+        }
+    }
+}
+
+/// Accept queue of the public listener (the kernel caps it at somaxconn).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+async fn serve_admin(
+    listener: TcpListener,
+    state: admin::AdminState,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, admin::router(state))
+        .with_graceful_shutdown(async move {
+            shutdown::stopped(&mut stop).await;
+        })
+        .await
+}
+
+async fn reload_on_sighup(
+    runtime: Arc<Runtime>,
+    path: std::path::PathBuf,
+    service_urls: Vec<(String, String)>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(hup) => hup,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; no config reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => match standalone::reload(&runtime, &path, &service_urls) {
+                    Ok(version) => tracing::info!(file = %path.display(), version, "config reloaded"),
+                    Err(e) => tracing::error!(error = %e, "config reload failed; keeping the current config"),
+                },
+                _ = shutdown::stopped(&mut stop) => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (runtime, path, service_urls);
+        shutdown::stopped(&mut stop).await;
+    }
+}

@@ -1,0 +1,466 @@
+//! Prometheus metrics of the data plane.
+//!
+//! Per-request recording goes through handles cached per route
+//! ([`RouteMetrics`]) and per service ([`UpstreamErrorMetrics`]), so the hot
+//! path touches atomics only: no label set is built, no lock taken, no string
+//! allocated, except the first time an unusual method or status is seen.
+
+use http::{Method, StatusCode};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Labels of `gateway_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route name; empty when no route matched.
+    pub route: Arc<String>,
+    /// Service name; empty when no route matched.
+    pub service: Arc<String>,
+    /// Request method.
+    pub method: String,
+    /// Response status code.
+    pub status: u16,
+}
+
+/// Labels of per-route series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Route name.
+    pub route: Arc<String>,
+    /// Service name.
+    pub service: Arc<String>,
+}
+
+/// Labels of `gateway_upstream_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    /// Service name.
+    pub service: Arc<String>,
+    /// What went wrong (see [`UpstreamErrorKind`]).
+    pub kind: &'static str,
+}
+
+/// Labels of `gateway_config_updates_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpdateLabels {
+    /// `applied` or `rejected`.
+    pub result: &'static str,
+}
+
+/// Kinds of upstream failure, as counted in metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// No response head within the timeout.
+    Timeout,
+    /// The TCP connection was refused.
+    ConnectRefused,
+    /// The TCP connection did not open within the connect timeout.
+    ConnectTimeout,
+    /// Any other failure to connect.
+    Connect,
+    /// The exchange failed after connecting.
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    const ALL: [UpstreamErrorKind; 5] = [
+        Self::Timeout,
+        Self::ConnectRefused,
+        Self::ConnectTimeout,
+        Self::Connect,
+        Self::Protocol,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::ConnectRefused => "connect_refused",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::Connect => "connect_error",
+            Self::Protocol => "protocol_error",
+        }
+    }
+}
+
+/// Upper bounds (microseconds) of the latency buckets.
+const LATENCY_BOUNDS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
+#[derive(Debug, Default)]
+struct HistogramCells {
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+/// A latency histogram recorded with relaxed atomics only (prometheus-client's
+/// own histogram takes a lock on every observation).
+#[derive(Debug, Clone, Default)]
+pub struct LatencyHistogram {
+    cells: Arc<HistogramCells>,
+}
+
+impl LatencyHistogram {
+    /// Records one duration.
+    pub fn observe(&self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let slot = LATENCY_BOUNDS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(LATENCY_BOUNDS_US.len());
+        self.cells.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.cells.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.cells
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets = [(0.0, 0u64); LATENCY_BOUNDS_US.len() + 1];
+        let mut count = 0;
+        for (i, cell) in self.cells.buckets.iter().enumerate() {
+            let n = cell.load(Ordering::Relaxed);
+            count += n;
+            let bound = LATENCY_BOUNDS_US
+                .get(i)
+                .map_or(f64::MAX, |&us| us as f64 / 1e6);
+            buckets[i] = (bound, n);
+        }
+        let sum = self.cells.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// Every metric of a data plane, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, LatencyHistogram>,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    updates: Family<UpdateLabels, Counter>,
+    /// Requests being handled.
+    pub in_flight: Gauge,
+    /// Version of the config applied last.
+    pub config_version: Gauge,
+    /// 1 while the Discovery stream is up.
+    pub control_plane_connected: Gauge,
+    unmatched: Arc<RouteMetrics>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, LatencyHistogram>::default();
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        let updates = Family::<UpdateLabels, Counter>::default();
+        let in_flight = Gauge::default();
+        let config_version = Gauge::default();
+        let control_plane_connected = Gauge::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route, service, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to the response head, by route",
+            latency.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failed upstream exchanges, by service and kind",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "config_updates",
+            "Config updates applied or rejected",
+            updates.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Requests being handled",
+            in_flight.clone(),
+        );
+        registry.register(
+            "config_version",
+            "Version of the config applied last",
+            config_version.clone(),
+        );
+        registry.register(
+            "control_plane_connected",
+            "1 while the Discovery stream to the control plane is up",
+            control_plane_connected.clone(),
+        );
+        let empty = Arc::new(String::new());
+        let unmatched = Arc::new(RouteMetrics::build(
+            &requests,
+            &latency,
+            empty.clone(),
+            empty,
+        ));
+        Self {
+            registry,
+            requests,
+            latency,
+            upstream_errors,
+            updates,
+            in_flight,
+            config_version,
+            control_plane_connected,
+            unmatched,
+        }
+    }
+
+    /// Cached handles for one route.
+    pub fn route(&self, route: Arc<String>, service: Arc<String>) -> RouteMetrics {
+        RouteMetrics::build(&self.requests, &self.latency, route, service)
+    }
+
+    /// Handles for requests no route took.
+    pub fn unmatched(&self) -> &Arc<RouteMetrics> {
+        &self.unmatched
+    }
+
+    /// Cached handles for one service's upstream errors.
+    pub fn upstream_errors(&self, service: &Arc<String>) -> UpstreamErrorMetrics {
+        let counters = UpstreamErrorKind::ALL.map(|kind| {
+            self.upstream_errors
+                .get_or_create(&UpstreamErrorLabels {
+                    service: service.clone(),
+                    kind: kind.as_str(),
+                })
+                .clone()
+        });
+        UpstreamErrorMetrics { counters }
+    }
+
+    /// Counts a config update.
+    pub fn count_update(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.updates.get_or_create(&UpdateLabels { result }).inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Methods with a cached counter slot, in slot order.
+const METHOD_SLOTS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::CONNECT,
+];
+
+/// Statuses with a cached counter slot, in slot order.
+const STATUS_SLOTS: [u16; 22] = [
+    200, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 409, 413, 422, 429,
+    500, 502, 503,
+];
+const STATUS_504: usize = STATUS_SLOTS.len();
+const STATUS_COUNT: usize = STATUS_SLOTS.len() + 1;
+
+fn method_slot(method: &Method) -> Option<usize> {
+    METHOD_SLOTS.iter().position(|m| m == method)
+}
+
+fn status_slot(status: StatusCode) -> Option<usize> {
+    let code = status.as_u16();
+    if code == 504 {
+        return Some(STATUS_504);
+    }
+    STATUS_SLOTS.iter().position(|&s| s == code)
+}
+
+/// Metric handles of one route, filled lazily and then read lock-free.
+pub struct RouteMetrics {
+    route: Arc<String>,
+    service: Arc<String>,
+    requests: Family<RequestLabels, Counter>,
+    cache: Box<[OnceLock<Counter>]>,
+    latency: LatencyHistogram,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteMetrics {
+    fn build(
+        requests: &Family<RequestLabels, Counter>,
+        latency: &Family<RouteLabels, LatencyHistogram>,
+        route: Arc<String>,
+        service: Arc<String>,
+    ) -> Self {
+        let latency = latency
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+                service: service.clone(),
+            })
+            .clone();
+        Self {
+            route,
+            service,
+            requests: requests.clone(),
+            cache: (0..METHOD_SLOTS.len() * STATUS_COUNT)
+                .map(|_| OnceLock::new())
+                .collect(),
+            latency,
+        }
+    }
+
+    /// Records one answered request.
+    pub fn record(&self, method: &Method, status: StatusCode, elapsed: Duration) {
+        self.latency.observe(elapsed);
+        match (method_slot(method), status_slot(status)) {
+            (Some(m), Some(s)) => {
+                self.cache[m * STATUS_COUNT + s]
+                    .get_or_init(|| self.counter(method, status))
+                    .inc();
+            }
+            _ => {
+                self.counter(method, status).inc();
+            }
+        }
+    }
+
+    fn counter(&self, method: &Method, status: StatusCode) -> Counter {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: self.route.clone(),
+                service: self.service.clone(),
+                method: method.as_str().to_string(),
+                status: status.as_u16(),
+            })
+            .clone()
+    }
+}
+
+/// Upstream error counters of one service.
+#[derive(Debug, Clone)]
+pub struct UpstreamErrorMetrics {
+    counters: [Counter; UpstreamErrorKind::ALL.len()],
+}
+
+impl UpstreamErrorMetrics {
+    /// Counts one failure.
+    pub fn count(&self, kind: UpstreamErrorKind) {
+        let slot = UpstreamErrorKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0);
+        self.counters[slot].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_counters_and_histogram_are_exposed() {
+        let metrics = Metrics::new();
+        let route = metrics.route(Arc::new("echo".into()), Arc::new("echo-svc".into()));
+        route.record(&Method::GET, StatusCode::OK, Duration::from_millis(3));
+        route.record(&Method::GET, StatusCode::OK, Duration::from_millis(3));
+        route.record(
+            &Method::from_bytes(b"PURGE").unwrap(),
+            StatusCode::IM_A_TEAPOT,
+            Duration::from_secs(20),
+        );
+        metrics
+            .upstream_errors(&Arc::new("echo-svc".into()))
+            .count(UpstreamErrorKind::Timeout);
+        metrics.count_update(true);
+        let text = metrics.encode();
+        assert!(text.contains(
+            r#"gateway_requests_total{route="echo",service="echo-svc",method="GET",status="200"} 2"#
+        ), "{text}");
+        assert!(text.contains(r#"method="PURGE",status="418"} 1"#), "{text}");
+        assert!(text.contains(
+            r#"gateway_request_duration_seconds_bucket{le="0.005",route="echo",service="echo-svc"} 2"#
+        ) || text.contains(
+            r#"gateway_request_duration_seconds_bucket{route="echo",service="echo-svc",le="0.005"} 2"#
+        ), "{text}");
+        assert!(
+            text.contains(
+                r#"gateway_request_duration_seconds_count{route="echo",service="echo-svc"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"gateway_upstream_errors_total{service="echo-svc",kind="timeout"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"gateway_config_updates_total{result="applied"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn histogram_buckets_are_per_bound() {
+        let h = LatencyHistogram::default();
+        h.observe(Duration::from_micros(400));
+        h.observe(Duration::from_secs(100));
+        assert_eq!(h.count(), 2);
+        assert_eq!(h.cells.buckets[0].load(Ordering::Relaxed), 1);
+        assert_eq!(
+            h.cells.buckets[LATENCY_BOUNDS_US.len()].load(Ordering::Relaxed),
+            1
+        );
+    }
+}

@@ -1,0 +1,672 @@
+//! The routing state of a data plane: an immutable [`Snapshot`] read
+//! lock-free by every request, replaced whole by each config update.
+//!
+//! Updates are built off the hot path under a mutex (only the updater takes
+//! it) and published with one atomic pointer swap. An update that only
+//! touches instances rebuilds only the services it touches; the others are
+//! shared with the previous snapshot, so the cost follows the change, not the
+//! fleet. In-flight counters live with the instance and survive every swap.
+
+use crate::balancer::{Balancer, Endpoint, InstanceLoad};
+use crate::metrics::{Metrics, RouteMetrics, UpstreamErrorMetrics};
+use crate::routing::{PathRewrite, Router};
+use crate::upstream::ConnPool;
+use arc_swap::{ArcSwap, Guard};
+use gateway_common::config::{ConfigError, ServiceConfig, Strategy};
+use gateway_common::registration::Instance;
+use gateway_common::routing::RouteConflict;
+use gateway_common::GatewayConfig;
+use gateway_proto::v1 as pb;
+use http::uri::Authority;
+use http::HeaderValue;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// A route as the proxy uses it, everything precomputed.
+#[derive(Debug)]
+pub struct RouteRuntime {
+    /// Route name.
+    pub name: Arc<String>,
+    /// Target service name.
+    pub service_name: Arc<String>,
+    /// Index of the target service in [`Snapshot::services`].
+    pub service: usize,
+    /// How the path is rewritten.
+    pub rewrite: PathRewrite,
+    /// Largest request body, in bytes.
+    pub body_limit: u64,
+    /// Time allowed for the response head (route timeout, else service's).
+    pub timeout: Duration,
+    /// Cached metric handles.
+    pub metrics: RouteMetrics,
+}
+
+/// A service as the proxy uses it.
+#[derive(Debug)]
+pub struct ServiceRuntime {
+    /// Service name.
+    pub name: Arc<String>,
+    /// Its config.
+    pub config: ServiceConfig,
+    /// Picks among the routable instances.
+    pub balancer: Balancer,
+    /// Cached error counters.
+    pub errors: UpstreamErrorMetrics,
+}
+
+/// One immutable view of config and instances.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Store history the version belongs to.
+    pub epoch: String,
+    /// Config version.
+    pub version: u64,
+    /// The config.
+    pub config: Arc<GatewayConfig>,
+    /// Route table.
+    pub router: Arc<Router<Arc<RouteRuntime>>>,
+    /// Services, in config order.
+    pub services: Vec<Arc<ServiceRuntime>>,
+    service_index: Arc<HashMap<String, usize>>,
+}
+
+impl Snapshot {
+    fn empty() -> Self {
+        Self {
+            epoch: String::new(),
+            version: 0,
+            config: Arc::new(GatewayConfig::default()),
+            router: Arc::new(Router::empty()),
+            services: Vec::new(),
+            service_index: Arc::default(),
+        }
+    }
+
+    /// A service by name.
+    pub fn service_named(&self, name: &str) -> Option<&Arc<ServiceRuntime>> {
+        self.service_index.get(name).map(|&i| &self.services[i])
+    }
+}
+
+/// Why an update was refused; the previous snapshot stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// A delta that does not start from the version held.
+    #[error("delta from {base_epoch}/{base} does not apply to {epoch}/{version}")]
+    Gap {
+        /// Epoch held.
+        epoch: String,
+        /// Version held.
+        version: u64,
+        /// Epoch of the delta.
+        base_epoch: String,
+        /// Base version of the delta.
+        base: u64,
+    },
+    /// The config does not load.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The routes do not build.
+    #[error("routes: {0}")]
+    Routes(#[from] RouteConflict),
+    /// An instance is unusable.
+    #[error("instance: {0}")]
+    Instance(String),
+}
+
+impl UpdateError {
+    /// Whether the control plane should answer with a snapshot.
+    pub fn wants_snapshot(&self) -> bool {
+        matches!(self, UpdateError::Gap { .. })
+    }
+}
+
+/// A change to apply, whatever its source.
+#[derive(Debug)]
+pub struct Change {
+    /// Epoch after the change.
+    pub epoch: String,
+    /// Version after the change.
+    pub version: u64,
+    /// Replace every instance (snapshot) rather than patch them (delta).
+    pub replace_all: bool,
+    /// New config, if it changes.
+    pub config: Option<GatewayConfig>,
+    /// Instances added or changed (all of them when `replace_all`).
+    pub upserts: Vec<Instance>,
+    /// Ids of instances removed.
+    pub removals: Vec<String>,
+}
+
+impl Change {
+    /// Reads a Discovery update; the config and instances are validated.
+    pub fn from_proto(update: &pb::ConfigUpdate) -> Result<Self, UpdateError> {
+        let config = if !update.config_json.is_empty() {
+            Some(GatewayConfig::from_json(&update.config_json)?)
+        } else if update.snapshot {
+            Some(GatewayConfig::default())
+        } else {
+            None
+        };
+        let upserts = update
+            .upserts
+            .iter()
+            .map(Instance::from_proto)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(UpdateError::Instance)?;
+        Ok(Self {
+            epoch: update.epoch.clone(),
+            version: update.version,
+            replace_all: update.snapshot,
+            config,
+            upserts,
+            removals: update.removals.clone(),
+        })
+    }
+}
+
+struct InstanceEntry {
+    instance: Instance,
+    endpoint: Arc<Endpoint>,
+}
+
+#[derive(Default)]
+struct Store {
+    instances: HashMap<String, InstanceEntry>,
+    by_service: HashMap<String, BTreeSet<String>>,
+}
+
+impl Store {
+    fn insert(&mut self, entry: InstanceEntry, affected: &mut HashSet<String>) {
+        let id = entry.instance.spec.id.clone();
+        let service = entry.instance.spec.service.clone();
+        if let Some(old) = self.instances.insert(id.clone(), entry) {
+            if old.instance.spec.service != service {
+                self.unlink(&old.instance.spec.service, &id);
+                affected.insert(old.instance.spec.service);
+            }
+        }
+        self.by_service
+            .entry(service.clone())
+            .or_default()
+            .insert(id);
+        affected.insert(service);
+    }
+
+    fn remove(&mut self, id: &str, affected: &mut HashSet<String>) {
+        if let Some(old) = self.instances.remove(id) {
+            self.unlink(&old.instance.spec.service, id);
+            affected.insert(old.instance.spec.service);
+        }
+    }
+
+    fn unlink(&mut self, service: &str, id: &str) {
+        if let Some(ids) = self.by_service.get_mut(service) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_service.remove(service);
+            }
+        }
+    }
+
+    fn endpoints(&self, service: &str) -> Vec<Arc<Endpoint>> {
+        self.by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.instances.get(id))
+            .filter(|e| e.instance.state.routable())
+            .map(|e| e.endpoint.clone())
+            .collect()
+    }
+
+    /// The connection pool of a known instance at the same address (kept
+    /// across updates), else a new one.
+    fn pool_of(&self, id: &str, target: &str) -> Arc<ConnPool> {
+        match self.instances.get(id) {
+            Some(e) if e.endpoint.pool.target() == target => e.endpoint.pool.clone(),
+            _ => Arc::new(ConnPool::new(target.to_string())),
+        }
+    }
+
+    fn load_of(&self, id: &str) -> Arc<InstanceLoad> {
+        self.instances
+            .get(id)
+            .map(|e| e.endpoint.load.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The current snapshot and what builds the next one.
+pub struct Runtime {
+    current: ArcSwap<Snapshot>,
+    store: Mutex<Store>,
+    metrics: Arc<Metrics>,
+    ready: AtomicBool,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let snap = self.current.load();
+        f.debug_struct("Runtime")
+            .field("epoch", &snap.epoch)
+            .field("version", &snap.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// An empty runtime (no route; not ready).
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::empty()),
+            store: Mutex::default(),
+            metrics,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The current snapshot (lock-free; do not hold it across awaits).
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an owned `Arc`.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Whether a config has been applied.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Epoch and version held.
+    pub fn version(&self) -> (String, u64) {
+        let snap = self.current.load();
+        (snap.epoch.clone(), snap.version)
+    }
+
+    /// In-flight requests of every known instance, by id.
+    pub fn in_flight(&self) -> Vec<(String, u64)> {
+        let store = self.lock();
+        store
+            .instances
+            .iter()
+            .map(|(id, e)| (id.clone(), e.endpoint.load.in_flight()))
+            .collect()
+    }
+
+    /// In-flight requests of one instance (0 when unknown).
+    pub fn in_flight_of(&self, id: &str) -> u64 {
+        self.lock().load_of(id).in_flight()
+    }
+
+    /// Applies a Discovery update: a snapshot replaces everything, a delta
+    /// must start from the version held. Refused updates change nothing.
+    pub fn apply_update(&self, update: &pb::ConfigUpdate) -> Result<(), UpdateError> {
+        let result = self.apply_update_inner(update);
+        self.metrics.count_update(result.is_ok());
+        result
+    }
+
+    fn apply_update_inner(&self, update: &pb::ConfigUpdate) -> Result<(), UpdateError> {
+        if !update.snapshot {
+            let snap = self.current.load();
+            if snap.epoch != update.epoch || snap.version != update.base_version {
+                return Err(UpdateError::Gap {
+                    epoch: snap.epoch.clone(),
+                    version: snap.version,
+                    base_epoch: update.epoch.clone(),
+                    base: update.base_version,
+                });
+            }
+        }
+        self.apply(Change::from_proto(update)?)
+    }
+
+    /// Applies a change (validated whole first; nothing is half-applied).
+    pub fn apply(&self, change: Change) -> Result<(), UpdateError> {
+        let mut store = self.lock();
+        let old = self.current.load_full();
+        let config = change.config.map(Arc::new);
+        let router_and_index = match &config {
+            Some(config) => Some(self.build_router(config)?),
+            None => None,
+        };
+        let prepared = change
+            .upserts
+            .into_iter()
+            .map(|instance| prepare(&store, instance))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut affected = HashSet::new();
+        if change.replace_all {
+            *store = Store::default();
+        }
+        for id in &change.removals {
+            store.remove(id, &mut affected);
+        }
+        for entry in prepared {
+            store.insert(entry, &mut affected);
+        }
+
+        let rebuild_all = change.replace_all || config.is_some();
+        let config = config.unwrap_or_else(|| old.config.clone());
+        let (router, service_index) =
+            router_and_index.unwrap_or_else(|| (old.router.clone(), old.service_index.clone()));
+        let services = if rebuild_all {
+            config
+                .services
+                .iter()
+                .map(|sc| {
+                    let previous = old.service_named(&sc.name);
+                    match previous {
+                        Some(p)
+                            if !change.replace_all
+                                && p.config == *sc
+                                && !affected.contains(&sc.name) =>
+                        {
+                            p.clone()
+                        }
+                        _ => Arc::new(self.build_service(&store, sc, previous.map(|p| &**p))),
+                    }
+                })
+                .collect()
+        } else {
+            let mut services = old.services.clone();
+            for name in &affected {
+                if let Some(&i) = old.service_index.get(name) {
+                    let previous = &old.services[i];
+                    services[i] =
+                        Arc::new(self.build_service(&store, &previous.config, Some(previous)));
+                }
+            }
+            services
+        };
+        let snapshot = Snapshot {
+            epoch: change.epoch,
+            version: change.version,
+            config,
+            router,
+            services,
+            service_index,
+        };
+        self.metrics
+            .config_version
+            .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
+        self.current.store(Arc::new(snapshot));
+        self.ready.store(true, Ordering::Release);
+        drop(store);
+        Ok(())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn build_router(
+        &self,
+        config: &GatewayConfig,
+    ) -> Result<(Arc<Router<Arc<RouteRuntime>>>, Arc<HashMap<String, usize>>), UpdateError> {
+        let index: HashMap<String, usize> = config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let (Some(&service), Some(sc)) =
+                (index.get(&route.service), config.service(&route.service))
+            else {
+                return Err(UpdateError::Routes(RouteConflict(format!(
+                    "route {} names unknown service {}",
+                    route.name, route.service
+                ))));
+            };
+            let name = Arc::new(route.name.clone());
+            let service_name = Arc::new(route.service.clone());
+            let runtime = RouteRuntime {
+                metrics: self.metrics.route(name.clone(), service_name.clone()),
+                name,
+                service_name,
+                service,
+                rewrite: PathRewrite::of(route),
+                body_limit: route.body_limit(),
+                timeout: route.timeout.unwrap_or(sc.timeout),
+            };
+            routes.push((route, Arc::new(runtime)));
+        }
+        let router = Router::build(routes)?;
+        Ok((Arc::new(router), Arc::new(index)))
+    }
+
+    fn build_service(
+        &self,
+        store: &Store,
+        config: &ServiceConfig,
+        previous: Option<&ServiceRuntime>,
+    ) -> ServiceRuntime {
+        let strategy = config.load_balancer.strategy;
+        let strategy_changed =
+            previous.is_none_or(|p| p.config.load_balancer != config.load_balancer);
+        if strategy != Strategy::RoundRobin && strategy_changed {
+            tracing::warn!(
+                service = %config.name,
+                ?strategy,
+                "load-balancing strategy not implemented in this data plane; using round-robin"
+            );
+        }
+        let name = previous.map_or_else(|| Arc::new(config.name.clone()), |p| p.name.clone());
+        ServiceRuntime {
+            errors: self.metrics.upstream_errors(&name),
+            name,
+            config: config.clone(),
+            balancer: Balancer::build(strategy, store.endpoints(&config.name)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Checks an instance and makes its endpoint, keeping the live counters of
+/// an instance already known under the same id.
+fn prepare(store: &Store, instance: Instance) -> Result<InstanceEntry, UpdateError> {
+    let spec = &instance.spec;
+    let bad = |e: &dyn std::fmt::Display| {
+        UpdateError::Instance(format!("{}: bad address {:?}: {e}", spec.id, spec.address))
+    };
+    let text = spec.authority();
+    let host_header = HeaderValue::from_str(&text).map_err(|e| bad(&e))?;
+    let pool = store.pool_of(&spec.id, &text);
+    let authority = Authority::try_from(text).map_err(|e| bad(&e))?;
+    let endpoint = Arc::new(Endpoint {
+        id: Arc::from(spec.id.as_str()),
+        authority,
+        host_header,
+        weight: spec.weight.max(1),
+        load: store.load_of(&spec.id),
+        pool,
+    });
+    Ok(InstanceEntry { instance, endpoint })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_common::registration::{Health, InstanceSpec, InstanceState};
+
+    const CONFIG: &str = r#"{"version":1,"services":[{"name":"a"},{"name":"b"}],"routes":[{"name":"a","match":{"path_prefix":"/a"},"service":"a"},{"name":"b","match":{"path_prefix":"/b"},"service":"b"}]}"#;
+
+    fn instance(id: &str, service: &str, port: u32) -> pb::Instance {
+        pb::Instance {
+            id: id.into(),
+            service: service.into(),
+            address: "127.0.0.1".into(),
+            port,
+            weight: 1,
+            health: pb::HealthState::Unknown as i32,
+            ..Default::default()
+        }
+    }
+
+    fn snapshot(version: u64, instances: Vec<pb::Instance>) -> pb::ConfigUpdate {
+        pb::ConfigUpdate {
+            epoch: "e".into(),
+            version,
+            snapshot: true,
+            config_json: CONFIG.into(),
+            upserts: instances,
+            ..Default::default()
+        }
+    }
+
+    fn delta(base: u64, upserts: Vec<pb::Instance>, removals: Vec<&str>) -> pb::ConfigUpdate {
+        pb::ConfigUpdate {
+            epoch: "e".into(),
+            version: base + 1,
+            base_version: base,
+            upserts,
+            removals: removals.into_iter().map(String::from).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn runtime() -> Runtime {
+        Runtime::new(Arc::new(Metrics::new()))
+    }
+
+    fn ids(rt: &Runtime, service: &str) -> Vec<String> {
+        rt.load()
+            .service_named(service)
+            .unwrap()
+            .balancer
+            .endpoints()
+            .iter()
+            .map(|e| e.id.to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn instance_delta_rebuilds_only_touched_services() {
+        let rt = runtime();
+        assert!(!rt.is_ready());
+        rt.apply_update(&snapshot(
+            1,
+            vec![instance("a1", "a", 1), instance("b1", "b", 2)],
+        ))
+        .unwrap();
+        assert!(rt.is_ready());
+        let before = rt.snapshot();
+        rt.apply_update(&delta(1, vec![instance("a2", "a", 3)], vec![]))
+            .unwrap();
+        let after = rt.snapshot();
+        assert_eq!(after.version, 2);
+        assert!(Arc::ptr_eq(&before.router, &after.router));
+        assert!(Arc::ptr_eq(&before.services[1], &after.services[1]));
+        assert!(!Arc::ptr_eq(&before.services[0], &after.services[0]));
+        assert_eq!(ids(&rt, "a"), vec!["a1", "a2"]);
+    }
+
+    #[tokio::test]
+    async fn in_flight_counts_survive_swaps_and_removals_drop_them() {
+        let rt = runtime();
+        rt.apply_update(&snapshot(1, vec![instance("a1", "a", 1)]))
+            .unwrap();
+        let guard = rt.load().services[0].balancer.pick().unwrap().load.begin();
+        let mut draining = instance("a1", "a", 1);
+        draining.draining = true;
+        rt.apply_update(&delta(1, vec![draining], vec![])).unwrap();
+        assert!(ids(&rt, "a").is_empty());
+        assert_eq!(rt.in_flight_of("a1"), 1);
+        drop(guard);
+        assert_eq!(rt.in_flight_of("a1"), 0);
+        rt.apply_update(&delta(2, vec![], vec!["a1"])).unwrap();
+        assert!(rt.in_flight().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unhealthy_instances_are_not_routable() {
+        let rt = runtime();
+        let mut sick = instance("a1", "a", 1);
+        sick.health = pb::HealthState::Unhealthy as i32;
+        rt.apply_update(&snapshot(1, vec![sick, instance("a2", "a", 2)]))
+            .unwrap();
+        assert_eq!(ids(&rt, "a"), vec!["a2"]);
+    }
+
+    #[tokio::test]
+    async fn gaps_and_bad_content_are_refused_whole() {
+        let rt = runtime();
+        rt.apply_update(&snapshot(5, vec![instance("a1", "a", 1)]))
+            .unwrap();
+        let err = rt.apply_update(&delta(3, vec![], vec![])).unwrap_err();
+        assert!(err.wants_snapshot(), "{err}");
+        let mut bad = delta(5, vec![instance("a2", "a", 2)], vec!["a1"]);
+        bad.config_json = r#"{"version":7}"#.into();
+        let err = rt.apply_update(&bad).unwrap_err();
+        assert!(!err.wants_snapshot());
+        let bad_instance = delta(
+            5,
+            vec![instance("a3", "a", 2), instance("x", "a", 0)],
+            vec!["a1"],
+        );
+        assert!(rt.apply_update(&bad_instance).is_err());
+        assert_eq!(rt.version().1, 5);
+        assert_eq!(ids(&rt, "a"), vec!["a1"]);
+    }
+
+    #[tokio::test]
+    async fn instances_wait_for_their_service() {
+        let rt = runtime();
+        let empty = pb::ConfigUpdate {
+            epoch: "e".into(),
+            version: 1,
+            snapshot: true,
+            config_json: r#"{"version":1}"#.into(),
+            upserts: vec![instance("c1", "c", 1)],
+            ..Default::default()
+        };
+        rt.apply_update(&empty).unwrap();
+        let mut add_service = delta(1, vec![], vec![]);
+        add_service.config_json = r#"{"version":1,"services":[{"name":"c"}]}"#.into();
+        rt.apply_update(&add_service).unwrap();
+        assert_eq!(ids(&rt, "c"), vec!["c1"]);
+    }
+
+    #[tokio::test]
+    async fn standalone_change_is_applied() {
+        let rt = runtime();
+        let config = GatewayConfig::from_json(CONFIG).unwrap();
+        let spec = InstanceSpec {
+            id: "static:a:127.0.0.1:1".into(),
+            service: "a".into(),
+            address: "127.0.0.1".into(),
+            port: 1,
+            health_path: String::new(),
+            weight: 1,
+            zone: String::new(),
+            metadata: Default::default(),
+            static_instance: true,
+        };
+        rt.apply(Change {
+            epoch: "standalone".into(),
+            version: 1,
+            replace_all: true,
+            config: Some(config),
+            upserts: vec![Instance {
+                spec,
+                state: InstanceState {
+                    health: Health::Unknown,
+                    draining: false,
+                },
+            }],
+            removals: vec![],
+        })
+        .unwrap();
+        assert_eq!(ids(&rt, "a"), vec!["static:a:127.0.0.1:1"]);
+    }
+}

@@ -1,0 +1,78 @@
+//! The public listener: accepts connections, serves each with the proxy
+//! stack over HTTP/1.1 keep-alive, and drains on shutdown.
+
+use crate::headers::peer_value;
+use crate::layers::{InFlightLayer, RequestIdLayer};
+use crate::proxy::{Proxy, ProxyService};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::ServiceBuilder;
+
+/// Time a client gets to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `listener` until `shutdown` turns true, then stops accepting and
+/// gives open connections `grace` to finish their requests.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let in_flight = proxy.metrics().in_flight.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let service = ServiceBuilder::new()
+                        .layer(RequestIdLayer)
+                        .layer(InFlightLayer::new(in_flight.clone()))
+                        .service(ProxyService::new(proxy.clone(), peer_value(peer.ip())));
+                    let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+                    let conn = graceful.watch(conn);
+                    connections.spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off a little.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = crate::shutdown::stopped(&mut shutdown) => break,
+        }
+    }
+    drop(listener);
+    let open = graceful.count();
+    tracing::info!(
+        open_connections = open,
+        grace_ms = grace.as_millis() as u64,
+        "stopped accepting; draining"
+    );
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing the remaining connections");
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}

@@ -1,0 +1,195 @@
+//! What a data plane is started with, and the seed's environment variables
+//! that feed it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default public listener.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:3000";
+/// Default admin listener (`/metrics`, `/health/*`).
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
+/// Default control-plane URL.
+pub const DEFAULT_CONTROL_PLANE: &str = "http://127.0.0.1:50051";
+/// Default time in-flight requests get to finish on shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Shortest `JWT_SECRET` accepted, in bytes.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// The seed's `*_SERVICE_URL` variables and the services they address.
+pub const SERVICE_URL_VARS: [(&str, &str); 19] = [
+    ("AUTH_SERVICE_URL", "auth"),
+    ("VENUE_SERVICE_URL", "venue"),
+    ("EVENT_SERVICE_URL", "event"),
+    ("TICKET_SERVICE_URL", "ticket"),
+    ("PAYMENT_SERVICE_URL", "payment"),
+    ("MARKETPLACE_SERVICE_URL", "marketplace"),
+    ("ANALYTICS_SERVICE_URL", "analytics"),
+    ("NOTIFICATION_SERVICE_URL", "notification"),
+    ("INTEGRATION_SERVICE_URL", "integration"),
+    ("COMPLIANCE_SERVICE_URL", "compliance"),
+    ("QUEUE_SERVICE_URL", "queue"),
+    ("SEARCH_SERVICE_URL", "search"),
+    ("FILE_SERVICE_URL", "file"),
+    ("MONITORING_SERVICE_URL", "monitoring"),
+    ("BLOCKCHAIN_SERVICE_URL", "blockchain"),
+    ("ORDER_SERVICE_URL", "order"),
+    ("SCANNING_SERVICE_URL", "scanning"),
+    ("MINTING_SERVICE_URL", "minting"),
+    ("TRANSFER_SERVICE_URL", "transfer"),
+];
+
+/// Everything a [`crate::DataPlane`] needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Public listener; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Admin listener; port 0 picks a free port.
+    pub admin_listen: SocketAddr,
+    /// Control-plane URL (ignored in standalone mode).
+    pub control_plane: String,
+    /// Standalone mode: the declarative config file; no control plane.
+    pub config_file: Option<PathBuf>,
+    /// Identity shown in the topology.
+    pub node_id: String,
+    /// Bearer token sent on the Discovery stream.
+    pub dataplane_token: Option<String>,
+    /// Time in-flight requests get to finish on shutdown.
+    pub shutdown_grace: Duration,
+    /// Seed `*_SERVICE_URL` overrides as (service, url); standalone mode only.
+    pub service_urls: Vec<(String, String)>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 3000)),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            control_plane: DEFAULT_CONTROL_PLANE.to_string(),
+            config_file: None,
+            node_id: default_node_id(),
+            dataplane_token: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            service_urls: Vec::new(),
+        }
+    }
+}
+
+/// `hostname-pid`, the default node id.
+pub fn default_node_id() -> String {
+    format!("{}-{}", hostname(), std::process::id())
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for `buf.len()` bytes; gethostname writes at
+    // most that many and we only read up to the first NUL.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "data-plane".to_string();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if !name.is_empty() => name.to_string(),
+        _ => "data-plane".to_string(),
+    }
+}
+
+/// The seed's `*_SERVICE_URL` variables that `lookup` finds set (non-empty),
+/// as (service, url) pairs in the seed's order.
+pub fn service_urls_from(lookup: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    SERVICE_URL_VARS
+        .iter()
+        .filter_map(|(var, service)| {
+            let url = lookup(var)?;
+            let url = url.trim();
+            (!url.is_empty()).then(|| (service.to_string(), url.to_string()))
+        })
+        .collect()
+}
+
+/// The seed's `*_SERVICE_URL` variables set in the process environment.
+pub fn service_urls_from_env() -> Vec<(String, String)> {
+    service_urls_from(|var| std::env::var(var).ok())
+}
+
+/// Why a setting was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SettingsError {
+    /// `JWT_SECRET` is set but too short to be safe.
+    #[error(
+        "JWT_SECRET is {0} bytes long; it must be at least {MIN_JWT_SECRET_BYTES} bytes (256 bits)"
+    )]
+    WeakJwtSecret(usize),
+    /// A listen address could not be read.
+    #[error("{0:?} is neither an address (HOST:PORT) nor a port number")]
+    BadListenAddress(String),
+}
+
+/// Refuses a `JWT_SECRET` shorter than [`MIN_JWT_SECRET_BYTES`]; unset is fine.
+pub fn check_jwt_secret(secret: Option<&str>) -> Result<(), SettingsError> {
+    match secret {
+        Some(s) if s.len() < MIN_JWT_SECRET_BYTES => Err(SettingsError::WeakJwtSecret(s.len())),
+        _ => Ok(()),
+    }
+}
+
+/// Reads `HOST:PORT`, or a bare port number meaning `0.0.0.0:PORT`.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, SettingsError> {
+    let text = text.trim();
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    text.parse()
+        .map_err(|_| SettingsError::BadListenAddress(text.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_urls_follow_the_seed_names() {
+        let urls = service_urls_from(|var| match var {
+            "AUTH_SERVICE_URL" => Some("http://10.0.0.1:3001".into()),
+            "TRANSFER_SERVICE_URL" => Some(" http://t:3019 ".into()),
+            "EVENT_SERVICE_URL" => Some("".into()),
+            _ => None,
+        });
+        assert_eq!(
+            urls,
+            vec![
+                ("auth".to_string(), "http://10.0.0.1:3001".to_string()),
+                ("transfer".to_string(), "http://t:3019".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn jwt_secret_length_is_checked() {
+        assert!(check_jwt_secret(None).is_ok());
+        assert!(check_jwt_secret(Some(&"x".repeat(32))).is_ok());
+        assert_eq!(
+            check_jwt_secret(Some("short")),
+            Err(SettingsError::WeakJwtSecret(5))
+        );
+    }
+
+    #[test]
+    fn listen_accepts_addresses_and_bare_ports() {
+        assert_eq!(
+            parse_listen("8080").unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("127.0.0.1:1").unwrap(),
+            "127.0.0.1:1".parse().unwrap()
+        );
+        assert!(parse_listen("localhost").is_err());
+    }
+
+    #[test]
+    fn node_id_names_host_and_pid() {
+        assert!(default_node_id().ends_with(&format!("-{}", std::process::id())));
+    }
+}
