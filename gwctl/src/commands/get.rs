@@ -1,0 +1,110 @@
+//! `gwctl get services|routes|instances|dataplanes`.
+
+use super::{emit, Context};
+use crate::cli::{GetArgs, GetKind};
+use crate::client::{Api, ControlPlane};
+use crate::output::{structured, Format};
+use crate::views::{
+    data_planes_table, instances_table, routes_table, services_table, DataPlaneView, InstanceView,
+};
+use anyhow::Context as _;
+use gateway_common::GatewayConfig;
+use gateway_proto::v1 as pb;
+
+/// Lists what was asked for.
+pub async fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<()> {
+    if args.service.is_some() && args.kind != GetKind::Instances {
+        anyhow::bail!("--service only applies to `get instances`");
+    }
+    let cp = ctx.connect().await?;
+    let text = match args.kind {
+        GetKind::Services => {
+            let config = current_config(&cp).await?;
+            render(ctx.format, &config.services, || {
+                services_table(&config.services).render()
+            })?
+        }
+        GetKind::Routes => {
+            let config = current_config(&cp).await?;
+            render(ctx.format, &config.routes, || {
+                routes_table(&config.routes).render()
+            })?
+        }
+        GetKind::Instances => {
+            let instances = list_instances(&cp, args.service.unwrap_or_default()).await?;
+            render(ctx.format, &instances, || {
+                instances_table(&instances).render()
+            })?
+        }
+        GetKind::Dataplanes => {
+            let data_planes = list_data_planes(&cp).await?;
+            render(ctx.format, &data_planes, || {
+                data_planes_table(&data_planes).render()
+            })?
+        }
+    };
+    emit(&text)
+}
+
+fn render<T: serde::Serialize>(
+    format: Format,
+    value: &T,
+    table: impl FnOnce() -> String,
+) -> anyhow::Result<String> {
+    match format {
+        Format::Table => Ok(table()),
+        format => structured(format, value),
+    }
+}
+
+/// The control plane's current config (not re-validated: it is shown as stored).
+pub async fn current_config(cp: &ControlPlane) -> anyhow::Result<GatewayConfig> {
+    let answer = cp
+        .admin()
+        .get_config(pb::GetConfigRequest {})
+        .await
+        .map_err(|s| cp.explain(Api::Admin, s))?
+        .into_inner();
+    if answer.config_json.trim().is_empty() {
+        return Ok(GatewayConfig::default());
+    }
+    serde_json::from_str(&answer.config_json)
+        .context("the control plane sent a config gwctl cannot read")
+}
+
+/// Instances of one service (or all for an empty name).
+pub async fn list_instances(
+    cp: &ControlPlane,
+    service: String,
+) -> anyhow::Result<Vec<InstanceView>> {
+    let answer = cp
+        .admin()
+        .list_instances(pb::ListInstancesRequest { service })
+        .await
+        .map_err(|s| cp.explain(Api::Admin, s))?
+        .into_inner();
+    let mut instances: Vec<InstanceView> = answer
+        .instances
+        .iter()
+        .map(InstanceView::from_status)
+        .collect();
+    instances.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
+    Ok(instances)
+}
+
+/// Every data plane the control plane knows.
+pub async fn list_data_planes(cp: &ControlPlane) -> anyhow::Result<Vec<DataPlaneView>> {
+    let answer = cp
+        .admin()
+        .list_data_planes(pb::ListDataPlanesRequest {})
+        .await
+        .map_err(|s| cp.explain(Api::Admin, s))?
+        .into_inner();
+    let mut data_planes: Vec<DataPlaneView> = answer
+        .data_planes
+        .iter()
+        .map(DataPlaneView::from_status)
+        .collect();
+    data_planes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    Ok(data_planes)
+}

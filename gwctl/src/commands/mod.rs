@@ -1,0 +1,82 @@
+//! One module per verb; [`run`] dispatches the parsed command line.
+
+mod apply;
+mod breaker;
+mod drain;
+mod get;
+mod register;
+mod token;
+mod topology;
+
+use crate::cli::{Cli, Command};
+use crate::client::ControlPlane;
+use crate::output::Format;
+use std::io::Write;
+
+/// What every verb needs: where the control plane is and how to print.
+pub struct Context {
+    /// gRPC URL of the control plane.
+    pub control_plane: String,
+    /// Output format.
+    pub format: Format,
+}
+
+impl Context {
+    /// Connects to the control plane.
+    pub async fn connect(&self) -> anyhow::Result<ControlPlane> {
+        Ok(ControlPlane::connect(&self.control_plane).await?)
+    }
+}
+
+/// Runs the verb of `cli`.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Context {
+        control_plane: cli.control_plane,
+        format: cli.output,
+    };
+    match cli.command {
+        Command::Apply(args) => apply::run(&ctx, args).await,
+        Command::Get(args) => get::run(&ctx, args).await,
+        Command::Register(args) => register::run(&ctx, args).await,
+        Command::Deregister(args) => register::deregister(&ctx, args).await,
+        Command::Drain(args) => drain::drain(&ctx, args).await,
+        Command::Undrain(args) => drain::undrain(&ctx, args).await,
+        Command::Topology(args) => topology::run(&ctx, args).await,
+        Command::Breaker(args) => breaker::run(&ctx, args).await,
+        Command::Token(args) => token::run(&ctx, args),
+        Command::Dev(args) => crate::dev::run(args).await,
+    }
+}
+
+/// Writes to stdout; a closed pipe (e.g. `| head`) is not an error.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// Resolves when the process receives Ctrl-C (SIGINT) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,323 @@
+//! `gwctl dev`: a whole gateway in one process: an embedded control plane
+//! (in-memory store), the built-in echo upstream and one data plane, with
+//! the dev config applied.
+
+use crate::cli::DevArgs;
+use crate::client::{Api, ControlPlane as CpClient};
+use crate::commands::shutdown_signal;
+use crate::echo::EchoServer;
+use anyhow::Context as _;
+use gateway_common::config::RouteConfig;
+use gateway_common::GatewayConfig;
+use gateway_proto::v1 as pb;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The dev config, relative to the working directory.
+const DEV_CONFIG_PATH: &str = "deploy/examples/dev.yaml";
+/// The same file, built in for when gwctl runs elsewhere.
+const EMBEDDED_DEV_CONFIG: &str = include_str!("../../deploy/examples/dev.yaml");
+/// Control plane gRPC address.
+const CP_GRPC: ([u8; 4], u16) = ([127, 0, 0, 1], 50051);
+/// Control plane HTTP address.
+const CP_HTTP: ([u8; 4], u16) = ([127, 0, 0, 1], 9091);
+/// Data plane admin address.
+const DP_ADMIN: ([u8; 4], u16) = ([127, 0, 0, 1], 9090);
+/// Echo upstream address (the dev config's static instance).
+const ECHO: ([u8; 4], u16) = ([127, 0, 0, 1], 8081);
+/// Time the data plane gets to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time in-flight requests get when stopping.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the embedded gateway until Ctrl-C or SIGTERM.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    init_logging();
+    let (document, source) = dev_config(args.file.as_deref())?;
+    let config = GatewayConfig::load(document.as_bytes()).with_context(|| source.clone())?;
+    let admin_token = random_token();
+    let registration_token = random_token();
+
+    let cp = control_plane::ControlPlane::start(control_plane::Settings {
+        grpc_addr: SocketAddr::from(CP_GRPC),
+        http_addr: SocketAddr::from(CP_HTTP),
+        redis_url: None,
+        admin_token: Some(admin_token.clone()),
+        registration_token: Some(registration_token.clone()),
+        dataplane_token: None,
+        allow_unauthenticated: false,
+        replica_id: "dev".to_string(),
+        key_prefix: "gw:".to_string(),
+        leader_ttl: Duration::from_secs(10),
+        lease_sweep_interval: Duration::from_millis(250),
+    })
+    .await
+    .context("cannot start the embedded control plane")?;
+    let echo = EchoServer::start(SocketAddr::from(ECHO)).await?;
+    let cp_url = format!("http://{}", cp.grpc_addr());
+    let dp = data_plane::DataPlane::start(data_plane::Settings {
+        listen: args.listen,
+        admin_listen: SocketAddr::from(DP_ADMIN),
+        control_plane: cp_url.clone(),
+        config_file: None,
+        node_id: "dev".to_string(),
+        dataplane_token: None,
+        shutdown_grace: SHUTDOWN_GRACE,
+        service_urls: Vec::new(),
+    })
+    .await
+    .context("cannot start the embedded data plane")?;
+
+    let version = apply(&cp_url, &admin_token, document).await?;
+    wait_ready(dp.admin_addr(), READY_TIMEOUT).await?;
+    println!(
+        "{}",
+        banner(&Banner {
+            listen: dp.listen_addr(),
+            admin: dp.admin_addr(),
+            cp_grpc: cp.grpc_addr(),
+            cp_http: cp.http_addr(),
+            echo: echo.addr(),
+            source: &source,
+            version,
+            config: &config,
+            admin_token: &admin_token,
+            registration_token: &registration_token,
+        })
+    );
+
+    shutdown_signal().await;
+    println!("stopping: data plane, control plane, echo upstream");
+    dp.shutdown().await;
+    cp.shutdown().await;
+    echo.shutdown();
+    Ok(())
+}
+
+/// Logs of the embedded planes: `LOG_LEVEL` (default warn, so that the
+/// banner stays readable), `LOG_FORMAT=json|pretty` (default pretty).
+fn init_logging() {
+    let filter = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// The config document and where it came from.
+fn dev_config(file: Option<&Path>) -> anyhow::Result<(String, String)> {
+    let path = match file {
+        Some(path) => PathBuf::from(path),
+        None if Path::new(DEV_CONFIG_PATH).is_file() => PathBuf::from(DEV_CONFIG_PATH),
+        None => {
+            return Ok((
+                EMBEDDED_DEV_CONFIG.to_string(),
+                "built-in dev.yaml".to_string(),
+            ))
+        }
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok((text, path.display().to_string()))
+}
+
+/// 32 random bytes, hex.
+fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Applies the document through the Admin API; returns the new version.
+async fn apply(url: &str, admin_token: &str, document: String) -> anyhow::Result<u64> {
+    let cp = CpClient::connect(url).await?;
+    let answer = cp
+        .admin_with_token(admin_token)
+        .apply_config(pb::ApplyConfigRequest {
+            document: document.into_bytes(),
+            dry_run: false,
+        })
+        .await
+        .map_err(|s| cp.explain(Api::Admin, s))
+        .context("cannot apply the dev config")?
+        .into_inner();
+    Ok(answer.version)
+}
+
+/// Polls `GET /health/ready` on the data plane's admin address.
+async fn wait_ready(admin: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        match get_status(admin, "/health/ready").await {
+            Ok(200) => return Ok(()),
+            Ok(status) => last = format!("status {status}"),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the data plane is not ready after {timeout:?} ({last})")
+}
+
+/// Status code of `GET path` on `addr` (HTTP/1.1, one request).
+async fn get_status(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
+    let mut stream = tokio::net::TcpStream::connect(loopback_if_unspecified(addr)).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = vec![0u8; 64];
+    let n = stream.read(&mut head).await?;
+    let text = String::from_utf8_lossy(&head[..n]);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad status line"))
+}
+
+/// `0.0.0.0:3000` is reached as `127.0.0.1:3000`.
+fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}
+
+/// What the banner shows.
+struct Banner<'a> {
+    listen: SocketAddr,
+    admin: SocketAddr,
+    cp_grpc: SocketAddr,
+    cp_http: SocketAddr,
+    echo: SocketAddr,
+    source: &'a str,
+    version: u64,
+    config: &'a GatewayConfig,
+    admin_token: &'a str,
+    registration_token: &'a str,
+}
+
+/// What was started and how to use it.
+fn banner(b: &Banner<'_>) -> String {
+    let public = loopback_if_unspecified(b.listen);
+    let host = if b.listen.ip().is_unspecified() {
+        format!("localhost:{}", b.listen.port())
+    } else {
+        public.to_string()
+    };
+    let mut out = String::new();
+    out.push_str("gwctl dev: a whole gateway in this process\n\n");
+    out.push_str(&format!(
+        "  data plane     http://{}  (admin http://{}: /health/ready, /metrics)\n",
+        b.listen, b.admin
+    ));
+    out.push_str(&format!(
+        "  control plane  grpc {}, http http://{}  (in-memory store: not durable)\n",
+        b.cp_grpc, b.cp_http
+    ));
+    out.push_str(&format!("  echo upstream  http://{}\n", b.echo));
+    out.push_str(&format!(
+        "  config         {} applied as version {}\n\n",
+        b.source, b.version
+    ));
+    out.push_str("Try:\n");
+    for example in curl_examples(&b.config.routes, &host) {
+        out.push_str(&format!("  {example}\n"));
+    }
+    out.push_str("\nUse gwctl against it (from another shell):\n");
+    out.push_str(&format!("  export GW_CONTROL_PLANE=http://{}\n", b.cp_grpc));
+    out.push_str(&format!("  export GW_ADMIN_TOKEN={}\n", b.admin_token));
+    out.push_str(&format!(
+        "  export GW_REGISTRATION_TOKEN={}\n",
+        b.registration_token
+    ));
+    out.push_str("  gwctl topology\n");
+    out.push_str("  gwctl get routes\n");
+    out.push_str("  gwctl get instances\n");
+    out.push_str(&format!(
+        "  gwctl register --service echo --address {} --id echo-2 --ttl 10s --keepalive\n",
+        b.echo
+    ));
+    out.push_str("\nCtrl-C stops everything.");
+    out
+}
+
+/// A `curl` line for each of the first routes, with sample path values.
+fn curl_examples(routes: &[RouteConfig], host: &str) -> Vec<String> {
+    routes
+        .iter()
+        .take(4)
+        .filter_map(|route| {
+            let m = &route.matcher;
+            let path = match (&m.path, &m.path_prefix) {
+                (Some(path), _) => sample_path(path),
+                (None, Some(prefix)) if route.strip_prefix => {
+                    format!("{}/hello?x=1", prefix.trim_end_matches('/'))
+                }
+                (None, Some(prefix)) => format!("{}/7", prefix.trim_end_matches('/')),
+                (None, None) => return None,
+            };
+            let method = m
+                .methods
+                .first()
+                .filter(|method| method.as_str() != "GET")
+                .map(|method| format!("-X {method} "))
+                .unwrap_or_default();
+            Some(format!("curl -s {method}'http://{host}{path}'"))
+        })
+        .collect()
+}
+
+/// `/users/{id}` -> `/users/42`.
+fn sample_path(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .map(|segment| {
+            if segment.starts_with('{') && segment.ends_with('}') {
+                "42"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_dev_config_is_valid() {
+        let config = GatewayConfig::load(EMBEDDED_DEV_CONFIG.as_bytes()).unwrap();
+        let echo = config.service("echo").unwrap();
+        assert_eq!(echo.instances, vec!["http://127.0.0.1:8081".to_string()]);
+        assert_eq!(echo.health_check.path, "/health");
+        assert!(config.routes.iter().any(|r| r
+            .matcher
+            .path
+            .as_deref()
+            .is_some_and(|p| p.contains('{'))));
+        assert!(config.routes.iter().any(|r| r.rewrite.is_some()));
+    }
+
+    #[test]
+    fn examples_fill_in_parameters() {
+        let config = GatewayConfig::load(EMBEDDED_DEV_CONFIG.as_bytes()).unwrap();
+        let examples = curl_examples(&config.routes, "localhost:3000");
+        assert!(
+            examples.contains(&"curl -s 'http://localhost:3000/echo/hello?x=1'".to_string()),
+            "{examples:?}"
+        );
+        assert!(
+            examples.contains(&"curl -s 'http://localhost:3000/users/42'".to_string()),
+            "{examples:?}"
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! A backend for end-to-end tests.
+//!
+//! Answers every request with JSON `{name, method, path, query, headers}`
+//! and the header `x-upstream: NAME`. `?delay_ms=N` waits N ms before
+//! answering. `GET /health` answers 200, or 503 after
+//! `POST /_control/unhealthy` until `POST /_control/healthy`.
+//! `GET /_control/requests` returns `{"count": N}`: requests served outside
+//! `/health` and `/_control/*`.
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{json, Map, Value};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Longest delay `?delay_ms` may ask for.
+const MAX_DELAY_MS: u64 = 60_000;
+
+/// Command line of the test upstream.
+#[derive(Debug, Parser)]
+#[command(
+    name = "test-upstream",
+    about = "Backend for the gateway's end-to-end tests"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Name reported in every answer and in the `x-upstream` header.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+}
+
+/// What every connection shares.
+struct State {
+    name: String,
+    unhealthy: AtomicBool,
+    served: AtomicU64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    println!(
+        "test-upstream {} listening on {}",
+        args.name,
+        listener.local_addr()?
+    );
+    let state = Arc::new(State {
+        name: args.name,
+        unhealthy: AtomicBool::new(false),
+        served: AtomicU64::new(0),
+    });
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                eprintln!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = request.uri().path().to_string();
+    let method = request.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/health") => {
+            let (status, text) = if state.unhealthy.load(Ordering::SeqCst) {
+                (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
+            } else {
+                (StatusCode::OK, "ok")
+            };
+            return Ok(reply(
+                &state,
+                status,
+                json!({"name": state.name, "status": text}),
+            ));
+        }
+        (&Method::POST, "/_control/unhealthy") => {
+            state.unhealthy.store(true, Ordering::SeqCst);
+            return Ok(reply(&state, StatusCode::OK, json!({"unhealthy": true})));
+        }
+        (&Method::POST, "/_control/healthy") => {
+            state.unhealthy.store(false, Ordering::SeqCst);
+            return Ok(reply(&state, StatusCode::OK, json!({"unhealthy": false})));
+        }
+        (&Method::GET, "/_control/requests") => {
+            let count = state.served.load(Ordering::SeqCst);
+            return Ok(reply(&state, StatusCode::OK, json!({"count": count})));
+        }
+        _ => {}
+    }
+    let query = request.uri().query().unwrap_or("").to_string();
+    if let Some(ms) = delay_ms(&query) {
+        tokio::time::sleep(Duration::from_millis(ms.min(MAX_DELAY_MS))).await;
+    }
+    let mut headers = Map::new();
+    for (name, value) in request.headers() {
+        headers.insert(
+            name.to_string(),
+            Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        );
+    }
+    // Read the body so that the client can finish sending it.
+    let _ = request.into_body().collect().await;
+    state.served.fetch_add(1, Ordering::SeqCst);
+    let body = json!({
+        "name": state.name,
+        "method": method.as_str(),
+        "path": path,
+        "query": query,
+        "headers": headers,
+    });
+    Ok(reply(&state, StatusCode::OK, body))
+}
+
+fn delay_ms(query: &str) -> Option<u64> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("delay_ms="))
+        .and_then(|v| v.parse().ok())
+}
+
+fn reply(state: &State, status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    if let Ok(name) = hyper::header::HeaderValue::from_str(&state.name) {
+        headers.insert("x-upstream", name);
+    }
+    response
+}
