@@ -17,6 +17,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Endpoint;
 
+/// Largest config update accepted. A full snapshot of a large fleet (every
+/// instance may carry 4 KiB of metadata) is far above tonic's 4 MiB default.
+pub const MAX_UPDATE_BYTES: usize = 512 * 1024 * 1024;
+
 /// Timing of the Discovery client.
 #[derive(Debug, Clone)]
 pub struct DiscoveryTiming {
@@ -151,6 +155,7 @@ impl Session<'_> {
             request.metadata_mut().insert("authorization", value);
         }
         let mut inbound = DiscoveryClient::new(channel)
+            .max_decoding_message_size(MAX_UPDATE_BYTES)
             .stream(request)
             .await?
             .into_inner();

@@ -14,6 +14,8 @@ use tonic::{Code, Request, Status};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for a unary call's answer (streams are not limited).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest Admin answer accepted (a topology of a large fleet).
+const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
 
 /// Which API a call goes to, and so which token it carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,9 +144,11 @@ impl ControlPlane {
         &self.url
     }
 
-    /// An Admin client carrying `$GW_ADMIN_TOKEN`.
+    /// An Admin client carrying `$GW_ADMIN_TOKEN`. Topologies and instance
+    /// lists of large fleets exceed tonic's 4 MiB default message size.
     pub fn admin(&self) -> Admin {
         AdminClient::with_interceptor(self.channel.clone(), bearer(Api::Admin))
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
     /// A Registry client carrying `$GW_REGISTRATION_TOKEN`.
@@ -156,6 +160,7 @@ impl ControlPlane {
     pub fn admin_with_token(&self, token: &str) -> Admin {
         let header = format!("Bearer {token}").parse().ok();
         AdminClient::with_interceptor(self.channel.clone(), BearerAuth { header })
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
     /// Turns a failed call to `api` into a readable error.
