@@ -8,9 +8,11 @@
 //! * [`registration`]: the rules for instance registrations and the instance
 //!   model streamed to data planes.
 //! * [`duration`]: human-friendly durations (`250ms`, `5s`, `1m`) in configs.
+//! * [`process`]: a process's default identity (`hostname-pid`) and logging.
 
 pub mod config;
 pub mod duration;
+pub mod process;
 pub mod registration;
 pub mod routing;
 

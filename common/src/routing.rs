@@ -216,10 +216,7 @@ impl<T> RouteTable<T> {
     pub fn build<'a>(
         routes: impl IntoIterator<Item = (RouteSpec<'a>, T)>,
     ) -> Result<Self, RouteConflict> {
-        let mut table = RouteTable {
-            root: Node::default(),
-            entries: Vec::new(),
-        };
+        let mut table = Self::empty();
         for (spec, value) in routes {
             check_pattern(spec.path, spec.prefix)
                 .map_err(|e| RouteConflict(format!("route {}: {e}", spec.name)))?;
@@ -277,6 +274,14 @@ impl<T> RouteTable<T> {
             (e.host.rank(), e.methods == 0, i)
         });
         Ok(())
+    }
+
+    /// A table without routes: every lookup is `NotFound`.
+    pub fn empty() -> Self {
+        RouteTable {
+            root: Node::default(),
+            entries: Vec::new(),
+        }
     }
 
     /// Number of routes in the table.

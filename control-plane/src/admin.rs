@@ -5,10 +5,10 @@
 //! operator reads their own writes whichever replica answers.
 
 use crate::metrics::Metrics;
+use crate::registry::check_id_field;
 use crate::store::{unix_ms, Store, StoreError};
 use crate::view::View;
 use gateway_common::config::BreakerConfig;
-use gateway_common::registration::check_instance_id;
 use gateway_common::{ConfigError, GatewayConfig};
 use gateway_proto::v1 as pb;
 use gateway_proto::v1::admin_server::Admin;
@@ -145,10 +145,6 @@ fn fingerprint(topology: &pb::Topology) -> pb::Topology {
     t
 }
 
-fn check_id(id: &str) -> Result<(), Status> {
-    check_instance_id(id).map_err(|e| Status::invalid_argument(format!("instance_id: {e}")))
-}
-
 impl Inner {
     /// Waits until the view holds at least the store's current version.
     async fn catch_up(&self) -> Result<(), Status> {
@@ -221,7 +217,7 @@ impl Inner {
         req: pb::DrainRequest,
         draining: bool,
     ) -> Result<pb::DrainResponse, Status> {
-        check_id(&req.instance_id)?;
+        check_id_field(&req.instance_id, "instance_id")?;
         let update = self.store.set_draining(&req.instance_id, draining).await?;
         if update.changed {
             tracing::info!(id = %req.instance_id, draining, version = update.version, "drain flag changed");

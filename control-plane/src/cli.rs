@@ -2,18 +2,11 @@
 //! environment variable named in its help.
 
 use crate::settings::{default_replica_id, Settings};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable lines.
-    Pretty,
-}
+pub use gateway_common::process::LogFormat;
 
 fn duration(text: &str) -> Result<Duration, String> {
     gateway_common::duration::parse(text)
@@ -101,21 +94,6 @@ impl Cli {
             lease_sweep_interval: self.lease_sweep_interval,
         }
     }
-}
-
-/// Installs the global tracing subscriber, writing to stdout (stderr is
-/// left for the one-line reason of a failed start).
-pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .map_err(|e| anyhow::anyhow!("invalid LOG_LEVEL {level:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    let installed = match format {
-        LogFormat::Json => builder.json().with_current_span(false).try_init(),
-        LogFormat::Pretty => builder.try_init(),
-    };
-    installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -265,14 +265,14 @@ impl HealthChecker {
             .iter()
             .filter_map(|s| Some((s.name.clone(), ServiceCheck::from_config(&s.health_check)?)))
             .collect();
-        let mut seen = HashMap::with_capacity(self.targets.len());
+        let mut seen = HashSet::with_capacity(self.targets.len());
         for instance in instances {
             self.update_target(instance);
-            seen.insert(instance.spec.id.clone(), ());
+            seen.insert(instance.spec.id.clone());
         }
-        self.targets.retain(|id, _| seen.contains_key(id));
-        self.verdicts.retain(|id, _| seen.contains_key(id));
-        self.records.retain(|id, _| seen.contains_key(id));
+        self.targets.retain(|id, _| seen.contains(id));
+        self.verdicts.retain(|id, _| seen.contains(id));
+        self.records.retain(|id, _| seen.contains(id));
     }
 
     fn update_target(&mut self, instance: &Instance) {

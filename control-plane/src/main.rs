@@ -1,8 +1,9 @@
 //! The `control-plane` binary.
 
 use clap::Parser;
-use control_plane::cli::{init_logging, Cli};
+use control_plane::cli::Cli;
 use control_plane::ControlPlane;
+use gateway_common::process::{init_logging, LogTarget};
 use std::process::ExitCode;
 
 async fn terminated() {
@@ -56,7 +57,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = init_logging(&cli.log_level, cli.log_format) {
+    if let Err(e) = init_logging(&cli.log_level, cli.log_format, LogTarget::Stdout) {
         eprintln!("control-plane: {e:#}");
         return ExitCode::from(2);
     }

@@ -38,12 +38,13 @@ pub fn generate_instance_id(service: &str) -> String {
     format!("{service}-{:08x}", rand::random::<u32>())
 }
 
-fn check_lease_id(id: &str) -> Result<(), Status> {
-    check_instance_id(id).map_err(|e| Status::invalid_argument(format!("lease_id: {e}")))
+/// Checks the instance id carried in `field`; `INVALID_ARGUMENT` naming the field.
+pub(crate) fn check_id_field(id: &str, field: &str) -> Result<(), Status> {
+    check_instance_id(id).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
 }
 
 fn check_registered_id(id: &str, field: &str) -> Result<(), Status> {
-    check_instance_id(id).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))?;
+    check_id_field(id, field)?;
     if id.starts_with(STATIC_ID_PREFIX) {
         return Err(Status::failed_precondition(format!(
             "{field}: {id:?} is a static instance of the config; change the config instead"
@@ -99,7 +100,7 @@ impl RegistryService {
     }
 
     async fn heartbeat(&self, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse, Status> {
-        check_lease_id(&req.lease_id)?;
+        check_id_field(&req.lease_id, "lease_id")?;
         match self.store.renew_lease(&req.lease_id).await? {
             Some(ttl) => Ok(pb::HeartbeatResponse {
                 ttl_ms: ttl.as_millis() as u64,
@@ -145,7 +146,7 @@ async fn keep_alive(
             Ok(Some(request)) => request,
             Ok(None) | Err(_) => return,
         };
-        let answer = match check_lease_id(&request.lease_id) {
+        let answer = match check_id_field(&request.lease_id, "lease_id") {
             Err(status) => Err(status),
             Ok(()) => match store.renew_lease(&request.lease_id).await {
                 Ok(ttl) => Ok(pb::KeepAliveResponse {

@@ -32,17 +32,7 @@ pub struct Settings {
 
 /// `hostname-pid`, the default replica id.
 pub fn default_replica_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-                .filter(|h| !h.is_empty())
-        })
-        .unwrap_or_else(|| "control-plane".to_string());
-    format!("{host}-{}", std::process::id())
+    gateway_common::process::hostname_pid("control-plane")
 }
 
 impl Default for Settings {

@@ -1,19 +1,12 @@
 //! Command line and environment of the `data-plane` binary, and its logging.
 
 use crate::settings::{self, parse_listen, Settings, SettingsError};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable, coloured when on a terminal.
-    Pretty,
-}
+pub use gateway_common::process::LogFormat;
 
 /// The gateway's data plane: proxies HTTP traffic to backend instances with
 /// routing config streamed from the control plane (or read from a file).
@@ -131,21 +124,6 @@ impl Cli {
             service_urls,
         })
     }
-}
-
-/// Installs the global tracing subscriber: `level` is a level or filter,
-/// `format` json or pretty.
-pub fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .map_err(|e| format!("LOG_LEVEL {level:?} is not a level or filter: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
-    };
-    result.map_err(|e| format!("cannot install the logger: {e}"))
 }
 
 #[cfg(test)]

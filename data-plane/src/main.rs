@@ -1,8 +1,9 @@
 //! `data-plane`: the gateway's data plane process.
 
 use clap::Parser;
-use data_plane::cli::{init_logging, Cli};
+use data_plane::cli::Cli;
 use data_plane::{settings, shutdown, DataPlane, Settings};
+use gateway_common::process::{init_logging, LogTarget};
 use std::process::ExitCode;
 
 /// mimalloc's per-thread free lists serve the proxy's many short-lived
@@ -26,7 +27,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = init_logging(&cli.log_level, cli.log_format) {
+    if let Err(e) = init_logging(&cli.log_level, cli.log_format, LogTarget::Stdout) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }

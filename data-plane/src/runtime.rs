@@ -417,14 +417,13 @@ impl Runtime {
             .collect();
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
-            let (Some(&service), Some(sc)) =
-                (index.get(&route.service), config.service(&route.service))
-            else {
+            let Some(&service) = index.get(&route.service) else {
                 return Err(UpdateError::Routes(RouteConflict(format!(
                     "route {} names unknown service {}",
                     route.name, route.service
                 ))));
             };
+            let sc = &config.services[service];
             let name = Arc::new(route.name.clone());
             let service_name = Arc::new(route.service.clone());
             let runtime = RouteRuntime {

@@ -77,22 +77,7 @@ impl Default for Settings {
 
 /// `hostname-pid`, the default node id.
 pub fn default_node_id() -> String {
-    format!("{}-{}", hostname(), std::process::id())
-}
-
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for `buf.len()` bytes; gethostname writes at
-    // most that many and we only read up to the first NUL.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "data-plane".to_string();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    match std::str::from_utf8(&buf[..end]) {
-        Ok(name) if !name.is_empty() => name.to_string(),
-        _ => "data-plane".to_string(),
-    }
+    gateway_common::process::hostname_pid("data-plane")
 }
 
 /// The seed's `*_SERVICE_URL` variables that `lookup` finds set (non-empty),

@@ -8,6 +8,7 @@ use crate::commands::shutdown_signal;
 use crate::echo::EchoServer;
 use anyhow::Context as _;
 use gateway_common::config::RouteConfig;
+use gateway_common::process::{self, LogFormat, LogTarget};
 use gateway_common::GatewayConfig;
 use gateway_proto::v1 as pb;
 use std::net::SocketAddr;
@@ -96,20 +97,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs of the embedded planes: `LOG_LEVEL` (default warn, so that the
-/// banner stays readable), `LOG_FORMAT=json|pretty` (default pretty).
+/// Logs of the embedded planes go to standard error, so the banner on
+/// standard output stays readable: `LOG_LEVEL` (default warn; an invalid
+/// one falls back to warn), `LOG_FORMAT=json|pretty` (default pretty).
 fn init_logging() {
-    let filter = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".to_string());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".to_string());
+    let format = match std::env::var("LOG_FORMAT") {
+        Ok(f) if f == "json" => LogFormat::Json,
+        _ => LogFormat::Pretty,
     };
+    if process::init_logging(&level, format, LogTarget::Stderr).is_err() {
+        let _ = process::init_logging("warn", format, LogTarget::Stderr);
+    }
 }
 
 /// The config document and where it came from.
