@@ -8,10 +8,6 @@ use std::time::Duration;
 
 pub use gateway_common::process::LogFormat;
 
-fn duration(text: &str) -> Result<Duration, String> {
-    gateway_common::duration::parse(text)
-}
-
 /// Control plane of the gateway: stores config and instance registrations,
 /// runs health checks and lease expiry, and streams versioned config to the
 /// data planes.
@@ -55,11 +51,11 @@ pub struct Cli {
 
     /// Lifetime of the leader lock (renewed every third of it); another
     /// replica takes over within this time when the leader dies.
-    #[arg(long, env = "CP_LEADER_TTL", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "CP_LEADER_TTL", default_value = "10s", value_parser = gateway_common::duration::parse)]
     pub leader_ttl: Duration,
 
     /// How often the leader removes instances whose lease lapsed.
-    #[arg(long, env = "CP_LEASE_SWEEP_INTERVAL", default_value = "250ms", value_parser = duration)]
+    #[arg(long, env = "CP_LEASE_SWEEP_INTERVAL", default_value = "250ms", value_parser = gateway_common::duration::parse)]
     pub lease_sweep_interval: Duration,
 
     /// Prefix of every Redis key, to share one Redis between gateways.

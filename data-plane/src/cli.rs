@@ -48,7 +48,7 @@ pub struct Cli {
     pub dataplane_token: Option<String>,
 
     /// Time in-flight requests get to finish on SIGTERM/SIGINT (e.g. 30s, 500ms).
-    #[arg(long, env = "GW_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "GW_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "30s", value_parser = gateway_common::duration::parse)]
     pub shutdown_grace: Duration,
 
     /// JWT signing secret; refused when shorter than 32 bytes.
@@ -81,10 +81,6 @@ pub struct Cli {
 
 fn parse_listen_arg(text: &str) -> Result<SocketAddr, String> {
     parse_listen(text).map_err(|e| e.to_string())
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    gateway_common::duration::parse(text)
 }
 
 fn parse_control_plane(text: &str) -> Result<String, String> {

@@ -108,7 +108,7 @@ pub struct RegisterArgs {
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
     /// Lease time to live, whole seconds between 1s and 1h (e.g. 30s, 2m).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = gateway_common::duration::parse)]
     pub ttl: Duration,
     /// Path probed by health checks; the service's health-check path when absent.
     #[arg(long, value_name = "PATH")]
@@ -148,7 +148,7 @@ pub struct DrainArgs {
     pub wait: bool,
     /// Longest wait with --wait (e.g. 60s, 2m); exceeding it fails with the data planes
     /// that are still busy.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = gateway_common::duration::parse)]
     pub timeout: Duration,
 }
 
@@ -203,13 +203,13 @@ pub struct BreakerSetArgs {
     #[arg(long, value_name = "N")]
     pub volume_threshold: Option<u32>,
     /// How long an open breaker waits before letting probes through (e.g. 30s).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = gateway_common::duration::parse)]
     pub reset_timeout: Option<Duration>,
     /// A call slower than this counts as a failure (e.g. 10s).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = gateway_common::duration::parse)]
     pub call_timeout: Option<Duration>,
     /// Length of the rolling window (e.g. 10s).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = gateway_common::duration::parse)]
     pub rolling_window: Option<Duration>,
     /// Buckets the rolling window is divided into.
     #[arg(long, value_name = "N")]
@@ -260,7 +260,7 @@ pub struct TokenIssueArgs {
     #[arg(long, value_name = "ROLE", value_parser = clap::builder::PossibleValuesParser::new(ROLES))]
     pub role: String,
     /// Lifetime of the token (e.g. 15m, 1h).
-    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = gateway_common::duration::parse)]
     pub ttl: Duration,
     /// Issuer (claim `iss`).
     #[arg(long, env = "JWT_ISSUER", default_value = "tickettoken")]
@@ -337,11 +337,6 @@ pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("{text:?} is not KEY=VALUE")),
     }
-}
-
-/// Parses `250ms`, `30s`, `1m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    gateway_common::duration::parse(text)
 }
 
 #[cfg(test)]
