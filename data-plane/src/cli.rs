@@ -51,6 +51,11 @@ pub struct Cli {
     #[arg(long, env = "GW_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "30s", value_parser = gateway_common::duration::parse)]
     pub shutdown_grace: Duration,
 
+    /// Time a client gets to send a whole request head once the connection
+    /// waits for one (also closes idle keep-alive connections).
+    #[arg(long, env = "GW_HEADER_READ_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = gateway_common::duration::parse)]
+    pub header_read_timeout: Duration,
+
     /// JWT signing secret; refused when shorter than 32 bytes.
     #[arg(
         long,
@@ -117,6 +122,7 @@ impl Cli {
                 .unwrap_or_else(settings::default_node_id),
             dataplane_token: self.dataplane_token.filter(|t| !t.is_empty()),
             shutdown_grace: self.shutdown_grace,
+            header_read_timeout: self.header_read_timeout,
             service_urls,
         })
     }

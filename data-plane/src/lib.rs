@@ -80,7 +80,10 @@ impl DataPlane {
             listener,
             proxy,
             stop_rx.clone(),
-            settings.shutdown_grace,
+            server::Timeouts {
+                grace: settings.shutdown_grace,
+                header_read: settings.header_read_timeout,
+            },
         ));
         let (admin_stop, admin_stop_rx) = tokio::sync::watch::channel(false);
         let admin = tokio::spawn(serve_admin(

@@ -14,9 +14,7 @@ use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 /// What every connection's handler shares.
@@ -278,34 +276,24 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// The proxy as a tower service for one connection.
-#[derive(Debug, Clone)]
-pub struct ProxyService {
+/// The proxy as a tower service for one connection from `peer` (its IP as
+/// a header value). The future is unboxed: hyper keeps one slot per
+/// connection for it, so a request allocates no future of its own.
+pub fn service(
     proxy: Arc<Proxy>,
     peer: HeaderValue,
-}
-
-impl ProxyService {
-    /// The handler for a connection from `peer`.
-    pub fn new(proxy: Arc<Proxy>, peer: HeaderValue) -> Self {
-        Self { proxy, peer }
-    }
-}
-
-impl tower::Service<Request<Incoming>> for ProxyService {
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let proxy = self.proxy.clone();
-        let peer = self.peer.clone();
-        Box::pin(async move { Ok(proxy.handle(&peer, req).await) })
-    }
+) -> impl tower::Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
+> + Clone
+       + Send {
+    tower::service_fn(move |req: Request<Incoming>| {
+        let proxy = proxy.clone();
+        let peer = peer.clone();
+        async move { Ok(proxy.handle(&peer, req).await) }
+    })
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use crate::headers::peer_value;
 use crate::layers::{InFlightLayer, RequestIdLayer};
-use crate::proxy::{Proxy, ProxyService};
+use crate::proxy::{self, Proxy};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -15,20 +15,27 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceBuilder;
 
-/// Time a client gets to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The listener's time limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Time open connections get to finish their requests on shutdown.
+    pub grace: Duration,
+    /// Time a client gets to send a request head once one is awaited.
+    pub header_read: Duration,
+}
 
 /// Serves `listener` until `shutdown` turns true, then stops accepting and
-/// gives open connections `grace` to finish their requests.
+/// gives open connections `timeouts.grace` to finish their requests.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
-    grace: Duration,
+    timeouts: Timeouts,
 ) {
+    let Timeouts { grace, header_read } = timeouts;
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_read)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
@@ -41,7 +48,7 @@ pub async fn serve(
                     let service = ServiceBuilder::new()
                         .layer(RequestIdLayer)
                         .layer(InFlightLayer::new(in_flight.clone()))
-                        .service(ProxyService::new(proxy.clone(), peer_value(peer.ip())));
+                        .service(proxy::service(proxy.clone(), peer_value(peer.ip())));
                     let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
                     let conn = graceful.watch(conn);
                     connections.spawn(async move {

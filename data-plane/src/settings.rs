@@ -13,6 +13,9 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
 pub const DEFAULT_CONTROL_PLANE: &str = "http://127.0.0.1:50051";
 /// Default time in-flight requests get to finish on shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default time a client gets to send a request head, counted from the
+/// moment the connection waits for one (so it also bounds idle keep-alive).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shortest `JWT_SECRET` accepted, in bytes.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
@@ -56,6 +59,8 @@ pub struct Settings {
     pub dataplane_token: Option<String>,
     /// Time in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Time a client gets to send a request head (slow-client protection).
+    pub header_read_timeout: Duration,
     /// Seed `*_SERVICE_URL` overrides as (service, url); standalone mode only.
     pub service_urls: Vec<(String, String)>,
 }
@@ -70,6 +75,7 @@ impl Default for Settings {
             node_id: default_node_id(),
             dataplane_token: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             service_urls: Vec::new(),
         }
     }

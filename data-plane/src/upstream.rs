@@ -173,7 +173,10 @@ pub async fn send(
     loop {
         let (mut sender, reused) = match pool.checkout() {
             Some(sender) => (sender, true),
-            None => (pool.connect(connect_timeout).await?, false),
+            // Boxed: opening a connection is the rare path, and its future
+            // would otherwise make every request's future several times
+            // larger (and every move of it as many times costlier).
+            None => (Box::pin(pool.connect(connect_timeout)).await?, false),
         };
         match sender.try_send_request(req).await {
             Ok(response) => {

@@ -495,3 +495,75 @@ async fn upstream_connections_are_reused_and_replaced_when_closed() {
     assert_eq!(up.connections(), 4);
     plane.shutdown().await;
 }
+
+/// Reads until the peer closes; returns what arrived.
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut seen)).await;
+    seen
+}
+
+#[tokio::test]
+async fn slow_request_heads_are_cut_off_but_busy_keep_alive_connections_are_not() {
+    let upstream = Upstream::start("u").await;
+    let (plane, _file) = standalone_with(&config(&upstream), |s| {
+        s.header_read_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let addr = plane.listen_addr();
+
+    // A client that trickles its head never gets it read whole: closed.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    let start = Instant::now();
+    slow.write_all(b"GET /keep/slow HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut closed_after = None;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if slow.write_all(b"X-Drip: 1\r\n").await.is_err() {
+            closed_after = Some(start.elapsed());
+            break;
+        }
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(1), slow.read(&mut byte)).await
+        {
+            closed_after = Some(start.elapsed());
+            break;
+        }
+    }
+    let closed_after = closed_after.expect("the slow client was never cut off");
+    assert!(
+        closed_after >= Duration::from_millis(400),
+        "{closed_after:?}"
+    );
+    assert!(upstream.hits() == 0, "a partial head reached the upstream");
+
+    // A keep-alive client sending a request every 150 ms outlives the
+    // timeout many times over: the deadline restarts with each head.
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    for i in 0..12 {
+        busy.write_all(format!("GET /keep/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), busy.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "request {i}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+
+    // An idle keep-alive connection is closed once the timeout passes.
+    let idle_since = Instant::now();
+    let rest = read_to_close(&mut busy).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    let idle = idle_since.elapsed();
+    assert!(
+        idle >= Duration::from_millis(200) && idle < Duration::from_secs(3),
+        "{idle:?}"
+    );
+    plane.shutdown().await;
+}

@@ -66,6 +66,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         node_id: "dev".to_string(),
         dataplane_token: None,
         shutdown_grace: SHUTDOWN_GRACE,
+        header_read_timeout: data_plane::settings::DEFAULT_HEADER_READ_TIMEOUT,
         service_urls: Vec::new(),
     })
     .await
