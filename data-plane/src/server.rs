@@ -34,7 +34,10 @@ pub async fn serve(
 ) {
     let Timeouts { grace, header_read } = timeouts;
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
+    // One flattened send per response rather than a writev of head and body:
+    // measured cheaper in the kernel for the small answers APIs mostly give.
+    http.writev(false)
+        .timer(TokioTimer::new())
         .header_read_timeout(header_read)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();

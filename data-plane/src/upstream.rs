@@ -146,6 +146,7 @@ impl ConnPool {
             };
         stream.set_nodelay(true).map_err(connect_error)?;
         let (sender, conn) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| SendError::Handshake {
