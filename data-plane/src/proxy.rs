@@ -263,6 +263,22 @@ fn record_outcome(
     }
 }
 
+/// When an attempt was sent, read only for services whose breaker or
+/// outlier detector needs its duration.
+struct Clock(Option<Instant>);
+
+impl Clock {
+    fn start(service: &ServiceRuntime) -> Self {
+        Clock(
+            (service.breaker.is_some() || service.balancer.outlier().is_some()).then(Instant::now),
+        )
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.0.map(|t| t.elapsed()).unwrap_or_default()
+    }
+}
+
 /// Asks the service's breaker (if any) to let a call through.
 fn admit(service: &ServiceRuntime) -> Result<Option<Permit>, Rejected> {
     match &service.breaker {
@@ -306,7 +322,8 @@ async fn forward_once(
     );
     let guard = endpoint.load.begin();
     let upstream_req = Request::from_parts(parts, LimitedBody::new(body, route.body_limit));
-    let sent_at = Instant::now();
+    // The clock is read only when a breaker or outlier detector needs it.
+    let sent_at = Clock::start(service);
     let exchange = upstream::send(&endpoint.pool, service.config.connect_timeout, upstream_req);
     match tokio::time::timeout_at(deadline.at(), exchange).await {
         Ok(Ok((response, conn))) => {
@@ -418,7 +435,7 @@ async fn forward_with_retries(
         let upstream_req =
             request.attempt(&endpoint, attempt_deadline.saturating_duration_since(now));
         let guard = endpoint.load.begin();
-        let sent_at = Instant::now();
+        let sent_at = Clock::start(service);
         let exchange = upstream::send(&endpoint.pool, service.config.connect_timeout, upstream_req);
         let (response, retryable) = match tokio::time::timeout_at(attempt_deadline, exchange).await
         {
