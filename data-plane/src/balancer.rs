@@ -680,7 +680,7 @@ pub(crate) mod tests {
             for key in 0..50u64 {
                 let first = b.pick(Some(key)).unwrap().clone();
                 let second = b
-                    .pick_excluding(Some(key), &[first.clone()])
+                    .pick_excluding(Some(key), std::slice::from_ref(&first))
                     .unwrap()
                     .clone();
                 assert!(!Arc::ptr_eq(&first, &second), "{strategy:?}");

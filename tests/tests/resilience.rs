@@ -60,6 +60,9 @@ fn served(upstreams: &[&Upstream]) -> u64 {
     upstreams.iter().map(|u| u.served()).sum()
 }
 
+/// When a load request finished, and which upstream answered (or why none did).
+type Sample = (Instant, Result<String, String>);
+
 #[test]
 fn killing_one_of_three_instances_under_steady_load_gives_no_errors() {
     let _test = start_test();
@@ -96,7 +99,7 @@ routes:
 
     let stop = Arc::new(AtomicBool::new(false));
     let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let results: Arc<Mutex<Vec<(Instant, Result<String, String>)>>> = Arc::default();
+    let results: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let workers: Vec<_> = (0..4)
         .map(|_| {
             let (stop, results, addr) = (stop.clone(), results.clone(), dp.listen);
