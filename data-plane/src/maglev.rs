@@ -168,6 +168,8 @@ mod tests {
     fn the_hash_is_stable() {
         // Every data plane must agree: these values are part of the contract.
         assert_eq!(hash64(b"", 0), mix64(0xcbf2_9ce4_8422_2325));
+        assert_eq!(hash64(b"user-1", 0), 0x41a2_fca5_c684_01c5);
+        assert_eq!(hash64(b"app-0", 0x6d61_676c), 0x7943_118e_2d6a_10b6);
         assert_eq!(hash64(b"user-1", 0), hash64(b"user-1", 0));
         assert_ne!(hash64(b"user-1", 0), hash64(b"user-2", 0));
         assert_ne!(hash64(b"user-1", 0), hash64(b"user-1", 1));

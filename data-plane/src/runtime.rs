@@ -754,4 +754,59 @@ mod tests {
         .unwrap();
         assert_eq!(ids(&rt, "a"), vec!["static:a:127.0.0.1:1"]);
     }
+
+    #[tokio::test]
+    async fn resilience_state_survives_rebuilds_while_its_policy_stays() {
+        let rt = runtime();
+        let with = |breaker_percent: u32| {
+            format!(
+                r#"{{"version":1,"services":[{{"name":"a","circuit_breaker":{{"error_threshold_percent":{breaker_percent}}},"retry":{{}},"outlier_detection":{{}},"load_balancer":{{"strategy":"consistent-hash","hash_on":"client-ip"}}}},{{"name":"b"}}],"routes":[{{"name":"a","match":{{"path_prefix":"/a"}},"service":"a"}}]}}"#
+            )
+        };
+        let mut first = snapshot(1, vec![instance("a1", "a", 1), instance("a2", "a", 2)]);
+        first.config_json = with(50);
+        rt.apply_update(&first).unwrap();
+        let before = rt.snapshot().services[0].clone();
+        let breaker = before.breaker.clone().unwrap();
+        // An instance change rebuilds the service but keeps its state.
+        rt.apply_update(&delta(1, vec![instance("a3", "a", 3)], vec![]))
+            .unwrap();
+        let after = rt.snapshot().services[0].clone();
+        assert!(!Arc::ptr_eq(&before, &after));
+        assert!(Arc::ptr_eq(&breaker, after.breaker.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(
+            before.retry.as_ref().unwrap(),
+            after.retry.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            before.balancer.outlier().unwrap(),
+            after.balancer.outlier().unwrap()
+        ));
+        assert_eq!(rt.breaker_states().len(), 1);
+        // A new breaker policy starts a new breaker; the rest is kept.
+        let mut change = delta(2, vec![], vec![]);
+        change.config_json = with(30);
+        rt.apply_update(&change).unwrap();
+        let changed = rt.snapshot().services[0].clone();
+        assert!(!Arc::ptr_eq(&breaker, changed.breaker.as_ref().unwrap()));
+        assert_eq!(
+            changed
+                .breaker
+                .as_ref()
+                .unwrap()
+                .policy()
+                .error_threshold_percent,
+            30
+        );
+        assert!(Arc::ptr_eq(
+            after.retry.as_ref().unwrap(),
+            changed.retry.as_ref().unwrap()
+        ));
+        // Consistent hashing: the same key keeps its instance across the rebuild.
+        let key = Some(crate::maglev::hash64(b"10.0.0.1", 0));
+        assert_eq!(
+            after.balancer.pick(key).unwrap().id,
+            changed.balancer.pick(key).unwrap().id
+        );
+    }
 }
