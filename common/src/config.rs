@@ -175,12 +175,21 @@ pub struct LoadBalancerConfig {
     /// Panic mode: when fewer than this share (percent) of the service's
     /// instances are healthy and not ejected, requests are spread over all
     /// of them. 0 turns panic mode off.
-    #[serde(default = "default_panic_threshold")]
+    #[serde(
+        default = "default_panic_threshold",
+        skip_serializing_if = "is_default_panic_threshold"
+    )]
     pub panic_threshold_percent: u32,
 }
 
 fn default_panic_threshold() -> u32 {
     50
+}
+
+// Left out of the canonical JSON when it has its default, so that a config
+// using none of the newer settings still loads on data planes that predate them.
+fn is_default_panic_threshold(v: &u32) -> bool {
+    *v == default_panic_threshold()
 }
 
 impl Default for LoadBalancerConfig {
@@ -1377,7 +1386,16 @@ routes:
         assert!(plain.services[0].retry.is_none());
         assert!(plain.services[0].outlier_detection.is_none());
         assert_eq!(plain.services[0].load_balancer.panic_threshold_percent, 50);
-        assert!(!plain.to_json().contains("endpoint_timeouts"));
+        let json = plain.to_json();
+        for newer in [
+            "endpoint_timeouts",
+            "panic_threshold",
+            "retry",
+            "outlier",
+            "fallback",
+        ] {
+            assert!(!json.contains(newer), "{json}");
+        }
     }
 
     #[test]
