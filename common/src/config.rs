@@ -69,6 +69,21 @@ pub struct ServiceConfig {
     /// Circuit-breaker policy (also set with `gwctl breaker set`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<BreakerConfig>,
+    /// Per-endpoint timeouts keyed `"METHOD /path"` (the path the service
+    /// receives; `{param}` matches one segment, a final `*` any rest). They
+    /// override the route's and the service's timeout.
+    #[serde(
+        default,
+        with = "duration::map",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub endpoint_timeouts: BTreeMap<String, Duration>,
+    /// Retry policy; absent: a request gets one attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryConfig>,
+    /// Passive outlier detection; absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierConfig>,
 }
 
 fn default_timeout() -> Duration {
@@ -148,7 +163,7 @@ pub enum Strategy {
 }
 
 /// Load-balancer settings.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadBalancerConfig {
     /// The strategy.
@@ -157,6 +172,178 @@ pub struct LoadBalancerConfig {
     /// Key for consistent hashing: `header:NAME`, `cookie:NAME`, `jwt-sub`, `client-ip`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_on: Option<String>,
+    /// Panic mode: when fewer than this share (percent) of the service's
+    /// instances are healthy and not ejected, requests are spread over all
+    /// of them. 0 turns panic mode off.
+    #[serde(
+        default = "default_panic_threshold",
+        skip_serializing_if = "is_default_panic_threshold"
+    )]
+    pub panic_threshold_percent: u32,
+}
+
+fn default_panic_threshold() -> u32 {
+    50
+}
+
+// Left out of the canonical JSON when it has its default, so that a config
+// using none of the newer settings still loads on data planes that predate them.
+fn is_default_panic_threshold(v: &u32) -> bool {
+    *v == default_panic_threshold()
+}
+
+impl Default for LoadBalancerConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::default(),
+            hash_on: None,
+            panic_threshold_percent: default_panic_threshold(),
+        }
+    }
+}
+
+/// What a failed attempt may be retried on.
+pub const RETRY_CONDITIONS: [&str; 4] = ["connect-failure", "reset", "timeout", "5xx"];
+
+/// Retry policy of a service (the seed's `retry.service.ts` options).
+///
+/// Only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) and
+/// requests carrying `Idempotency-Key` are retried, never on a 4xx, within
+/// the request's deadline and the service's retry budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included (the seed's `maxRetries`), 1-10.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Backoff before the first retry.
+    #[serde(default = "default_base_delay", with = "duration")]
+    pub base_delay: Duration,
+    /// Longest backoff.
+    #[serde(default = "default_max_delay", with = "duration")]
+    pub max_delay: Duration,
+    /// Growth of the backoff per retry, 1-10.
+    #[serde(default = "default_multiplier")]
+    pub multiplier: f64,
+    /// Full jitter: each backoff is uniform in `[0, computed]`.
+    #[serde(default = "default_true")]
+    pub jitter: bool,
+    /// Failures retried: `connect-failure`, `reset` (the connection failed
+    /// after the request was sent), `timeout` (an attempt's
+    /// `per_try_timeout` expired), `5xx`, or a status code 500-599.
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<String>,
+    /// Time one attempt may take; absent: the whole remaining deadline.
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub per_try_timeout: Option<Duration>,
+    /// Retries allowed as a share (percent) of the service's requests over
+    /// the last 10 s.
+    #[serde(default = "default_budget_percent")]
+    pub budget_percent: u32,
+    /// Retries per second always allowed, whatever the traffic.
+    #[serde(default = "default_min_retries")]
+    pub min_retries_per_second: u32,
+    /// Request bodies up to this size (declared by `Content-Length`) are
+    /// buffered so the request can be retried; larger or chunked bodies are
+    /// streamed and get one attempt.
+    #[serde(default = "default_retry_body")]
+    pub max_buffered_body_bytes: u64,
+}
+
+/// Largest `max_buffered_body_bytes`.
+pub const MAX_RETRY_BODY: u64 = 1 << 20;
+
+fn default_attempts() -> u32 {
+    3
+}
+fn default_base_delay() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_max_delay() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_multiplier() -> f64 {
+    2.0
+}
+fn default_retry_on() -> Vec<String> {
+    ["connect-failure", "reset", "502", "503", "504"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_budget_percent() -> u32 {
+    20
+}
+fn default_min_retries() -> u32 {
+    3
+}
+fn default_retry_body() -> u64 {
+    64 * 1024
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_attempts(),
+            base_delay: default_base_delay(),
+            max_delay: default_max_delay(),
+            multiplier: default_multiplier(),
+            jitter: true,
+            retry_on: default_retry_on(),
+            per_try_timeout: None,
+            budget_percent: default_budget_percent(),
+            min_retries_per_second: default_min_retries(),
+            max_buffered_body_bytes: default_retry_body(),
+        }
+    }
+}
+
+/// Passive outlier detection of a service: each data plane ejects an
+/// instance after consecutive failures (5xx answers, connect failures,
+/// resets, timeouts) for a period that grows with each ejection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Consecutive failures that eject an instance.
+    #[serde(default = "default_consecutive")]
+    pub consecutive_failures: u32,
+    /// First ejection period; the n-th ejection in a row lasts n times this.
+    #[serde(default = "default_base_ejection", with = "duration")]
+    pub base_ejection_time: Duration,
+    /// Longest ejection period.
+    #[serde(default = "default_max_ejection", with = "duration")]
+    pub max_ejection_time: Duration,
+    /// Most instances of the service ejected at once, as a percentage (at
+    /// least one instance may always be ejected when this is above 0).
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+fn default_consecutive() -> u32 {
+    5
+}
+fn default_base_ejection() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_ejection() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_consecutive(),
+            base_ejection_time: default_base_ejection(),
+            max_ejection_time: default_max_ejection(),
+            max_ejection_percent: default_max_ejection_percent(),
+        }
+    }
 }
 
 /// Circuit-breaker policy of a service (the seed's opossum options).
@@ -254,6 +441,31 @@ pub struct RouteConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// Answer sent instead of the service's while its circuit breaker is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackResponse>,
+}
+
+/// A fixed response of a route (sent while the service's breaker is open).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackResponse {
+    /// Status code, 200-599.
+    #[serde(default = "default_fallback_status")]
+    pub status: u16,
+    /// Response headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Response body.
+    #[serde(default)]
+    pub body: String,
+}
+
+/// Largest fallback body.
+pub const MAX_FALLBACK_BODY: usize = 64 * 1024;
+
+fn default_fallback_status() -> u16 {
+    503
 }
 
 impl RouteConfig {
@@ -524,6 +736,261 @@ impl ServiceConfig {
         if let Some(cb) = &self.circuit_breaker {
             cb.validate(&format!("{at}.circuit_breaker"), errors);
         }
+        if self.load_balancer.panic_threshold_percent > 100 {
+            errors.push(format!(
+                "{at}.load_balancer.panic_threshold_percent: must be between 0 and 100"
+            ));
+        }
+        for (key, timeout) in &self.endpoint_timeouts {
+            let path = format!("{at}.endpoint_timeouts[{key:?}]");
+            if let Err(e) = EndpointPattern::parse(key) {
+                errors.push(format!("{path}: {e}"));
+            }
+            check_range(errors, &path, *timeout, ms(1), ms(3_600_000));
+        }
+        if let Some(retry) = &self.retry {
+            retry.validate(&format!("{at}.retry"), errors);
+        }
+        if let Some(outlier) = &self.outlier_detection {
+            outlier.validate(&format!("{at}.outlier_detection"), errors);
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Checks the policy; problems are pushed with `at` as their path.
+    pub fn validate(&self, at: &str, errors: &mut Vec<String>) {
+        if !(1..=10).contains(&self.max_attempts) {
+            errors.push(format!("{at}.max_attempts: must be between 1 and 10"));
+        }
+        let ms = Duration::from_millis;
+        check_range(
+            errors,
+            &format!("{at}.base_delay"),
+            self.base_delay,
+            ms(1),
+            ms(3_600_000),
+        );
+        check_range(
+            errors,
+            &format!("{at}.max_delay"),
+            self.max_delay,
+            ms(1),
+            ms(3_600_000),
+        );
+        if self.max_delay < self.base_delay {
+            errors.push(format!("{at}.max_delay: must not be below base_delay"));
+        }
+        if !(1.0..=10.0).contains(&self.multiplier) {
+            errors.push(format!("{at}.multiplier: must be between 1 and 10"));
+        }
+        if self.retry_on.is_empty() {
+            errors.push(format!("{at}.retry_on: must name at least one failure"));
+        }
+        for (i, condition) in self.retry_on.iter().enumerate() {
+            if let Err(e) = RetryOn::parse(condition) {
+                errors.push(format!("{at}.retry_on[{i}]: {e}"));
+            }
+        }
+        if let Some(t) = self.per_try_timeout {
+            check_range(
+                errors,
+                &format!("{at}.per_try_timeout"),
+                t,
+                ms(1),
+                ms(3_600_000),
+            );
+        }
+        if self.budget_percent > 100 {
+            errors.push(format!("{at}.budget_percent: must be between 0 and 100"));
+        }
+        if self.min_retries_per_second > 10_000 {
+            errors.push(format!(
+                "{at}.min_retries_per_second: must be at most 10000"
+            ));
+        }
+        if self.max_buffered_body_bytes > MAX_RETRY_BODY {
+            errors.push(format!(
+                "{at}.max_buffered_body_bytes: at most {MAX_RETRY_BODY}"
+            ));
+        }
+    }
+
+    /// The parsed `retry_on` conditions (invalid ones skipped; a validated
+    /// config has none).
+    pub fn conditions(&self) -> RetryOn {
+        self.retry_on
+            .iter()
+            .filter_map(|c| RetryOn::parse(c).ok())
+            .fold(RetryOn::default(), RetryOn::union)
+    }
+}
+
+/// The failures a retry policy retries, as a set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// The connection could not be opened (the request was never sent).
+    pub connect_failure: bool,
+    /// The exchange failed after the request was sent.
+    pub reset: bool,
+    /// An attempt's `per_try_timeout` expired.
+    pub timeout: bool,
+    /// Bit `n` set: retry a response with status `500 + n`.
+    pub statuses: u128,
+}
+
+impl RetryOn {
+    /// Parses one `retry_on` entry.
+    pub fn parse(text: &str) -> Result<RetryOn, String> {
+        let mut on = RetryOn::default();
+        match text {
+            "connect-failure" => on.connect_failure = true,
+            "reset" => on.reset = true,
+            "timeout" => on.timeout = true,
+            "5xx" => on.statuses = u128::MAX >> 28,
+            code => match code.parse::<u16>() {
+                Ok(status @ 500..=599) => on.statuses = 1 << (status - 500),
+                Ok(status @ 400..=499) => {
+                    return Err(format!("{status}: a 4xx answer is never retried"))
+                }
+                _ => {
+                    return Err(format!(
+                        "{text:?} must be one of {} or a status code 500-599",
+                        RETRY_CONDITIONS.join(", ")
+                    ))
+                }
+            },
+        }
+        Ok(on)
+    }
+
+    fn union(self, other: RetryOn) -> RetryOn {
+        RetryOn {
+            connect_failure: self.connect_failure || other.connect_failure,
+            reset: self.reset || other.reset,
+            timeout: self.timeout || other.timeout,
+            statuses: self.statuses | other.statuses,
+        }
+    }
+
+    /// Whether a response with `status` is retried.
+    pub fn status(&self, status: u16) -> bool {
+        (500..600).contains(&status) && self.statuses & (1 << (status - 500)) != 0
+    }
+}
+
+impl OutlierConfig {
+    /// Checks the policy; problems are pushed with `at` as their path.
+    pub fn validate(&self, at: &str, errors: &mut Vec<String>) {
+        if !(1..=1000).contains(&self.consecutive_failures) {
+            errors.push(format!(
+                "{at}.consecutive_failures: must be between 1 and 1000"
+            ));
+        }
+        let ms = Duration::from_millis;
+        check_range(
+            errors,
+            &format!("{at}.base_ejection_time"),
+            self.base_ejection_time,
+            ms(1),
+            ms(3_600_000),
+        );
+        check_range(
+            errors,
+            &format!("{at}.max_ejection_time"),
+            self.max_ejection_time,
+            ms(1),
+            ms(86_400_000),
+        );
+        if self.max_ejection_time < self.base_ejection_time {
+            errors.push(format!(
+                "{at}.max_ejection_time: must not be below base_ejection_time"
+            ));
+        }
+        if self.max_ejection_percent > 100 {
+            errors.push(format!(
+                "{at}.max_ejection_percent: must be between 0 and 100"
+            ));
+        }
+    }
+}
+
+/// A segment of an [`EndpointPattern`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointSegment {
+    /// Must equal this text.
+    Literal(String),
+    /// Any one segment (`{name}`).
+    Param,
+    /// Any rest of the path, including nothing (a final `*`).
+    Rest,
+}
+
+/// A per-endpoint timeout key, `"METHOD /path"`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPattern {
+    /// Upper-case method.
+    pub method: String,
+    /// Path segments.
+    pub segments: Vec<EndpointSegment>,
+}
+
+impl EndpointPattern {
+    /// Parses `"POST /payments/{id}/capture"` or `"GET /reports/*"`.
+    pub fn parse(key: &str) -> Result<EndpointPattern, String> {
+        let (method, path) = key
+            .split_once(' ')
+            .ok_or_else(|| "must be \"METHOD /path\"".to_string())?;
+        if !METHODS.contains(&method) {
+            return Err(format!("unknown method {method:?} (use upper case)"));
+        }
+        let path = path.trim();
+        if !path.starts_with('/') {
+            return Err("the path must start with '/'".into());
+        }
+        let parts: Vec<&str> = path[1..].split('/').collect();
+        let mut segments = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let segment = if *part == "*" {
+                if i + 1 != parts.len() {
+                    return Err("'*' may only be the last segment".into());
+                }
+                EndpointSegment::Rest
+            } else if part.starts_with('{') && part.ends_with('}') && part.len() > 2 {
+                EndpointSegment::Param
+            } else if part.contains(['{', '}', '*', ' ', '?', '#']) {
+                return Err(format!("bad path segment {part:?}"));
+            } else {
+                EndpointSegment::Literal(part.to_string())
+            };
+            segments.push(segment);
+        }
+        Ok(EndpointPattern {
+            method: method.to_string(),
+            segments,
+        })
+    }
+
+    /// Whether a request for `path` with `method` is this endpoint.
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        if method != self.method {
+            return false;
+        }
+        let mut parts = path.strip_prefix('/').unwrap_or(path).split('/');
+        for segment in &self.segments {
+            match segment {
+                EndpointSegment::Rest => return true,
+                EndpointSegment::Param => match parts.next() {
+                    Some(p) if !p.is_empty() => {}
+                    _ => return false,
+                },
+                EndpointSegment::Literal(text) => match parts.next() {
+                    Some(p) if p == text => {}
+                    _ => return false,
+                },
+            }
+        }
+        parts.next().is_none()
     }
 }
 
@@ -663,6 +1130,42 @@ impl RouteConfig {
                 Duration::from_millis(1),
                 Duration::from_secs(3600),
             );
+        }
+        if let Some(fallback) = &self.fallback {
+            fallback.validate(&format!("{at}.fallback"), errors);
+        }
+    }
+}
+
+/// Whether `name` is a valid HTTP header name (an RFC 9110 token).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl FallbackResponse {
+    fn validate(&self, at: &str, errors: &mut Vec<String>) {
+        if !(200..=599).contains(&self.status) {
+            errors.push(format!("{at}.status: must be between 200 and 599"));
+        }
+        for (name, value) in &self.headers {
+            if !is_header_name(name) {
+                errors.push(format!("{at}.headers: {name:?} is not a header name"));
+            }
+            let lower = name.to_ascii_lowercase();
+            if ["content-length", "transfer-encoding", "connection"].contains(&lower.as_str()) {
+                errors.push(format!("{at}.headers: {name:?} is set by the gateway"));
+            }
+            if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+                errors.push(format!(
+                    "{at}.headers[{name:?}]: control characters are not allowed"
+                ));
+            }
+        }
+        if self.body.len() > MAX_FALLBACK_BODY {
+            errors.push(format!("{at}.body: at most {MAX_FALLBACK_BODY} bytes"));
         }
     }
 }
@@ -834,5 +1337,157 @@ routes:
         assert_eq!(parse_instance_url("http://svc").unwrap().port, 80);
         assert!(parse_instance_url("http://svc:1/path").is_err());
         assert!(parse_instance_url("https://svc:1").is_err());
+    }
+
+    fn invalid(doc: &str) -> String {
+        match GatewayConfig::load(doc.as_bytes()) {
+            Err(ConfigError::Invalid(errors)) => errors.join("\n"),
+            other => panic!("expected an invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn resilience_policies_parse_with_defaults() {
+        let doc = r#"
+version: 1
+services:
+  - name: pay
+    load_balancer: { strategy: least-request, panic_threshold_percent: 30 }
+    endpoint_timeouts: { "POST /payments": 30s, "GET /payments/{id}": 2s, "GET /reports/*": 1m }
+    retry: { max_attempts: 4, retry_on: [connect-failure, 5xx], per_try_timeout: 1s }
+    outlier_detection: { consecutive_failures: 3 }
+    circuit_breaker: { error_threshold_percent: 25 }
+routes:
+  - name: pay
+    match: { path_prefix: /pay }
+    service: pay
+    fallback: { status: 200, headers: { content-type: application/json }, body: '{"queued":true}' }
+"#;
+        let config = GatewayConfig::load(doc.as_bytes()).unwrap();
+        let pay = &config.services[0];
+        assert_eq!(pay.load_balancer.panic_threshold_percent, 30);
+        assert_eq!(
+            pay.endpoint_timeouts["POST /payments"],
+            Duration::from_secs(30)
+        );
+        let retry = pay.retry.as_ref().unwrap();
+        assert_eq!(retry.budget_percent, 20);
+        assert_eq!(retry.max_buffered_body_bytes, 64 * 1024);
+        let on = retry.conditions();
+        assert!(on.connect_failure && !on.reset && !on.timeout);
+        assert!(on.status(500) && on.status(599) && !on.status(404));
+        let outlier = pay.outlier_detection.as_ref().unwrap();
+        assert_eq!(outlier.max_ejection_percent, 50);
+        assert_eq!(config.routes[0].fallback.as_ref().unwrap().status, 200);
+        let again = GatewayConfig::from_json(&config.to_json()).unwrap();
+        assert_eq!(again, config);
+        // Defaults of a plain service: no retry, no outlier detection, panic at 50%.
+        let plain = GatewayConfig::load(b"version: 1\nservices: [ {name: a} ]\n").unwrap();
+        assert!(plain.services[0].retry.is_none());
+        assert!(plain.services[0].outlier_detection.is_none());
+        assert_eq!(plain.services[0].load_balancer.panic_threshold_percent, 50);
+        let json = plain.to_json();
+        for newer in [
+            "endpoint_timeouts",
+            "panic_threshold",
+            "retry",
+            "outlier",
+            "fallback",
+        ] {
+            assert!(!json.contains(newer), "{json}");
+        }
+    }
+
+    #[test]
+    fn invalid_resilience_policies_are_reported_with_their_path() {
+        let all = invalid(
+            r#"
+version: 1
+services:
+  - name: a
+    load_balancer: { panic_threshold_percent: 101 }
+    endpoint_timeouts: { "FETCH /x": 1s, "GET x": 1s, "GET /a/*/b": 1s, "GET /ok": 0ms }
+    retry:
+      max_attempts: 0
+      base_delay: 5s
+      max_delay: 1s
+      multiplier: 0.5
+      retry_on: [404, sometimes]
+      budget_percent: 150
+      max_buffered_body_bytes: 10000000
+    outlier_detection: { consecutive_failures: 0, base_ejection_time: 10s, max_ejection_time: 1s, max_ejection_percent: 101 }
+routes:
+  - name: r
+    match: { path_prefix: /a }
+    service: a
+    fallback: { status: 99, headers: { "bad name": x, content-length: "1" } }
+"#,
+        );
+        for needle in [
+            "services[0].load_balancer.panic_threshold_percent",
+            "endpoint_timeouts[\"FETCH /x\"]: unknown method",
+            "endpoint_timeouts[\"GET x\"]: the path must start",
+            "endpoint_timeouts[\"GET /a/*/b\"]: '*' may only",
+            "endpoint_timeouts[\"GET /ok\"]: must be between",
+            "services[0].retry.max_attempts",
+            "services[0].retry.max_delay: must not be below",
+            "services[0].retry.multiplier",
+            "services[0].retry.retry_on[0]: 404: a 4xx answer is never retried",
+            "services[0].retry.retry_on[1]",
+            "services[0].retry.budget_percent",
+            "services[0].retry.max_buffered_body_bytes",
+            "services[0].outlier_detection.consecutive_failures",
+            "services[0].outlier_detection.max_ejection_time",
+            "services[0].outlier_detection.max_ejection_percent",
+            "routes[0].fallback.status",
+            "routes[0].fallback.headers: \"bad name\"",
+            "routes[0].fallback.headers: \"content-length\" is set by the gateway",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        let doc = "version: 1\nservices:\n  - name: a\n    retry: { attempts: 3 }\n";
+        assert!(matches!(
+            GatewayConfig::load(doc.as_bytes()),
+            Err(ConfigError::Parse(m)) if m.contains("attempts")
+        ));
+    }
+
+    #[test]
+    fn endpoint_patterns_match_methods_and_segments() {
+        let p = EndpointPattern::parse("POST /payments/{id}/capture").unwrap();
+        assert!(p.matches("POST", "/payments/7/capture"));
+        assert!(!p.matches("GET", "/payments/7/capture"));
+        assert!(!p.matches("POST", "/payments//capture"));
+        assert!(!p.matches("POST", "/payments/7/capture/x"));
+        let rest = EndpointPattern::parse("GET /reports/*").unwrap();
+        assert!(rest.matches("GET", "/reports"));
+        assert!(rest.matches("GET", "/reports/a/b"));
+        assert!(!rest.matches("GET", "/report"));
+        let root = EndpointPattern::parse("GET /").unwrap();
+        assert!(root.matches("GET", "/"));
+        assert!(!root.matches("GET", "/x"));
+    }
+
+    #[test]
+    fn the_tickettoken_example_is_valid() {
+        let doc = include_str!("../../deploy/examples/tickettoken.yaml");
+        let config = GatewayConfig::load(doc.as_bytes())
+            .unwrap_or_else(|e| panic!("deploy/examples/tickettoken.yaml: {e}"));
+        for name in [
+            "auth", "payment", "ticket", "minting", "transfer", "scanning",
+        ] {
+            assert!(config.service(name).is_some(), "service {name} missing");
+        }
+        let retry = |name: &str| config.service(name).unwrap().retry.clone().unwrap();
+        assert_eq!(retry("minting").max_attempts, 5);
+        assert_eq!(retry("minting").multiplier, 2.5);
+        assert_eq!(retry("payment").base_delay, Duration::from_secs(2));
+        assert_eq!(retry("ticket").max_delay, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_dev_example_is_valid() {
+        let doc = include_str!("../../deploy/examples/dev.yaml");
+        GatewayConfig::load(doc.as_bytes()).unwrap();
     }
 }

@@ -63,6 +63,36 @@ pub mod option {
     }
 }
 
+/// `#[serde(with = "gateway_common::duration::map")]` for maps of durations
+/// (per-endpoint timeouts).
+pub mod map {
+    use super::*;
+    use serde::ser::SerializeMap;
+    use std::collections::BTreeMap;
+
+    /// Serializes every value as a duration string.
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<String, Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(m.len()))?;
+        for (k, v) in m {
+            map.serialize_entry(k, &format(*v))?;
+        }
+        map.end()
+    }
+
+    /// Reads a map of durations.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Duration>, D::Error> {
+        BTreeMap::<String, Raw>::deserialize(d)?
+            .into_iter()
+            .map(|(k, raw)| from_raw(raw).map(|v| (k, v)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -329,7 +329,18 @@ impl Inner {
             .policy
             .ok_or_else(|| Status::invalid_argument("policy: required"))?;
         let name = policy.service.clone();
+        if name.is_empty() {
+            return Err(Status::invalid_argument("policy.service: required"));
+        }
         let breaker = breaker_config(&policy);
+        let mut errors = Vec::new();
+        breaker.validate("policy", &mut errors);
+        if !errors.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "invalid breaker policy: {}",
+                errors.join("; ")
+            )));
+        }
         let edit = |current: &GatewayConfig| {
             let mut next = current.clone();
             let service = next

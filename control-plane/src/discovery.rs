@@ -587,8 +587,9 @@ impl Session {
         Ok(())
     }
 
-    /// Reports carry the in-flight counts that changed (zero: gone) and
-    /// breaker states; they are merged into what is known.
+    /// Reports carry the in-flight counts that changed (zero: gone) and the
+    /// breaker states that changed (`UNSPECIFIED`: gone); they are merged
+    /// into what is known.
     fn merge_report(&mut self, report: pb::Report) {
         let record = &mut self.record;
         for load in report.in_flight {
@@ -604,7 +605,10 @@ impl Session {
         }
         for breaker in report.breakers {
             record.breakers.retain(|b| b.service != breaker.service);
-            if record.breakers.len() < MAX_REPORT_ENTRIES {
+            // UNSPECIFIED: the data plane no longer has a breaker for it.
+            if breaker.state != pb::BreakerState::Unspecified as i32
+                && record.breakers.len() < MAX_REPORT_ENTRIES
+            {
                 record.breakers.push(BreakerStatus {
                     service: breaker.service,
                     state: breaker.state,

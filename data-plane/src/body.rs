@@ -31,23 +31,40 @@ pub enum RequestBodyError {
 }
 
 pin_project_lite::pin_project! {
-    /// A request body forwarded upstream frame by frame, failing with
-    /// [`BodyTooLarge`] once more than `limit` bytes have passed.
-    pub struct LimitedBody {
-        #[pin]
-        inner: Incoming,
-        limit: u64,
-        seen: u64,
+    /// A request body going upstream: the client's, forwarded frame by
+    /// frame and failing with [`BodyTooLarge`] once more than `limit` bytes
+    /// have passed; or one read whole beforehand so that the request can be
+    /// sent again (a retry).
+    #[project = LimitedBodyProj]
+    pub enum LimitedBody {
+        /// Streamed from the client.
+        Streaming {
+            #[pin]
+            inner: Incoming,
+            limit: u64,
+            seen: u64,
+        },
+        /// Buffered; sent as one frame.
+        Buffered {
+            data: Option<Bytes>,
+        },
     }
 }
 
 impl LimitedBody {
     /// Wraps `inner` with a limit of `limit` bytes.
     pub fn new(inner: Incoming, limit: u64) -> Self {
-        Self {
+        LimitedBody::Streaming {
             inner,
             limit,
             seen: 0,
+        }
+    }
+
+    /// A body already read (empty for none).
+    pub fn buffered(data: Bytes) -> Self {
+        LimitedBody::Buffered {
+            data: (!data.is_empty()).then_some(data),
         }
     }
 }
@@ -60,28 +77,41 @@ impl Body for LimitedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        match ready!(this.inner.poll_frame(cx)) {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    *this.seen += data.len() as u64;
-                    if *this.seen > *this.limit {
-                        return Poll::Ready(Some(Err(BodyTooLarge { limit: *this.limit }.into())));
+        match self.project() {
+            LimitedBodyProj::Streaming { inner, limit, seen } => match ready!(inner.poll_frame(cx))
+            {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        *seen += data.len() as u64;
+                        if *seen > *limit {
+                            return Poll::Ready(Some(Err(BodyTooLarge { limit: *limit }.into())));
+                        }
                     }
+                    Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+                None => Poll::Ready(None),
+            },
+            LimitedBodyProj::Buffered { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
-            None => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            LimitedBody::Streaming { inner, .. } => inner.is_end_stream(),
+            LimitedBody::Buffered { data } => data.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            LimitedBody::Streaming { inner, .. } => inner.size_hint(),
+            LimitedBody::Buffered { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! in-flight counts, and reconnects with capped, jittered backoff while the
 //! last good snapshot keeps serving.
 
+use crate::breaker::BreakerState;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use gateway_proto::v1 as pb;
@@ -176,7 +177,8 @@ impl Session<'_> {
                     None => return Err(SessionError::Closed),
                 },
                 _ = tick.tick() => {
-                    if let Some(report) = reporter.next(&self.runtime.in_flight()) {
+                    let breakers = self.runtime.breaker_states();
+                    if let Some(report) = reporter.next(&self.runtime.in_flight(), &breakers) {
                         send(&tx, Kind::Report(report)).await?;
                     }
                 }
@@ -220,11 +222,14 @@ async fn send(tx: &mpsc::Sender<pb::DataPlaneMessage>, kind: Kind) -> Result<(),
 }
 
 /// Decides what a report carries: every instance whose count is non-zero or
-/// changed since the last report; a report is sent when something changed,
-/// or after `max_silence` as a liveness signal.
+/// changed since the last report, and every breaker whose state changed (a
+/// breaker gone, its service removed or its policy disabled, is reported
+/// once as `UNSPECIFIED`); a report is sent when something changed, or
+/// after `max_silence` as a liveness signal.
 #[derive(Debug)]
 pub struct Reporter {
     last: HashMap<String, u64>,
+    last_breakers: HashMap<String, pb::BreakerState>,
     last_sent: Option<Instant>,
     max_silence: Duration,
 }
@@ -234,14 +239,45 @@ impl Reporter {
     pub fn new(max_silence: Duration) -> Self {
         Self {
             last: HashMap::new(),
+            last_breakers: HashMap::new(),
             last_sent: None,
             max_silence,
         }
     }
 
-    /// The report to send now, if any, given the current counts.
-    pub fn next(&mut self, counts: &[(String, u64)]) -> Option<pb::Report> {
+    /// The report to send now, if any, given the current counts and
+    /// breaker states.
+    pub fn next(
+        &mut self,
+        counts: &[(String, u64)],
+        breakers: &[(String, BreakerState)],
+    ) -> Option<pb::Report> {
         let mut changed = false;
+        let mut breaker_changes = Vec::new();
+        let mut current_breakers = HashMap::with_capacity(breakers.len());
+        for (service, state) in breakers {
+            let state = match state {
+                BreakerState::Closed => pb::BreakerState::Closed,
+                BreakerState::Open => pb::BreakerState::Open,
+                BreakerState::HalfOpen => pb::BreakerState::HalfOpen,
+            };
+            if self.last_breakers.get(service) != Some(&state) {
+                breaker_changes.push(pb::ServiceBreakerState {
+                    service: service.clone(),
+                    state: state as i32,
+                });
+            }
+            current_breakers.insert(service.clone(), state);
+        }
+        for service in self.last_breakers.keys() {
+            if !current_breakers.contains_key(service) {
+                breaker_changes.push(pb::ServiceBreakerState {
+                    service: service.clone(),
+                    state: pb::BreakerState::Unspecified as i32,
+                });
+            }
+        }
+        changed |= !breaker_changes.is_empty();
         let mut loads = Vec::new();
         let mut current = HashMap::with_capacity(counts.len());
         for (id, n) in counts {
@@ -280,11 +316,13 @@ impl Reporter {
             return None;
         }
         self.last = current;
+        self.last_breakers = current_breakers;
         self.last_sent = Some(Instant::now());
         loads.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        breaker_changes.sort_by(|a, b| a.service.cmp(&b.service));
         Some(pb::Report {
             in_flight: loads,
-            breakers: Vec::new(),
+            breakers: breaker_changes,
         })
     }
 }
@@ -309,19 +347,65 @@ mod tests {
     async fn reports_changes_zeroes_and_liveness() {
         let mut r = Reporter::new(Duration::from_secs(5));
         // First report is always sent (liveness), empty here.
-        assert_eq!(loads(&r.next(&counts(&[("a", 0)])).unwrap()), vec![]);
-        assert!(r.next(&counts(&[("a", 0)])).is_none());
-        let report = r.next(&counts(&[("a", 2), ("b", 0)])).unwrap();
+        assert_eq!(loads(&r.next(&counts(&[("a", 0)]), &[]).unwrap()), vec![]);
+        assert!(r.next(&counts(&[("a", 0)]), &[]).is_none());
+        let report = r.next(&counts(&[("a", 2), ("b", 0)]), &[]).unwrap();
         assert_eq!(loads(&report), counts(&[("a", 2)]));
-        assert!(r.next(&counts(&[("a", 2)])).is_none());
-        let report = r.next(&counts(&[("a", 0)])).unwrap();
+        assert!(r.next(&counts(&[("a", 2)]), &[]).is_none());
+        let report = r.next(&counts(&[("a", 0)]), &[]).unwrap();
         assert_eq!(loads(&report), counts(&[("a", 0)]));
-        assert!(r.next(&counts(&[("a", 0)])).is_none());
+        assert!(r.next(&counts(&[("a", 0)]), &[]).is_none());
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(r.next(&counts(&[("a", 0)])).is_some());
-        r.next(&counts(&[("c", 1)])).unwrap();
-        let report = r.next(&counts(&[])).unwrap();
+        assert!(r.next(&counts(&[("a", 0)]), &[]).is_some());
+        r.next(&counts(&[("c", 1)]), &[]).unwrap();
+        let report = r.next(&counts(&[]), &[]).unwrap();
         assert_eq!(loads(&report), counts(&[("c", 0)]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn breaker_changes_and_removals_are_reported() {
+        let mut r = Reporter::new(Duration::from_secs(5));
+        let states = |report: &pb::Report| -> Vec<(String, i32)> {
+            report
+                .breakers
+                .iter()
+                .map(|b| (b.service.clone(), b.state))
+                .collect()
+        };
+        let report = r
+            .next(
+                &[],
+                &[
+                    ("a".into(), BreakerState::Closed),
+                    ("b".into(), BreakerState::Closed),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            states(&report),
+            vec![
+                ("a".into(), pb::BreakerState::Closed as i32),
+                ("b".into(), pb::BreakerState::Closed as i32)
+            ]
+        );
+        assert!(r
+            .next(
+                &[],
+                &[
+                    ("a".into(), BreakerState::Closed),
+                    ("b".into(), BreakerState::Closed)
+                ]
+            )
+            .is_none());
+        let report = r.next(&[], &[("a".into(), BreakerState::Open)]).unwrap();
+        assert_eq!(
+            states(&report),
+            vec![
+                ("a".into(), pb::BreakerState::Open as i32),
+                ("b".into(), pb::BreakerState::Unspecified as i32)
+            ]
+        );
+        assert!(r.next(&[], &[("a".into(), BreakerState::Open)]).is_none());
     }
 
     #[test]

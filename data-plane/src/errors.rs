@@ -27,6 +27,12 @@ pub enum GatewayError {
     UpstreamTimeout,
     /// Any other upstream failure.
     BadGateway,
+    /// The service's circuit breaker is open.
+    CircuitOpen,
+    /// The request body did not arrive within the deadline.
+    RequestTimeout,
+    /// The request body could not be read.
+    BadRequest,
 }
 
 impl GatewayError {
@@ -36,7 +42,11 @@ impl GatewayError {
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NoHealthyInstance | Self::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHealthyInstance | Self::UpstreamUnavailable | Self::CircuitOpen => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
         }
@@ -52,6 +62,9 @@ impl GatewayError {
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             Self::BadGateway => "BAD_GATEWAY",
+            Self::CircuitOpen => "CIRCUIT_OPEN",
+            Self::RequestTimeout => "REQUEST_TIMEOUT",
+            Self::BadRequest => "BAD_REQUEST",
         }
     }
 

@@ -47,6 +47,13 @@ pub struct UpstreamErrorLabels {
     pub kind: &'static str,
 }
 
+/// Labels of per-service resilience series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// Service name.
+    pub service: Arc<String>,
+}
+
 /// Labels of `gateway_config_updates_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpdateLabels {
@@ -163,6 +170,11 @@ pub struct Metrics {
     latency: Family<RouteLabels, LatencyHistogram>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     updates: Family<UpdateLabels, Counter>,
+    breaker_state: Family<ServiceLabels, Gauge>,
+    breaker_rejections: Family<ServiceLabels, Counter>,
+    retries: Family<ServiceLabels, Counter>,
+    retry_budget_exhausted: Family<ServiceLabels, Counter>,
+    ejections: Family<ServiceLabels, Counter>,
     /// Requests being handled.
     pub in_flight: Gauge,
     /// Version of the config applied last.
@@ -195,6 +207,32 @@ impl Metrics {
         let in_flight = Gauge::default();
         let config_version = Gauge::default();
         let control_plane_connected = Gauge::default();
+        let breaker_state = Family::<ServiceLabels, Gauge>::default();
+        let breaker_rejections = Family::<ServiceLabels, Counter>::default();
+        let retries = Family::<ServiceLabels, Counter>::default();
+        let retry_budget_exhausted = Family::<ServiceLabels, Counter>::default();
+        let ejections = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "circuit_breaker_state",
+            "Circuit-breaker state by service: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
+        registry.register(
+            "circuit_breaker_rejections",
+            "Requests refused by an open circuit breaker, by service",
+            breaker_rejections.clone(),
+        );
+        registry.register("retries", "Retries sent, by service", retries.clone());
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries not sent because the service's retry budget was spent",
+            retry_budget_exhausted.clone(),
+        );
+        registry.register(
+            "outlier_ejections",
+            "Instances ejected by outlier detection, by service",
+            ejections.clone(),
+        );
         registry.register(
             "requests",
             "Requests answered, by route, service, method and status",
@@ -243,6 +281,11 @@ impl Metrics {
             latency,
             upstream_errors,
             updates,
+            breaker_state,
+            breaker_rejections,
+            retries,
+            retry_budget_exhausted,
+            ejections,
             in_flight,
             config_version,
             control_plane_connected,
@@ -271,6 +314,37 @@ impl Metrics {
                 .clone()
         });
         UpstreamErrorMetrics { counters }
+    }
+
+    /// Handles of a service's circuit breaker.
+    pub fn breaker(&self, service: &Arc<String>) -> crate::breaker::BreakerMetrics {
+        let labels = ServiceLabels {
+            service: service.clone(),
+        };
+        crate::breaker::BreakerMetrics {
+            state: self.breaker_state.get_or_create(&labels).clone(),
+            rejected: self.breaker_rejections.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Handles of a service's retries.
+    pub fn retries(&self, service: &Arc<String>) -> crate::retry::RetryMetrics {
+        let labels = ServiceLabels {
+            service: service.clone(),
+        };
+        crate::retry::RetryMetrics {
+            retries: self.retries.get_or_create(&labels).clone(),
+            budget_exhausted: self.retry_budget_exhausted.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// The ejection counter of a service.
+    pub fn ejections(&self, service: &Arc<String>) -> Counter {
+        self.ejections
+            .get_or_create(&ServiceLabels {
+                service: service.clone(),
+            })
+            .clone()
     }
 
     /// Counts a config update.

@@ -2,19 +2,27 @@
 
 use crate::balancer::Endpoint;
 use crate::body::{LimitedBody, ProxyBody};
+use crate::breaker::{self, Permit, Rejected};
+use crate::deadline::{self, Deadline, DEADLINE_HEADER};
 use crate::errors::{GatewayError, X_REQUEST_ID};
 use crate::headers;
 use crate::metrics::{Metrics, UpstreamErrorKind};
+use crate::retry::{self, RetryPolicy};
+use crate::rolling::now_ms;
 use crate::runtime::{RouteRuntime, Runtime, ServiceRuntime};
 use crate::upstream::{self, Failure};
+use bytes::Bytes;
 use gateway_common::routing::Lookup;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 /// What every connection's handler shares.
@@ -51,7 +59,7 @@ impl Proxy {
         match self.route(&req) {
             Ok(target) => {
                 let route = target.route.clone();
-                let response = forward(target, req, peer, request_id.as_ref()).await;
+                let response = forward(target, req, peer, request_id.as_ref(), start).await;
                 route
                     .metrics
                     .record(&method, response.status(), start.elapsed());
@@ -101,6 +109,7 @@ async fn forward(
     req: Request<Incoming>,
     peer: &HeaderValue,
     request_id: Option<&HeaderValue>,
+    start: Instant,
 ) -> Response<ProxyBody> {
     let Target {
         route,
@@ -108,15 +117,10 @@ async fn forward(
         path,
     } = target;
     let (mut parts, body) = req.into_parts();
-    if content_length(&parts.headers).is_some_and(|len| len > route.body_limit) {
+    let declared_length = content_length(&parts.headers);
+    if declared_length.is_some_and(|len| len > route.body_limit) {
         return too_large(&route, request_id);
     }
-    let Some(endpoint) = service.balancer.pick() else {
-        return GatewayError::NoHealthyInstance.response(
-            &format!("No healthy instance of service {}", service.name),
-            request_id,
-        );
-    };
     let path_and_query = match upstream_path(&parts.uri, path) {
         Some(pq) => pq,
         None => {
@@ -124,6 +128,24 @@ async fn forward(
                 .response("The rewritten path is not a valid URI path", request_id)
         }
     };
+    // One deadline for the whole request, from the timeout in force.
+    let timeout = if service.endpoint_timeouts.is_empty() {
+        route.timeout
+    } else {
+        service
+            .endpoint_timeouts
+            .lookup(&parts.method, path_and_query.path())
+            .unwrap_or(route.timeout)
+    };
+    let deadline = Deadline::new(
+        tokio::time::Instant::from_std(start),
+        timeout,
+        &parts.headers,
+    );
+    let hash = service
+        .balancer
+        .hash_on()
+        .and_then(|on| on.key_hash(&parts.headers, peer));
     // Origin-form (path and query only) on the upstream connection.
     let mut uri = Uri::from(path_and_query);
     std::mem::swap(&mut parts.uri, &mut uri);
@@ -132,39 +154,366 @@ async fn forward(
     } else {
         uri.host()
     };
+    parts.version = Version::HTTP_11;
+
+    if let Some(policy) = &service.retry {
+        policy.budget.record_request(now_ms());
+        if retry::is_retryable_request(&parts.method, &parts.headers) {
+            let keep = body.is_end_stream()
+                || declared_length.is_some_and(|len| len <= policy.max_buffered_body);
+            // Bodies too large or of unknown length to keep get one
+            // attempt, streamed (below).
+            if keep {
+                let bytes = if body.is_end_stream() {
+                    Bytes::new()
+                } else {
+                    match read_body(body, &deadline).await {
+                        Ok(bytes) => bytes,
+                        Err(error) => return error.response(request_id),
+                    }
+                };
+                headers::prepare_request(
+                    &mut parts.headers,
+                    peer,
+                    &HeaderValue::from_static(""),
+                    uri_host,
+                );
+                let request = Retryable {
+                    method: parts.method,
+                    uri: parts.uri,
+                    headers: parts.headers,
+                    body: bytes,
+                };
+                return forward_with_retries(
+                    &route, &service, policy, request, hash, deadline, request_id,
+                )
+                .await;
+            }
+        }
+        // A POST without Idempotency-Key (or a body too large to keep) gets
+        // one attempt, whatever happens.
+    }
+    forward_once(
+        &route, &service, parts, body, peer, uri_host, hash, deadline, request_id,
+    )
+    .await
+}
+
+/// A request body that could not be read whole for a retryable request.
+enum BodyReadError {
+    TimedOut,
+    Failed,
+}
+
+impl BodyReadError {
+    fn response(&self, request_id: Option<&HeaderValue>) -> Response<ProxyBody> {
+        match self {
+            BodyReadError::TimedOut => GatewayError::RequestTimeout
+                .response("The request body did not arrive in time", request_id),
+            BodyReadError::Failed => {
+                GatewayError::BadRequest.response("The request body could not be read", request_id)
+            }
+        }
+    }
+}
+
+async fn read_body(body: Incoming, deadline: &Deadline) -> Result<Bytes, BodyReadError> {
+    match tokio::time::timeout_at(deadline.at(), body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(_)) => Err(BodyReadError::Failed),
+        Err(_) => Err(BodyReadError::TimedOut),
+    }
+}
+
+/// How an attempt ended, for the breaker and outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Success,
+    Failure,
+    /// Says nothing about the upstream (the client's body was too large).
+    Neutral,
+}
+
+/// Reports an attempt's outcome to the service's breaker and outlier
+/// detector (when it has them).
+fn record_outcome(
+    service: &ServiceRuntime,
+    endpoint: &Endpoint,
+    permit: Option<Permit>,
+    outcome: Outcome,
+    elapsed: Duration,
+) {
+    if outcome == Outcome::Neutral {
+        return;
+    }
+    let failed = outcome == Outcome::Failure;
+    let outlier = service.balancer.outlier();
+    if permit.is_none() && outlier.is_none() {
+        return;
+    }
+    let now = now_ms();
+    if let Some(permit) = permit {
+        let success = permit.breaker().counts_as_success(!failed, elapsed);
+        permit.record(success, now);
+    }
+    if let Some(detector) = outlier {
+        detector.record(endpoint, failed, now, service.balancer.endpoints());
+    }
+}
+
+/// When an attempt was sent, read only for services whose breaker or
+/// outlier detector needs its duration.
+struct Clock(Option<Instant>);
+
+impl Clock {
+    fn start(service: &ServiceRuntime) -> Self {
+        Clock(
+            (service.breaker.is_some() || service.balancer.outlier().is_some()).then(Instant::now),
+        )
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.0.map(|t| t.elapsed()).unwrap_or_default()
+    }
+}
+
+/// Asks the service's breaker (if any) to let a call through.
+fn admit(service: &ServiceRuntime) -> Result<Option<Permit>, Rejected> {
+    match &service.breaker {
+        Some(breaker) => breaker.try_acquire(now_ms()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// One attempt with the client's body streamed through: the plain path.
+#[allow(clippy::too_many_arguments)]
+async fn forward_once(
+    route: &RouteRuntime,
+    service: &ServiceRuntime,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    peer: &HeaderValue,
+    uri_host: Option<&str>,
+    hash: Option<u64>,
+    deadline: Deadline,
+    request_id: Option<&HeaderValue>,
+) -> Response<ProxyBody> {
+    let permit = match admit(service) {
+        Ok(permit) => permit,
+        Err(rejected) => {
+            return breaker::open_response(
+                &service.name,
+                route.fallback.as_deref(),
+                rejected,
+                request_id,
+            )
+        }
+    };
+    let Some(endpoint) = service.balancer.pick(hash) else {
+        return no_instance(service, request_id);
+    };
     // The Host value is made once per instance, so the client formats none.
     headers::prepare_request(&mut parts.headers, peer, &endpoint.host_header, uri_host);
-    parts.version = Version::HTTP_11;
+    parts.headers.insert(
+        DEADLINE_HEADER,
+        deadline::header_value(deadline.remaining()),
+    );
     let guard = endpoint.load.begin();
     let upstream_req = Request::from_parts(parts, LimitedBody::new(body, route.body_limit));
+    // The clock is read only when a breaker or outlier detector needs it.
+    let sent_at = Clock::start(service);
     let exchange = upstream::send(&endpoint.pool, service.config.connect_timeout, upstream_req);
-    match tokio::time::timeout(route.timeout, exchange).await {
+    match tokio::time::timeout_at(deadline.at(), exchange).await {
         Ok(Ok((response, conn))) => {
+            let outcome = if response.status().is_server_error() {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            record_outcome(service, endpoint, permit, outcome, sent_at.elapsed());
             let (mut parts, body) = response.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, ProxyBody::upstream(body, conn, guard))
         }
         Ok(Err(err)) => {
             drop(guard);
-            send_failed(&err, &route, &service, endpoint, request_id)
+            let (response, outcome) = send_failed(&err, route, service, endpoint, request_id);
+            record_outcome(service, endpoint, permit, outcome, sent_at.elapsed());
+            response
         }
         Err(_elapsed) => {
             drop(guard);
-            service.errors.count(UpstreamErrorKind::Timeout);
-            tracing::warn!(
-                service = %service.name,
-                instance = %endpoint.id,
-                timeout_ms = route.timeout.as_millis() as u64,
-                "upstream did not answer in time"
+            record_outcome(
+                service,
+                endpoint,
+                permit,
+                Outcome::Failure,
+                sent_at.elapsed(),
             );
-            upstream_error(
-                UpstreamErrorKind::Timeout,
-                &service,
-                route.timeout,
-                request_id,
-            )
+            timed_out(service, endpoint, deadline.budget(), request_id)
         }
     }
+}
+
+/// A request that may be sent more than once: its head (hop-by-hop headers
+/// removed, forwarding headers set) and its whole body.
+struct Retryable {
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Retryable {
+    fn attempt(&self, endpoint: &Endpoint, remaining: Duration) -> Request<LimitedBody> {
+        let mut req = Request::new(LimitedBody::buffered(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = Version::HTTP_11;
+        let mut headers = self.headers.clone();
+        headers.insert(HOST, endpoint.host_header.clone());
+        headers.insert(DEADLINE_HEADER, deadline::header_value(remaining));
+        *req.headers_mut() = headers;
+        req
+    }
+}
+
+/// Attempts until one answers with something the policy does not retry,
+/// the attempts or the retry budget are spent, or the next attempt would
+/// start past the deadline. Each retry goes to another instance when there
+/// is one.
+async fn forward_with_retries(
+    route: &RouteRuntime,
+    service: &ServiceRuntime,
+    policy: &RetryPolicy,
+    request: Retryable,
+    hash: Option<u64>,
+    deadline: Deadline,
+    request_id: Option<&HeaderValue>,
+) -> Response<ProxyBody> {
+    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+    let mut last: Option<Response<ProxyBody>> = None;
+    for attempt in 1..=policy.max_attempts {
+        if let Some(failed) = last.take() {
+            let wait = policy.backoff(attempt - 1);
+            if wait >= deadline.remaining() {
+                return failed;
+            }
+            if !policy.budget.try_take(now_ms()) {
+                policy.metrics.budget_exhausted.inc();
+                tracing::debug!(service = %service.name, "retry budget spent; not retrying");
+                return failed;
+            }
+            drop(failed);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            policy.metrics.retries.inc();
+        }
+        let permit = match admit(service) {
+            Ok(permit) => permit,
+            Err(rejected) => {
+                return breaker::open_response(
+                    &service.name,
+                    route.fallback.as_deref(),
+                    rejected,
+                    request_id,
+                )
+            }
+        };
+        let Some(endpoint) = service.balancer.pick_excluding(hash, &tried).cloned() else {
+            return no_instance(service, request_id);
+        };
+        tried.push(endpoint.clone());
+        let now = tokio::time::Instant::now();
+        let attempt_deadline = match policy.per_try_timeout {
+            Some(t) => deadline.at().min(now + t),
+            None => deadline.at(),
+        };
+        let upstream_req =
+            request.attempt(&endpoint, attempt_deadline.saturating_duration_since(now));
+        let guard = endpoint.load.begin();
+        let sent_at = Clock::start(service);
+        let exchange = upstream::send(&endpoint.pool, service.config.connect_timeout, upstream_req);
+        let (response, retryable) = match tokio::time::timeout_at(attempt_deadline, exchange).await
+        {
+            Ok(Ok((response, conn))) => {
+                let status = response.status();
+                let outcome = if status.is_server_error() {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                };
+                record_outcome(service, &endpoint, permit, outcome, sent_at.elapsed());
+                let (mut parts, body) = response.into_parts();
+                headers::remove_hop_by_hop(&mut parts.headers);
+                let response = Response::from_parts(parts, ProxyBody::upstream(body, conn, guard));
+                (response, policy.on.status(status.as_u16()))
+            }
+            Ok(Err(err)) => {
+                drop(guard);
+                let (response, outcome) = send_failed(&err, route, service, &endpoint, request_id);
+                record_outcome(service, &endpoint, permit, outcome, sent_at.elapsed());
+                let retryable = match upstream::classify(&err) {
+                    Failure::Upstream(
+                        UpstreamErrorKind::ConnectRefused
+                        | UpstreamErrorKind::ConnectTimeout
+                        | UpstreamErrorKind::Connect,
+                    ) => policy.on.connect_failure,
+                    Failure::Upstream(UpstreamErrorKind::Protocol) => policy.on.reset,
+                    Failure::Upstream(UpstreamErrorKind::Timeout) | Failure::BodyTooLarge => false,
+                };
+                (response, retryable)
+            }
+            Err(_elapsed) => {
+                drop(guard);
+                record_outcome(
+                    service,
+                    &endpoint,
+                    permit,
+                    Outcome::Failure,
+                    sent_at.elapsed(),
+                );
+                let per_try = attempt_deadline < deadline.at();
+                let budget = if per_try {
+                    attempt_deadline.saturating_duration_since(now)
+                } else {
+                    deadline.budget()
+                };
+                let response = timed_out(service, &endpoint, budget, request_id);
+                (response, per_try && policy.on.timeout)
+            }
+        };
+        if !retryable {
+            return response;
+        }
+        last = Some(response);
+    }
+    last.unwrap_or_else(|| no_instance(service, request_id))
+}
+
+fn no_instance(service: &ServiceRuntime, request_id: Option<&HeaderValue>) -> Response<ProxyBody> {
+    GatewayError::NoHealthyInstance.response(
+        &format!("No healthy instance of service {}", service.name),
+        request_id,
+    )
+}
+
+/// The 504 of an attempt that did not get its response head in `budget`.
+fn timed_out(
+    service: &ServiceRuntime,
+    endpoint: &Endpoint,
+    budget: Duration,
+    request_id: Option<&HeaderValue>,
+) -> Response<ProxyBody> {
+    service.errors.count(UpstreamErrorKind::Timeout);
+    tracing::warn!(
+        service = %service.name,
+        instance = %endpoint.id,
+        timeout_ms = budget.as_millis() as u64,
+        "upstream did not answer in time"
+    );
+    upstream_error(UpstreamErrorKind::Timeout, service, budget, request_id)
 }
 
 /// The answer to a failed exchange (the body limit, or an upstream failure
@@ -175,9 +524,9 @@ fn send_failed(
     service: &ServiceRuntime,
     endpoint: &Endpoint,
     request_id: Option<&HeaderValue>,
-) -> Response<ProxyBody> {
+) -> (Response<ProxyBody>, Outcome) {
     match upstream::classify(err) {
-        Failure::BodyTooLarge => too_large(route, request_id),
+        Failure::BodyTooLarge => (too_large(route, request_id), Outcome::Neutral),
         Failure::Upstream(kind) => {
             service.errors.count(kind);
             tracing::warn!(
@@ -187,7 +536,10 @@ fn send_failed(
                 error = %error_chain(err),
                 "upstream request failed"
             );
-            upstream_error(kind, service, route.timeout, request_id)
+            (
+                upstream_error(kind, service, route.timeout, request_id),
+                Outcome::Failure,
+            )
         }
     }
 }

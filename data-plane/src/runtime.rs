@@ -8,11 +8,16 @@
 //! fleet. In-flight counters live with the instance and survive every swap.
 
 use crate::balancer::{Balancer, Endpoint, InstanceLoad};
+use crate::breaker::{BreakerState, CircuitBreaker, Fallback};
+use crate::deadline::EndpointTimeouts;
 use crate::metrics::{Metrics, RouteMetrics, UpstreamErrorMetrics};
+use crate::outlier::OutlierDetector;
+use crate::retry::RetryPolicy;
+use crate::rolling::now_ms;
 use crate::routing::{PathRewrite, Router};
 use crate::upstream::ConnPool;
 use arc_swap::{ArcSwap, Guard};
-use gateway_common::config::{ConfigError, ServiceConfig, Strategy};
+use gateway_common::config::{ConfigError, ServiceConfig};
 use gateway_common::registration::Instance;
 use gateway_common::routing::RouteConflict;
 use gateway_common::GatewayConfig;
@@ -39,6 +44,8 @@ pub struct RouteRuntime {
     pub body_limit: u64,
     /// Time allowed for the response head (route timeout, else service's).
     pub timeout: Duration,
+    /// Answer while the service's breaker is open, if configured.
+    pub fallback: Option<Arc<Fallback>>,
     /// Cached metric handles.
     pub metrics: RouteMetrics,
 }
@@ -50,8 +57,14 @@ pub struct ServiceRuntime {
     pub name: Arc<String>,
     /// Its config.
     pub config: ServiceConfig,
-    /// Picks among the routable instances.
+    /// Picks among the routable instances (and holds the outlier detector).
     pub balancer: Balancer,
+    /// Circuit breaker, when the service has an enabled one.
+    pub breaker: Option<Arc<CircuitBreaker>>,
+    /// Retry policy, when the service has one.
+    pub retry: Option<Arc<RetryPolicy>>,
+    /// Per-endpoint timeouts.
+    pub endpoint_timeouts: EndpointTimeouts,
     /// Cached error counters.
     pub errors: UpstreamErrorMetrics,
 }
@@ -211,15 +224,25 @@ impl Store {
         }
     }
 
-    fn endpoints(&self, service: &str) -> Vec<Arc<Endpoint>> {
-        self.by_service
+    /// The service's healthy and unhealthy endpoints (draining ones are in neither).
+    fn endpoints(&self, service: &str) -> (Vec<Arc<Endpoint>>, Vec<Arc<Endpoint>>) {
+        let mut healthy = Vec::new();
+        let mut unhealthy = Vec::new();
+        for entry in self
+            .by_service
             .get(service)
             .into_iter()
             .flatten()
             .filter_map(|id| self.instances.get(id))
-            .filter(|e| e.instance.state.routable())
-            .map(|e| e.endpoint.clone())
-            .collect()
+            .filter(|e| !e.instance.state.draining)
+        {
+            if entry.instance.state.routable() {
+                healthy.push(entry.endpoint.clone());
+            } else {
+                unhealthy.push(entry.endpoint.clone());
+            }
+        }
+        (healthy, unhealthy)
     }
 
     /// The connection pool of a known instance at the same address (kept
@@ -297,6 +320,21 @@ impl Runtime {
             .instances
             .iter()
             .map(|(id, e)| (id.clone(), e.endpoint.load.in_flight()))
+            .collect()
+    }
+
+    /// The breaker state of every service that has a breaker.
+    pub fn breaker_states(&self) -> Vec<(String, BreakerState)> {
+        let now = now_ms();
+        self.current
+            .load()
+            .services
+            .iter()
+            .filter_map(|s| {
+                s.breaker
+                    .as_ref()
+                    .map(|b| (s.name.to_string(), b.state(now)))
+            })
             .collect()
     }
 
@@ -434,6 +472,10 @@ impl Runtime {
                 rewrite: PathRewrite::of(route),
                 body_limit: route.body_limit(),
                 timeout: route.timeout.unwrap_or(sc.timeout),
+                fallback: route
+                    .fallback
+                    .as_ref()
+                    .map(|f| Arc::new(Fallback::from_config(f))),
             };
             routes.push((route, Arc::new(runtime)));
         }
@@ -447,22 +489,61 @@ impl Runtime {
         config: &ServiceConfig,
         previous: Option<&ServiceRuntime>,
     ) -> ServiceRuntime {
-        let strategy = config.load_balancer.strategy;
-        let strategy_changed =
-            previous.is_none_or(|p| p.config.load_balancer != config.load_balancer);
-        if strategy != Strategy::RoundRobin && strategy_changed {
-            tracing::warn!(
-                service = %config.name,
-                ?strategy,
-                "load-balancing strategy not implemented in this data plane; using round-robin"
-            );
-        }
         let name = previous.map_or_else(|| Arc::new(config.name.clone()), |p| p.name.clone());
+        // Breaker, retry budget and outlier state carry over while their
+        // policy stays the same; a new policy starts afresh.
+        let outlier = config.outlier_detection.as_ref().map(|policy| {
+            previous
+                .and_then(|p| p.balancer.outlier())
+                .filter(|d| d.policy() == policy)
+                .cloned()
+                .unwrap_or_else(|| {
+                    Arc::new(OutlierDetector::new(
+                        name.clone(),
+                        policy.clone(),
+                        self.metrics.ejections(&name),
+                    ))
+                })
+        });
+        let breaker = config
+            .circuit_breaker
+            .as_ref()
+            .filter(|cb| cb.enabled)
+            .map(|policy| {
+                previous
+                    .and_then(|p| p.breaker.as_ref())
+                    .filter(|b| b.policy() == policy)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(CircuitBreaker::new(
+                            name.clone(),
+                            policy.clone(),
+                            self.metrics.breaker(&name),
+                        ))
+                    })
+            });
+        let retry = config.retry.as_ref().map(|policy| {
+            previous
+                .and_then(|p| p.retry.as_ref())
+                .filter(|r| r.config() == policy)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(RetryPolicy::new(policy, self.metrics.retries(&name))))
+        });
+        let (healthy, unhealthy) = store.endpoints(&config.name);
         ServiceRuntime {
             errors: self.metrics.upstream_errors(&name),
+            balancer: Balancer::build(
+                &config.load_balancer,
+                healthy,
+                unhealthy,
+                outlier,
+                previous.map(|p| &p.balancer),
+            ),
+            breaker,
+            retry,
+            endpoint_timeouts: EndpointTimeouts::new(&config.endpoint_timeouts),
             name,
             config: config.clone(),
-            balancer: Balancer::build(strategy, store.endpoints(&config.name)),
         }
     }
 
@@ -575,7 +656,12 @@ mod tests {
         let rt = runtime();
         rt.apply_update(&snapshot(1, vec![instance("a1", "a", 1)]))
             .unwrap();
-        let guard = rt.load().services[0].balancer.pick().unwrap().load.begin();
+        let guard = rt.load().services[0]
+            .balancer
+            .pick(None)
+            .unwrap()
+            .load
+            .begin();
         let mut draining = instance("a1", "a", 1);
         draining.draining = true;
         rt.apply_update(&delta(1, vec![draining], vec![])).unwrap();
@@ -667,5 +753,60 @@ mod tests {
         })
         .unwrap();
         assert_eq!(ids(&rt, "a"), vec!["static:a:127.0.0.1:1"]);
+    }
+
+    #[tokio::test]
+    async fn resilience_state_survives_rebuilds_while_its_policy_stays() {
+        let rt = runtime();
+        let with = |breaker_percent: u32| {
+            format!(
+                r#"{{"version":1,"services":[{{"name":"a","circuit_breaker":{{"error_threshold_percent":{breaker_percent}}},"retry":{{}},"outlier_detection":{{}},"load_balancer":{{"strategy":"consistent-hash","hash_on":"client-ip"}}}},{{"name":"b"}}],"routes":[{{"name":"a","match":{{"path_prefix":"/a"}},"service":"a"}}]}}"#
+            )
+        };
+        let mut first = snapshot(1, vec![instance("a1", "a", 1), instance("a2", "a", 2)]);
+        first.config_json = with(50);
+        rt.apply_update(&first).unwrap();
+        let before = rt.snapshot().services[0].clone();
+        let breaker = before.breaker.clone().unwrap();
+        // An instance change rebuilds the service but keeps its state.
+        rt.apply_update(&delta(1, vec![instance("a3", "a", 3)], vec![]))
+            .unwrap();
+        let after = rt.snapshot().services[0].clone();
+        assert!(!Arc::ptr_eq(&before, &after));
+        assert!(Arc::ptr_eq(&breaker, after.breaker.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(
+            before.retry.as_ref().unwrap(),
+            after.retry.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            before.balancer.outlier().unwrap(),
+            after.balancer.outlier().unwrap()
+        ));
+        assert_eq!(rt.breaker_states().len(), 1);
+        // A new breaker policy starts a new breaker; the rest is kept.
+        let mut change = delta(2, vec![], vec![]);
+        change.config_json = with(30);
+        rt.apply_update(&change).unwrap();
+        let changed = rt.snapshot().services[0].clone();
+        assert!(!Arc::ptr_eq(&breaker, changed.breaker.as_ref().unwrap()));
+        assert_eq!(
+            changed
+                .breaker
+                .as_ref()
+                .unwrap()
+                .policy()
+                .error_threshold_percent,
+            30
+        );
+        assert!(Arc::ptr_eq(
+            after.retry.as_ref().unwrap(),
+            changed.retry.as_ref().unwrap()
+        ));
+        // Consistent hashing: the same key keeps its instance across the rebuild.
+        let key = Some(crate::maglev::hash64(b"10.0.0.1", 0));
+        assert_eq!(
+            after.balancer.pick(key).unwrap().id,
+            changed.balancer.pick(key).unwrap().id
+        );
     }
 }

@@ -251,6 +251,20 @@ pub fn data_planes_table(data_planes: &[DataPlaneView]) -> Table {
     table
 }
 
+/// Circuit-breaker state per data plane and service; `None` when no data
+/// plane reports a breaker.
+pub fn breakers_table(data_planes: &[DataPlaneView]) -> Option<Table> {
+    let mut table = Table::new(["DATA PLANE", "SERVICE", "BREAKER"]);
+    let mut any = false;
+    for d in data_planes {
+        for (service, state) in &d.breakers {
+            any = true;
+            table.row(vec![d.node_id.clone(), service.clone(), state.to_string()]);
+        }
+    }
+    any.then_some(table)
+}
+
 /// Table of services.
 pub fn services_table(services: &[ServiceConfig]) -> Table {
     let mut table = Table::new([
@@ -505,6 +519,10 @@ impl TopologyView {
         } else {
             out.push_str(&data_planes_table(&self.data_planes).render());
         }
+        if let Some(breakers) = breakers_table(&self.data_planes) {
+            out.push('\n');
+            out.push_str(&breakers.render());
+        }
         out
     }
 }
@@ -560,6 +578,15 @@ mod tests {
         let view = DataPlaneView::from_status(&status);
         assert_eq!(view.in_flight_total, 5);
         assert_eq!(view.breakers_cell(), "s=half-open");
+        let table = breakers_table(&[view]).unwrap().render();
+        assert!(table.contains("DATA PLANE"), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.contains("dp") && l.contains(" s ") && l.contains("half-open")),
+            "{table}"
+        );
+        assert!(breakers_table(&[]).is_none());
     }
 
     #[test]

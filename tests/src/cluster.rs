@@ -261,6 +261,44 @@ impl DataPlaneProc {
         dp
     }
 
+    /// Starts a standalone data plane (no control plane) serving the config
+    /// file `config`; waits until it is ready.
+    pub fn standalone(node_id: &str, config: &Path) -> Self {
+        let listen = localhost(free_port());
+        let admin = localhost(free_port());
+        let spec = Spec::new(format!("data-plane-{node_id}"), "data-plane")
+            .args(["--listen".to_string(), listen.to_string()])
+            .args(["--admin-listen".to_string(), admin.to_string()])
+            .args([
+                "--config".to_string(),
+                config.to_string_lossy().into_owned(),
+            ])
+            .args(["--node-id", node_id])
+            .env("GW_SHUTDOWN_GRACE", "2s")
+            .env("LOG_LEVEL", "info")
+            .env("LOG_FORMAT", "pretty");
+        let mut dp = Self {
+            proc: spec.spawn(),
+            listen,
+            admin,
+            node_id: node_id.to_string(),
+        };
+        dp.wait_ready();
+        dp
+    }
+
+    /// The text of its `/metrics`.
+    pub fn metrics(&self) -> String {
+        http::get(self.admin, "/metrics")
+            .map(|r| r.text())
+            .unwrap_or_else(|e| panic!("data plane {}: GET /metrics: {e}", self.node_id))
+    }
+
+    /// Sends SIGHUP (a standalone data plane reloads its file).
+    pub fn reload(&mut self) {
+        self.proc.hangup();
+    }
+
     /// Waits until `/health/ready` answers 200 (a config is applied).
     pub fn wait_ready(&mut self) {
         self.proc.assert_running();
@@ -339,7 +377,28 @@ impl Upstream {
         assert_eq!(r.status, 200, "upstream {}: POST {path}", self.name);
     }
 
-    /// Requests it served (outside `/health` and `/_control`).
+    /// Makes every later request answer with `status` (0: normally again).
+    pub fn set_fail(&self, status: u16) {
+        let path = format!("/_control/fail?status={status}");
+        let r = http::post(self.addr, &path, b"")
+            .unwrap_or_else(|e| panic!("upstream {}: POST {path}: {e}", self.name));
+        assert_eq!(r.status, 200, "upstream {}: POST {path}", self.name);
+    }
+
+    /// Makes every later request wait `ms` before answering (0: no wait).
+    pub fn set_delay(&self, ms: u64) {
+        let path = format!("/_control/delay?ms={ms}");
+        let r = http::post(self.addr, &path, b"")
+            .unwrap_or_else(|e| panic!("upstream {}: POST {path}: {e}", self.name));
+        assert_eq!(r.status, 200, "upstream {}: POST {path}", self.name);
+    }
+
+    /// `http://127.0.0.1:PORT`, as written in a config's `instances`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests it received (outside `/health` and `/_control`).
     pub fn served(&self) -> u64 {
         http::get(self.addr, "/_control/requests")
             .ok()

@@ -141,6 +141,24 @@ impl Grpc {
         })
     }
 
+    /// `Admin.SetBreakerPolicy`.
+    pub fn set_breaker_policy(
+        &self,
+        policy: pb::BreakerPolicy,
+    ) -> Result<pb::BreakerPolicy, Status> {
+        let url = self.url.clone();
+        let request = Self::with_token(
+            pb::SetBreakerPolicyRequest {
+                policy: Some(policy),
+            },
+            &self.admin_token,
+        );
+        self.block(async move {
+            let mut client = AdminClient::new(Self::channel(url).await?);
+            Ok(client.set_breaker_policy(request).await?.into_inner())
+        })
+    }
+
     /// `Admin.GetTopology`.
     pub fn topology(&self) -> Result<pb::Topology, Status> {
         let url = self.url.clone();

@@ -306,6 +306,11 @@ impl Proc {
         self.signal(libc::SIGTERM);
     }
 
+    /// Sends SIGHUP.
+    pub fn hangup(&mut self) {
+        self.signal(libc::SIGHUP);
+    }
+
     /// Sends SIGINT (Ctrl-C).
     pub fn interrupt(&mut self) {
         self.signal(libc::SIGINT);

@@ -2,10 +2,14 @@
 //!
 //! Answers every request with JSON `{name, method, path, query, headers}`
 //! and the header `x-upstream: NAME`. `?delay_ms=N` waits N ms before
-//! answering. `GET /health` answers 200, or 503 after
-//! `POST /_control/unhealthy` until `POST /_control/healthy`.
-//! `GET /_control/requests` returns `{"count": N}`: requests served outside
-//! `/health` and `/_control/*`.
+//! answering, `?status=N` answers with status N. `GET /health` answers 200,
+//! or 503 after `POST /_control/unhealthy` until `POST /_control/healthy`.
+//! `GET /_control/requests` returns `{"count": N}`: requests received
+//! outside `/health` and `/_control/*` (failed ones included).
+//!
+//! Modes for every later request: `POST /_control/fail?status=N` answers
+//! with status N (0: normally again), `POST /_control/delay?ms=N` waits N ms
+//! first (0: no wait).
 
 use bytes::Bytes;
 use clap::Parser;
@@ -17,7 +21,7 @@ use hyper_util::server::conn::auto;
 use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -45,6 +49,8 @@ struct State {
     name: String,
     unhealthy: AtomicBool,
     served: AtomicU64,
+    fail_status: AtomicU16,
+    delay_ms: AtomicU64,
 }
 
 #[tokio::main]
@@ -62,6 +68,8 @@ async fn main() -> anyhow::Result<()> {
         name: args.name,
         unhealthy: AtomicBool::new(false),
         served: AtomicU64::new(0),
+        fail_status: AtomicU16::new(0),
+        delay_ms: AtomicU64::new(0),
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -113,12 +121,38 @@ async fn handle(
             let count = state.served.load(Ordering::SeqCst);
             return Ok(reply(&state, StatusCode::OK, json!({"count": count})));
         }
+        (&Method::POST, "/_control/fail") => {
+            let status = param(request.uri().query().unwrap_or(""), "status").unwrap_or(0);
+            state
+                .fail_status
+                .store(u16::try_from(status).unwrap_or(500), Ordering::SeqCst);
+            return Ok(reply(
+                &state,
+                StatusCode::OK,
+                json!({"fail_status": status}),
+            ));
+        }
+        (&Method::POST, "/_control/delay") => {
+            let ms = param(request.uri().query().unwrap_or(""), "ms").unwrap_or(0);
+            state.delay_ms.store(ms, Ordering::SeqCst);
+            return Ok(reply(&state, StatusCode::OK, json!({"delay_ms": ms})));
+        }
         _ => {}
     }
+    state.served.fetch_add(1, Ordering::SeqCst);
     let query = request.uri().query().unwrap_or("").to_string();
-    if let Some(ms) = delay_ms(&query) {
-        tokio::time::sleep(Duration::from_millis(ms.min(MAX_DELAY_MS))).await;
+    let delay = param(&query, "delay_ms").unwrap_or(state.delay_ms.load(Ordering::SeqCst));
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay.min(MAX_DELAY_MS))).await;
     }
+    let status = param(&query, "status")
+        .and_then(|s| u16::try_from(s).ok())
+        .or(match state.fail_status.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        })
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
     let mut headers = Map::new();
     for (name, value) in request.headers() {
         headers.insert(
@@ -128,7 +162,6 @@ async fn handle(
     }
     // Read the body so that the client can finish sending it.
     let _ = request.into_body().collect().await;
-    state.served.fetch_add(1, Ordering::SeqCst);
     let body = json!({
         "name": state.name,
         "method": method.as_str(),
@@ -136,14 +169,16 @@ async fn handle(
         "query": query,
         "headers": headers,
     });
-    Ok(reply(&state, StatusCode::OK, body))
+    Ok(reply(&state, status, body))
 }
 
-fn delay_ms(query: &str) -> Option<u64> {
+/// The numeric query parameter `name`.
+fn param(query: &str, name: &str) -> Option<u64> {
     query
         .split('&')
-        .find_map(|pair| pair.strip_prefix("delay_ms="))
-        .and_then(|v| v.parse().ok())
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse().ok())
 }
 
 fn reply(state: &State, status: StatusCode, body: Value) -> Response<Full<Bytes>> {
