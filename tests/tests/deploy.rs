@@ -1,0 +1,1557 @@
+//! Checks of the deployment files under `deploy/`: the container build, the compose file, the
+//! Kubernetes manifests, the example configs and `.env.example`.
+//!
+//! Every YAML file is parsed and the facts a deployment depends on are checked against the
+//! sources: the variables the binaries read (their clap `env = "..."` names), their ports,
+//! their health endpoints, the binaries' names. When a schema validator is on PATH
+//! (`kubernetes-validate` for the manifests, `check-jsonschema` for the compose file, both from
+//! PyPI; `.ci/run` installs them), the files also go through it; otherwise the test says that it
+//! skipped it. With `GW_REQUIRE_DEPLOY_VALIDATORS=1` a missing validator fails the test.
+
+use gateway_common::GatewayConfig;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+// ------------------------------------------------------------------------------ helpers
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives in the workspace")
+        .to_path_buf()
+}
+
+fn read(rel: &str) -> String {
+    let path = repo().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// A line on the test process's own standard error: unlike `eprintln!`, the test harness
+/// does not capture it, so a skipped check is visible in every run.
+fn notice(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// Every YAML document of a file (relative to the repository), merge keys (`<<`) applied,
+/// as JSON values; empty documents are left out.
+fn yaml_documents(rel: &str) -> Vec<Value> {
+    let text = read(rel);
+    let mut documents = Vec::new();
+    for (i, document) in serde_norway::Deserializer::from_str(&text).enumerate() {
+        let mut value = serde_norway::Value::deserialize(document)
+            .unwrap_or_else(|e| panic!("{rel}: document {i} is not YAML: {e}"));
+        value
+            .apply_merge()
+            .unwrap_or_else(|e| panic!("{rel}: document {i}: merge keys: {e}"));
+        if value.is_null() {
+            continue;
+        }
+        documents.push(
+            serde_json::to_value(&value)
+                .unwrap_or_else(|e| panic!("{rel}: document {i} has no JSON form: {e}")),
+        );
+    }
+    documents
+}
+
+/// Files under `dir` (relative to the repository) whose name ends with one of `suffixes`,
+/// relative to the repository, sorted.
+fn files_under(dir: &str, suffixes: &[&str]) -> Vec<String> {
+    fn walk(dir: &Path, suffixes: &[&str], out: &mut Vec<PathBuf>) {
+        let entries =
+            std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                walk(&path, suffixes, out);
+            } else if suffixes.iter().any(|s| path.to_string_lossy().ends_with(s)) {
+                out.push(path);
+            }
+        }
+    }
+    let root = repo();
+    let mut found = Vec::new();
+    walk(&root.join(dir), suffixes, &mut found);
+    let mut rel: Vec<String> = found
+        .iter()
+        .map(|p| {
+            p.strip_prefix(&root)
+                .expect("under the repository")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    rel.sort();
+    rel
+}
+
+/// The string at `pointer` (a JSON pointer), or a panic naming `what`.
+fn text<'a>(value: &'a Value, pointer: &str, what: &str) -> &'a str {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{what}: no string at {pointer}"))
+}
+
+/// The array at `pointer`, empty when absent.
+fn list<'a>(value: &'a Value, pointer: &str) -> &'a [Value] {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+/// Strings of an array of strings.
+fn strings(values: &[Value]) -> Vec<&str> {
+    values.iter().filter_map(Value::as_str).collect()
+}
+
+/// Port of a `HOST:PORT` listen address.
+fn port_of(addr: &str) -> u16 {
+    addr.parse::<SocketAddr>()
+        .unwrap_or_else(|e| panic!("{addr:?} is not HOST:PORT: {e}"))
+        .port()
+}
+
+/// `(host, port)` of an `http://host:port` URL.
+fn host_port_of_url(url: &str) -> (String, u16) {
+    let rest = url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("{url:?} is not an http:// URL"));
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = authority
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{url:?} names no port"));
+    (
+        host.to_string(),
+        port.parse()
+            .unwrap_or_else(|e| panic!("{url:?}: bad port: {e}")),
+    )
+}
+
+/// The gateway crates whose sources define what the binaries read.
+const PRODUCT_CRATES: [&str; 5] = ["common", "proto", "control-plane", "data-plane", "gwctl"];
+
+/// Variables read by a binary but set by the system, never by an operator.
+const SYSTEM_VARIABLES: [&str; 1] = ["HOSTNAME"];
+
+/// Product sources (relative paths), each cut before its unit tests.
+fn product_sources() -> Vec<(String, String)> {
+    let mut sources = Vec::new();
+    for krate in PRODUCT_CRATES {
+        for file in files_under(&format!("{krate}/src"), &[".rs"]) {
+            let text = read(&file);
+            let code = match text.find("#[cfg(test)]") {
+                Some(at) => text[..at].to_string(),
+                None => text,
+            };
+            sources.push((file, code));
+        }
+    }
+    sources
+}
+
+/// String literals that follow each occurrence of `prefix` (which ends with an opening quote).
+fn literals_after<'a>(code: &'a str, prefix: &str) -> Vec<&'a str> {
+    code.match_indices(prefix)
+        .filter_map(|(at, _)| {
+            let rest = &code[at + prefix.len()..];
+            rest.find('"').map(|end| &rest[..end])
+        })
+        .collect()
+}
+
+fn is_variable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.starts_with(|c: char| c.is_ascii_uppercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Every environment variable a binary reads: clap's `env = "..."` names, `env::var("...")`
+/// look-ups and the data plane's `*_SERVICE_URL` table. System variables are left out.
+fn variables_read() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (file, code) in product_sources() {
+        let mut found = literals_after(&code, "env = \"");
+        found.extend(literals_after(&code, "env::var(\""));
+        if file.ends_with("data-plane/src/settings.rs") {
+            found.extend(
+                literals_after(&code, "(\"")
+                    .into_iter()
+                    .filter(|n| n.ends_with("_SERVICE_URL")),
+            );
+        }
+        names.extend(
+            found
+                .into_iter()
+                .filter(|n| is_variable_name(n))
+                .map(str::to_string),
+        );
+    }
+    for system in SYSTEM_VARIABLES {
+        names.remove(system);
+    }
+    names
+}
+
+/// The value of the clap argument that reads `variable` in `source`: its `default_value`,
+/// with a `settings::CONST` default looked up in `constants_file`.
+fn clap_default(source: &str, variable: &str, constants_file: Option<&str>) -> String {
+    let code = read(source);
+    let at = code
+        .find(&format!("env = \"{variable}\""))
+        .unwrap_or_else(|| panic!("{source} reads no {variable}"));
+    let attribute_end = code[at..].find(")]").map(|e| at + e).unwrap_or(code.len());
+    let attribute_start = code[..at].rfind("#[arg(").unwrap_or(0);
+    let attribute = &code[attribute_start..attribute_end];
+    let after = attribute
+        .split("default_value = ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{source}: {variable} has no default_value"));
+    if let Some(literal) = after.strip_prefix('"') {
+        return literal.split('"').next().unwrap_or_default().to_string();
+    }
+    let constant = after
+        .split([',', ' ', '\n'])
+        .next()
+        .unwrap_or_default()
+        .rsplit("::")
+        .next()
+        .unwrap_or_default();
+    let constants = read(constants_file.unwrap_or(source));
+    let definition = format!("const {constant}: &str = \"");
+    literals_after(&constants, &definition)
+        .first()
+        .unwrap_or_else(|| panic!("no string constant {constant} for {variable}"))
+        .to_string()
+}
+
+/// The ports and endpoints the deployment must agree with, read from the sources.
+struct Facts {
+    cp_grpc: u16,
+    cp_http: u16,
+    dp_listen: u16,
+    dp_admin: u16,
+    binaries: BTreeSet<String>,
+}
+
+fn facts() -> Facts {
+    let cp = "control-plane/src/cli.rs";
+    let dp = "data-plane/src/cli.rs";
+    let dp_settings = Some("data-plane/src/settings.rs");
+    let dp_listen = literals_after(
+        &read("data-plane/src/settings.rs"),
+        "DEFAULT_LISTEN: &str = \"",
+    )
+    .first()
+    .map(|a| port_of(a))
+    .expect("data-plane/src/settings.rs has DEFAULT_LISTEN");
+    let mut binaries = BTreeSet::new();
+    for krate in ["control-plane", "data-plane", "gwctl"] {
+        let manifest = read(&format!("{krate}/Cargo.toml"));
+        let bin_section = manifest
+            .split("[[bin]]")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{krate}/Cargo.toml has no [[bin]]"));
+        let name = literals_after(bin_section, "name = \"")[0];
+        binaries.insert(name.to_string());
+    }
+    Facts {
+        cp_grpc: port_of(&clap_default(cp, "CP_GRPC_ADDR", None)),
+        cp_http: port_of(&clap_default(cp, "CP_HTTP_ADDR", None)),
+        dp_listen,
+        dp_admin: port_of(&clap_default(dp, "GW_ADMIN_LISTEN", dp_settings)),
+        binaries,
+    }
+}
+
+/// Duration text of the configs and flags (`30s`, `250ms`).
+fn duration(text: &str) -> Duration {
+    gateway_common::duration::parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"))
+}
+
+// ------------------------------------------------------------------------------ every file
+
+#[test]
+fn every_yaml_file_under_deploy_parses() {
+    let files = files_under("deploy", &[".yaml", ".yml"]);
+    for expected in [
+        "deploy/compose.yaml",
+        "deploy/examples/dev.yaml",
+        "deploy/examples/cluster.yaml",
+        "deploy/k8s/kustomization.yaml",
+        "deploy/k8s/control-plane.yaml",
+        "deploy/k8s/data-plane.yaml",
+    ] {
+        assert!(files.iter().any(|f| f == expected), "{expected} is missing");
+    }
+    for file in &files {
+        let documents = yaml_documents(file);
+        assert!(!documents.is_empty(), "{file} holds no YAML document");
+        for (i, document) in documents.iter().enumerate() {
+            assert!(
+                document.is_object(),
+                "{file}: document {i} is not a mapping"
+            );
+        }
+    }
+}
+
+#[test]
+fn example_configs_are_valid_gateway_configs() {
+    let examples = files_under("deploy/examples", &[".yaml", ".yml", ".json"]);
+    assert!(!examples.is_empty());
+    for file in examples {
+        GatewayConfig::load(read(&file).as_bytes())
+            .unwrap_or_else(|e| panic!("{file} is not a config gwctl apply accepts: {e}"));
+    }
+}
+
+// ------------------------------------------------------------------------------ .env.example
+
+/// Variables of `deploy/.env.example`: `NAME=value` lines, and `# NAME=value` lines that
+/// document an optional variable left unset. Values keep their inline comment out.
+fn env_example() -> BTreeMap<String, (String, bool)> {
+    let mut variables = BTreeMap::new();
+    for line in read("deploy/.env.example").lines() {
+        let (line, commented) = match line.strip_prefix('#') {
+            Some(rest) => (rest.trim_start(), true),
+            None => (line, false),
+        };
+        let Some((name, value)) = line.split_once('=') else {
+            continue;
+        };
+        if !is_variable_name(name) {
+            continue;
+        }
+        let value = value.split(" #").next().unwrap_or_default().trim();
+        let previous = variables.insert(name.to_string(), (value.to_string(), commented));
+        assert!(previous.is_none(), ".env.example lists {name} twice");
+    }
+    variables
+}
+
+#[test]
+fn the_variable_scan_finds_what_the_binaries_read() {
+    let read = variables_read();
+    for name in [
+        "CP_GRPC_ADDR",
+        "REDIS_URL",
+        "GW_ADMIN_TOKEN",
+        "GW_REGISTRATION_TOKEN",
+        "GW_DATAPLANE_TOKEN",
+        "CONTROL_PLANE_URL",
+        "GW_SHUTDOWN_GRACE",
+        "GW_CONTROL_PLANE",
+        "JWT_SECRET",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "AUTH_SERVICE_URL",
+        "TRANSFER_SERVICE_URL",
+    ] {
+        assert!(read.contains(name), "the scan of the sources misses {name}");
+    }
+}
+
+#[test]
+fn env_example_lists_every_variable_the_binaries_read_and_no_other() {
+    let read_by_binaries = variables_read();
+    let example = env_example();
+    let missing: Vec<_> = read_by_binaries
+        .iter()
+        .filter(|n| !example.contains_key(*n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/.env.example lacks variables the binaries read: {missing:?}"
+    );
+    let unknown: Vec<_> = example
+        .keys()
+        .filter(|n| !read_by_binaries.contains(*n))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "deploy/.env.example lists variables no binary reads: {unknown:?}"
+    );
+    for (name, (value, commented)) in &example {
+        // An empty value is not "unset" for every flag (the data plane refuses PORT=),
+        // so an optional variable without a value stays commented out.
+        assert!(
+            *commented || !value.is_empty(),
+            "deploy/.env.example sets {name} to an empty value; comment it out instead"
+        );
+    }
+    // Each variable is explained: a comment on its line or on the line(s) just above.
+    let text = read("deploy/.env.example");
+    let lines: Vec<&str> = text.lines().collect();
+    for name in example.keys() {
+        let at = lines
+            .iter()
+            .position(|l| {
+                l.trim_start_matches('#')
+                    .trim_start()
+                    .starts_with(&format!("{name}="))
+            })
+            .expect("listed");
+        let inline = lines[at].trim_start_matches('#').split_once(" #").is_some();
+        let above = at > 0 && lines[at - 1].starts_with('#');
+        assert!(
+            inline || above,
+            "deploy/.env.example: {name} has no comment"
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------ container image
+
+/// One stage of the Dockerfile: its name, the image or stage it starts from, its instructions.
+struct Stage {
+    name: String,
+    from: String,
+    instructions: Vec<(String, String)>,
+}
+
+fn dockerfile_stages() -> Vec<Stage> {
+    let text = read("deploy/Dockerfile");
+    // Join continuation lines, drop comments.
+    let mut logical = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if current.is_empty() && (trimmed.starts_with('#') || trimmed.is_empty()) {
+            continue;
+        }
+        if let Some(head) = trimmed.strip_suffix('\\') {
+            current.push_str(head);
+            current.push(' ');
+        } else {
+            current.push_str(trimmed);
+            logical.push(std::mem::take(&mut current));
+        }
+    }
+    let mut stages: Vec<Stage> = Vec::new();
+    for line in logical {
+        let (instruction, rest) = line.split_once(' ').unwrap_or((&line, ""));
+        let instruction = instruction.to_ascii_uppercase();
+        if instruction == "FROM" {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let name = match words.as_slice() {
+                [_, as_, name] if as_.eq_ignore_ascii_case("as") => name.to_string(),
+                _ => format!("stage-{}", stages.len()),
+            };
+            stages.push(Stage {
+                name,
+                from: words.first().copied().unwrap_or_default().to_string(),
+                instructions: Vec::new(),
+            });
+        } else if let Some(stage) = stages.last_mut() {
+            stage
+                .instructions
+                .push((instruction, rest.trim().to_string()));
+        }
+    }
+    stages
+}
+
+/// The stage and the stages it is built on, innermost first.
+fn stage_chain<'a>(stages: &'a [Stage], name: &str) -> Vec<&'a Stage> {
+    let mut chain = Vec::new();
+    let mut next = Some(name.to_string());
+    while let Some(name) = next.take() {
+        if let Some(stage) = stages.iter().find(|s| s.name == name) {
+            next = Some(stage.from.clone());
+            chain.push(stage);
+        }
+    }
+    chain
+}
+
+fn effective(stages: &[Stage], name: &str, instruction: &str) -> Vec<String> {
+    stage_chain(stages, name)
+        .iter()
+        .flat_map(|s| {
+            s.instructions
+                .iter()
+                .filter(|(i, _)| i == instruction)
+                .map(|(_, rest)| rest.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn the_image_builds_the_three_binaries_and_runs_them_as_a_non_root_user() {
+    let facts = facts();
+    let stages = dockerfile_stages();
+    assert!(stages.len() >= 2, "the build is not multi-stage");
+    let builder = &stages[0];
+    assert!(
+        builder.from.starts_with("rust:"),
+        "the first stage builds with the Rust image, not {}",
+        builder.from
+    );
+    let build = builder
+        .instructions
+        .iter()
+        .find(|(i, rest)| i == "RUN" && rest.contains("cargo build"))
+        .map(|(_, rest)| rest.as_str())
+        .expect("the builder runs cargo build");
+    for flag in ["--release", "--locked"] {
+        assert!(build.contains(flag), "cargo build without {flag}");
+    }
+    for package in ["control-plane", "data-plane", "gwctl"] {
+        assert!(
+            build.contains(&format!("-p {package}")),
+            "cargo build skips package {package}"
+        );
+    }
+
+    // The default target is the last stage: the gateway image.
+    let last = stages.last().expect("stages");
+    let user = effective(&stages, &last.name, "USER");
+    let user = user.first().expect("the final image sets USER");
+    let uid: u32 = user
+        .split(':')
+        .next()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("USER {user} is not a numeric uid (runAsNonRoot needs one)"));
+    assert_ne!(uid, 0, "the image runs as root");
+    let copied = effective(&stages, &last.name, "COPY").join(" ");
+    for binary in &facts.binaries {
+        assert!(
+            copied.contains(&format!("/out/{binary}"))
+                && build.contains(&format!("release/{binary}")),
+            "the image lacks the {binary} binary"
+        );
+    }
+    let exposed: BTreeSet<u16> = effective(&stages, &last.name, "EXPOSE")
+        .iter()
+        .flat_map(|line| {
+            line.split_whitespace()
+                .map(|p| p.trim_end_matches("/tcp").parse::<u16>().expect("port"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for port in [
+        facts.cp_grpc,
+        facts.cp_http,
+        facts.dp_listen,
+        facts.dp_admin,
+    ] {
+        assert!(exposed.contains(&port), "the image does not EXPOSE {port}");
+    }
+
+    // Nothing secret is baked in.
+    for stage in &stages {
+        for (instruction, rest) in &stage.instructions {
+            if instruction == "ENV" || instruction == "ARG" {
+                let upper = rest.to_ascii_uppercase();
+                for word in ["TOKEN", "SECRET", "PASSWORD"] {
+                    assert!(
+                        !upper.contains(word),
+                        "stage {}: {instruction} {rest} bakes a secret into the image",
+                        stage.name
+                    );
+                }
+            }
+        }
+    }
+
+    // Every file the build copies from the context exists and is not excluded by
+    // .dockerignore; every workspace member is copied.
+    let ignore = read(".dockerignore");
+    let ignored: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for entry in ["target/", ".git/"] {
+        assert!(ignored.contains(&entry), ".dockerignore lacks {entry}");
+    }
+    let mut sources = BTreeSet::new();
+    for stage in &stages {
+        for (instruction, rest) in &stage.instructions {
+            if instruction != "COPY" || rest.contains("--from=") {
+                continue;
+            }
+            let words: Vec<&str> = rest
+                .split_whitespace()
+                .filter(|w| !w.starts_with("--"))
+                .collect();
+            for source in &words[..words.len() - 1] {
+                sources.insert(source.trim_end_matches('/').to_string());
+            }
+        }
+    }
+    for source in &sources {
+        assert!(
+            repo().join(source).exists(),
+            "the Dockerfile copies {source}, which does not exist"
+        );
+        for pattern in &ignored {
+            let pattern = pattern.trim_end_matches('/');
+            assert!(
+                !(source == pattern || source.starts_with(&format!("{pattern}/"))),
+                "the Dockerfile copies {source}, which .dockerignore excludes ({pattern})"
+            );
+        }
+    }
+    let workspace = read("Cargo.toml");
+    let members: Vec<&str> = workspace
+        .split("members = [")
+        .nth(1)
+        .and_then(|m| m.split(']').next())
+        .expect("workspace members")
+        .split(',')
+        .map(|m| m.trim().trim_matches('"'))
+        .filter(|m| !m.is_empty())
+        .collect();
+    assert!(members.len() >= 6, "workspace members: {members:?}");
+    for member in members {
+        assert!(
+            sources.contains(member),
+            "the Dockerfile does not copy workspace member {member}"
+        );
+    }
+    // gwctl embeds deploy/examples/dev.yaml.
+    assert!(
+        sources.iter().any(|s| s == "deploy/examples"),
+        "the Dockerfile does not copy deploy/examples, which gwctl embeds"
+    );
+    // The proto crate needs no system protoc.
+    assert!(
+        read("proto/build.rs").contains("protox::compile"),
+        "proto/build.rs no longer uses protox: the builder stage would need protoc"
+    );
+}
+
+/// A tiny HTTP server answering every request with `status`, for one request.
+fn answer_once(status: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        if let Ok((mut stream, _)) = listener.accept() {
+            // Read the whole request head, as an HTTP server does, before answering.
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buffer[..n]),
+                }
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn the_image_health_probe_reads_the_status_line() {
+    if Command::new("bash").arg("--version").output().is_err() {
+        notice("deploy: SKIPPED the http-probe check: bash is not installed");
+        return;
+    }
+    let probe = repo().join("deploy/docker/http-probe");
+    let run = |port: u16| {
+        Command::new("bash")
+            .arg(&probe)
+            .args([port.to_string().as_str(), "/health/ready"])
+            .output()
+            .expect("run http-probe")
+            .status
+            .success()
+    };
+    assert!(run(answer_once("200 OK")), "a 200 answer must pass");
+    assert!(
+        !run(answer_once("503 Service Unavailable")),
+        "a 503 answer must fail"
+    );
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    assert!(!run(closed), "a closed port must fail");
+}
+
+// ------------------------------------------------------------------------------ compose
+
+fn compose() -> Value {
+    let mut documents = yaml_documents("deploy/compose.yaml");
+    assert_eq!(documents.len(), 1, "deploy/compose.yaml holds one document");
+    documents.remove(0)
+}
+
+/// The command of a compose service as a list of words.
+fn compose_command(service: &Value) -> Vec<String> {
+    match service.get("command") {
+        Some(Value::Array(words)) => strings(words).into_iter().map(str::to_string).collect(),
+        Some(Value::String(line)) => line.split_whitespace().map(str::to_string).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn compose_env(service: &Value) -> BTreeMap<String, String> {
+    match service.get("environment") {
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Null => String::new(),
+                    other => other.to_string(),
+                };
+                (k.clone(), value)
+            })
+            .collect(),
+        Some(Value::Array(items)) => strings(items)
+            .iter()
+            .map(|item| {
+                let (k, v) = item.split_once('=').unwrap_or((item, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// The healthcheck of a compose service that probes HTTP: (port, path).
+fn compose_http_probe(name: &str, service: &Value) -> (u16, String) {
+    let test = strings(list(service, "/healthcheck/test"));
+    match test.as_slice() {
+        ["CMD", "http-probe", port, path] => (
+            port.parse()
+                .unwrap_or_else(|_| panic!("{name}: bad probe port")),
+            path.to_string(),
+        ),
+        other => panic!("{name}: healthcheck is not `http-probe PORT PATH`: {other:?}"),
+    }
+}
+
+#[test]
+fn the_compose_file_runs_redis_two_control_planes_two_data_planes_and_backends() {
+    let facts = facts();
+    let compose = compose();
+    let services = compose
+        .get("services")
+        .and_then(Value::as_object)
+        .expect("compose services");
+    let read_by_binaries = variables_read();
+    let stages: BTreeSet<String> = dockerfile_stages().into_iter().map(|s| s.name).collect();
+
+    let by_binary = |binary: &str| -> Vec<(&String, &Value)> {
+        services
+            .iter()
+            .filter(|(_, s)| compose_command(s).first().map(String::as_str) == Some(binary))
+            .collect()
+    };
+    let redis = services.get("redis").expect("a redis service");
+    assert!(
+        redis.get("healthcheck").is_some(),
+        "redis has no healthcheck"
+    );
+
+    let mut host_ports = BTreeSet::new();
+    for (name, service) in services {
+        for mapping in strings(list(service, "/ports")) {
+            let host = mapping.rsplit_once(':').map(|(h, _)| h).unwrap_or(mapping);
+            assert!(
+                host_ports.insert(host.to_string()),
+                "{name}: host port {host} is published twice"
+            );
+        }
+        // Services of the gateway image use its binaries, read only known variables, and take
+        // their tokens from the environment (deploy/.env), never from this file.
+        let Some(target) = service.pointer("/build/target").and_then(Value::as_str) else {
+            continue;
+        };
+        assert!(
+            stages.contains(target),
+            "{name}: no Dockerfile stage {target}"
+        );
+        assert_eq!(
+            service.get("read_only"),
+            Some(&Value::Bool(true)),
+            "{name} is not read_only"
+        );
+        assert!(
+            strings(list(service, "/cap_drop")).contains(&"ALL"),
+            "{name} keeps its capabilities"
+        );
+        if target != "gateway" {
+            continue;
+        }
+        let command = compose_command(service);
+        assert!(
+            facts.binaries.contains(&command[0]),
+            "{name}: {} is not a gateway binary",
+            command[0]
+        );
+        for (variable, value) in compose_env(service) {
+            assert!(
+                read_by_binaries.contains(&variable),
+                "{name}: no binary reads {variable}"
+            );
+            if variable.ends_with("_TOKEN") || variable.ends_with("_SECRET") {
+                assert!(
+                    value.starts_with("${") && value.ends_with('}'),
+                    "{name}: {variable} must come from deploy/.env, not the compose file"
+                );
+            }
+        }
+    }
+
+    // Control planes: two or more, one Redis, probed on their HTTP port.
+    let control_planes = by_binary("control-plane");
+    assert!(control_planes.len() >= 2, "fewer than two control planes");
+    for (name, service) in &control_planes {
+        let env = compose_env(service);
+        let redis_url = env
+            .get("REDIS_URL")
+            .unwrap_or_else(|| panic!("{name}: no REDIS_URL"));
+        let redis_host = redis_url
+            .trim_start_matches("redis://")
+            .split([':', '/'])
+            .next()
+            .unwrap_or_default();
+        assert_eq!(
+            redis_host, "redis",
+            "{name}: REDIS_URL is not the compose Redis"
+        );
+        let http = env
+            .get("CP_HTTP_ADDR")
+            .map_or(facts.cp_http, |a| port_of(a));
+        assert_eq!(
+            compose_http_probe(name, service),
+            (http, "/health/ready".to_string()),
+            "{name}: healthcheck"
+        );
+        for variable in ["GW_ADMIN_TOKEN", "GW_REGISTRATION_TOKEN"] {
+            assert!(env.contains_key(variable), "{name}: no {variable}");
+        }
+    }
+    let cp_names: BTreeSet<&str> = control_planes.iter().map(|(n, _)| n.as_str()).collect();
+
+    // Data planes: two or more, each streaming from a control plane of this file, probed on
+    // the admin port, with time to drain on stop.
+    let data_planes = by_binary("data-plane");
+    assert!(data_planes.len() >= 2, "fewer than two data planes");
+    for (name, service) in &data_planes {
+        let env = compose_env(service);
+        let url = env
+            .get("CONTROL_PLANE_URL")
+            .unwrap_or_else(|| panic!("{name}: no CONTROL_PLANE_URL"));
+        let (host, port) = host_port_of_url(url);
+        assert!(
+            cp_names.contains(host.as_str()),
+            "{name}: {host} is no control plane"
+        );
+        assert_eq!(port, facts.cp_grpc, "{name}: CONTROL_PLANE_URL port");
+        let admin = env
+            .get("GW_ADMIN_LISTEN")
+            .map_or(facts.dp_admin, |a| port_of(a));
+        assert_eq!(
+            compose_http_probe(name, service),
+            (admin, "/health/ready".to_string()),
+            "{name}: healthcheck"
+        );
+        let grace = duration(env.get("GW_SHUTDOWN_GRACE").map_or("30s", String::as_str));
+        let stop = duration(
+            service
+                .get("stop_grace_period")
+                .and_then(Value::as_str)
+                .unwrap_or("10s"),
+        );
+        assert!(
+            stop > grace,
+            "{name}: stop_grace_period must exceed GW_SHUTDOWN_GRACE"
+        );
+    }
+
+    // The config job applies a mounted file that is a valid config, whose static instances
+    // are backends of this file with a healthcheck.
+    let gwctl = by_binary("gwctl");
+    let (apply_name, apply) = gwctl
+        .iter()
+        .find(|(_, s)| compose_command(s).get(1).map(String::as_str) == Some("apply"))
+        .expect("a gwctl apply job");
+    let command = compose_command(apply);
+    let target = command
+        .iter()
+        .position(|w| w == "-f")
+        .and_then(|i| command.get(i + 1))
+        .expect("apply -f FILE");
+    let mount = strings(list(apply, "/volumes"))
+        .into_iter()
+        .find_map(|v| {
+            let parts: Vec<&str> = v.split(':').collect();
+            (parts.get(1) == Some(&target.as_str())).then(|| parts[0].to_string())
+        })
+        .unwrap_or_else(|| panic!("{apply_name}: {target} is not mounted"));
+    let file = format!("deploy/{}", mount.trim_start_matches("./"));
+    let config =
+        GatewayConfig::load(read(&file).as_bytes()).unwrap_or_else(|e| panic!("{file}: {e}"));
+    assert!(
+        cp_names.contains(
+            host_port_of_url(&compose_env(apply)["GW_CONTROL_PLANE"])
+                .0
+                .as_str()
+        ),
+        "{apply_name}: GW_CONTROL_PLANE is no control plane"
+    );
+    for service in &config.services {
+        for instance in &service.instances {
+            let (host, _) = host_port_of_url(instance);
+            let backend = services
+                .get(&host)
+                .unwrap_or_else(|| panic!("{file}: instance host {host} is no compose service"));
+            assert!(
+                backend.get("healthcheck").is_some(),
+                "{host} has no healthcheck"
+            );
+        }
+    }
+    // Registration sidecars name a backend of this file and a service of the config.
+    for (name, sidecar) in gwctl
+        .iter()
+        .filter(|(_, s)| compose_command(s).get(1).map(String::as_str) == Some("register"))
+    {
+        let command = compose_command(sidecar);
+        let value_of = |flag: &str| {
+            command
+                .iter()
+                .position(|w| w == flag)
+                .and_then(|i| command.get(i + 1))
+                .unwrap_or_else(|| panic!("{name}: no {flag}"))
+        };
+        let host = value_of("--address").split(':').next().unwrap_or_default();
+        assert!(
+            services.contains_key(host),
+            "{name}: {host} is no compose service"
+        );
+        assert!(
+            config.service(value_of("--service")).is_some(),
+            "{name}: unknown service"
+        );
+        assert!(
+            command.iter().any(|w| w == "--keepalive"),
+            "{name}: no --keepalive"
+        );
+    }
+    // Every long-running service has a healthcheck.
+    for (name, service) in services {
+        let one_shot = service.get("restart").and_then(Value::as_str) == Some("no");
+        let sidecar = compose_command(service).get(1).map(String::as_str) == Some("register");
+        if !one_shot && !sidecar {
+            assert!(
+                service.get("healthcheck").is_some(),
+                "{name} has no healthcheck"
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------ Kubernetes
+
+const K8S: &str = "deploy/k8s";
+
+/// Every manifest file of deploy/k8s (the kustomization aside).
+fn manifest_files() -> Vec<String> {
+    files_under(K8S, &[".yaml", ".yml"])
+        .into_iter()
+        .filter(|f| !f.ends_with("kustomization.yaml"))
+        .collect()
+}
+
+/// Every object of the manifests, by (kind, name).
+fn manifests() -> BTreeMap<(String, String), Value> {
+    let mut objects = BTreeMap::new();
+    for file in manifest_files() {
+        for object in yaml_documents(&file) {
+            let kind = text(&object, "/kind", &file).to_string();
+            let name = text(&object, "/metadata/name", &file).to_string();
+            let previous = objects.insert((kind.clone(), name.clone()), object);
+            assert!(previous.is_none(), "{kind}/{name} is defined twice");
+        }
+    }
+    objects
+}
+
+fn object<'a>(objects: &'a BTreeMap<(String, String), Value>, kind: &str, name: &str) -> &'a Value {
+    objects
+        .get(&(kind.to_string(), name.to_string()))
+        .unwrap_or_else(|| panic!("no {kind}/{name} in {K8S}"))
+}
+
+/// The one container of a workload's pod template.
+fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    list(workload, "/spec/template/spec/containers")
+        .iter()
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+/// Literal env values of a container (valueFrom entries map to None).
+fn container_env(container: &Value) -> BTreeMap<String, Option<String>> {
+    list(container, "/env")
+        .iter()
+        .map(|e| {
+            (
+                text(e, "/name", "env entry").to_string(),
+                e.get("value").and_then(Value::as_str).map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+/// The container port a probe or Service port names (by name or number).
+fn resolve_port(container: &Value, port: &Value) -> u16 {
+    match port {
+        Value::Number(n) => n.as_u64().expect("port") as u16,
+        Value::String(name) => list(container, "/ports")
+            .iter()
+            .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
+            .and_then(|p| p.get("containerPort").and_then(Value::as_u64))
+            .unwrap_or_else(|| panic!("no container port named {name}"))
+            as u16,
+        other => panic!("bad port {other}"),
+    }
+}
+
+/// (port, path) of an httpGet probe.
+fn http_probe(container: &Value, probe: &str) -> (u16, String) {
+    let get = container
+        .pointer(&format!("/{probe}/httpGet"))
+        .unwrap_or_else(|| panic!("no httpGet {probe}"));
+    (
+        resolve_port(container, &get["port"]),
+        text(get, "/path", probe).to_string(),
+    )
+}
+
+fn labels_match(selector: &Value, labels: &Value) -> bool {
+    selector
+        .as_object()
+        .is_some_and(|s| !s.is_empty() && s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
+/// Pod-level and container-level hardening of a workload.
+fn assert_hardened(kind_name: &str, workload: &Value) {
+    let pod = workload
+        .pointer("/spec/template/spec")
+        .unwrap_or_else(|| panic!("{kind_name}: no pod template"));
+    assert_eq!(
+        pod.pointer("/securityContext/runAsNonRoot"),
+        Some(&Value::Bool(true)),
+        "{kind_name}: runAsNonRoot"
+    );
+    let uid = pod
+        .pointer("/securityContext/runAsUser")
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{kind_name}: no runAsUser"));
+    assert_ne!(uid, 0, "{kind_name}: runs as root");
+    for c in list(pod, "/containers") {
+        let name = text(c, "/name", kind_name);
+        let sc = c
+            .get("securityContext")
+            .unwrap_or_else(|| panic!("{kind_name}/{name}: no securityContext"));
+        assert_eq!(
+            sc.get("readOnlyRootFilesystem"),
+            Some(&Value::Bool(true)),
+            "{kind_name}/{name}: readOnlyRootFilesystem"
+        );
+        assert_eq!(
+            sc.get("allowPrivilegeEscalation"),
+            Some(&Value::Bool(false)),
+            "{kind_name}/{name}: allowPrivilegeEscalation"
+        );
+        assert!(
+            strings(list(sc, "/capabilities/drop")).contains(&"ALL"),
+            "{kind_name}/{name}: capabilities not dropped"
+        );
+        for resource in ["cpu", "memory"] {
+            assert!(
+                c.pointer(&format!("/resources/requests/{resource}"))
+                    .is_some(),
+                "{kind_name}/{name}: no {resource} request"
+            );
+        }
+        assert!(
+            c.pointer("/resources/limits/memory").is_some(),
+            "{kind_name}/{name}: no memory limit"
+        );
+    }
+}
+
+/// A PodDisruptionBudget and a Service select the workload's pods.
+fn assert_selected_by(
+    objects: &BTreeMap<(String, String), Value>,
+    kind: &str,
+    workload_name: &str,
+    workload: &Value,
+) {
+    let labels = workload
+        .pointer("/spec/template/metadata/labels")
+        .expect("pod labels");
+    let selector_pointer = if kind == "Service" {
+        "/spec/selector"
+    } else {
+        "/spec/selector/matchLabels"
+    };
+    let selecting: Vec<&String> = objects
+        .iter()
+        .filter(|((k, _), o)| {
+            k == kind
+                && o.pointer(selector_pointer)
+                    .is_some_and(|s| labels_match(s, labels))
+        })
+        .map(|((_, n), _)| n)
+        .collect();
+    assert!(
+        !selecting.is_empty(),
+        "no {kind} selects the pods of {workload_name}"
+    );
+}
+
+#[test]
+fn the_kubernetes_manifests_hold_what_a_production_deployment_needs() {
+    let facts = facts();
+    let objects = manifests();
+    let read_by_binaries = variables_read();
+
+    // kustomization.yaml applies every manifest.
+    let kustomization = &yaml_documents(&format!("{K8S}/kustomization.yaml"))[0];
+    let listed: BTreeSet<String> = strings(list(kustomization, "/resources"))
+        .into_iter()
+        .map(|r| format!("{K8S}/{r}"))
+        .collect();
+    assert_eq!(
+        listed,
+        manifest_files().into_iter().collect::<BTreeSet<_>>(),
+        "kustomization.yaml resources"
+    );
+
+    // One namespace holds everything.
+    let namespace = object(&objects, "Namespace", "gateway");
+    let ns = text(namespace, "/metadata/name", "Namespace");
+    for ((kind, name), o) in &objects {
+        if kind != "Namespace" {
+            assert_eq!(
+                o.pointer("/metadata/namespace").and_then(Value::as_str),
+                Some(ns),
+                "{kind}/{name} is not in namespace {ns}"
+            );
+        }
+    }
+
+    // Secrets: the tokens and the JWT secret, each a placeholder clearly marked.
+    let secret = object(&objects, "Secret", "gateway-secrets");
+    let secret_data = secret
+        .get("stringData")
+        .and_then(Value::as_object)
+        .expect("Secret stringData");
+    for key in [
+        "GW_ADMIN_TOKEN",
+        "GW_REGISTRATION_TOKEN",
+        "GW_DATAPLANE_TOKEN",
+        "JWT_SECRET",
+    ] {
+        let value = secret_data
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("Secret lacks {key}"));
+        assert!(
+            value.starts_with("REPLACE_ME"),
+            "Secret {key} is not marked as a placeholder"
+        );
+        assert!(
+            value.len() >= 32,
+            "Secret {key}: even the placeholder must be 32 bytes or more"
+        );
+    }
+
+    // Every workload: references resolve; gateway containers run the gateway's binaries with
+    // variables they read.
+    for ((kind, name), workload) in &objects {
+        let Some(pod) = workload.pointer("/spec/template/spec") else {
+            continue;
+        };
+        assert_hardened(&format!("{kind}/{name}"), workload);
+        for c in list(pod, "/containers") {
+            for e in list(c, "/env") {
+                if let Some(reference) = e.pointer("/valueFrom/secretKeyRef") {
+                    let secret_name = text(reference, "/name", name);
+                    let key = text(reference, "/key", name);
+                    let s = object(&objects, "Secret", secret_name);
+                    assert!(
+                        s.pointer(&format!("/stringData/{key}")).is_some()
+                            || s.pointer(&format!("/data/{key}")).is_some(),
+                        "{kind}/{name}: Secret {secret_name} has no key {key}"
+                    );
+                }
+            }
+            let image = text(c, "/image", name);
+            if !image.starts_with("gateway:") {
+                continue;
+            }
+            let binary = strings(list(c, "/command"))
+                .first()
+                .map(|b| b.rsplit('/').next().unwrap_or(b).to_string())
+                .unwrap_or_else(|| panic!("{kind}/{name}: no command"));
+            assert!(
+                facts.binaries.contains(&binary),
+                "{kind}/{name}: {binary} is not in the image"
+            );
+            for variable in container_env(c).keys() {
+                assert!(
+                    read_by_binaries.contains(variable),
+                    "{kind}/{name}: no binary reads {variable}"
+                );
+            }
+        }
+        for v in list(pod, "/volumes") {
+            if let Some(map) = v.pointer("/configMap/name").and_then(Value::as_str) {
+                object(&objects, "ConfigMap", map);
+            }
+        }
+    }
+
+    // Control plane: two replicas spread over nodes, probed on its HTTP port, with a Service
+    // for gRPC and HTTP and a disruption budget.
+    let cp = object(&objects, "Deployment", "control-plane");
+    assert_eq!(
+        cp.pointer("/spec/replicas").and_then(Value::as_u64),
+        Some(2),
+        "control-plane replicas"
+    );
+    assert!(
+        cp.pointer("/spec/template/spec/affinity/podAntiAffinity")
+            .is_some(),
+        "control-plane has no anti-affinity"
+    );
+    let cp_container = container(cp, "control-plane");
+    let cp_env = container_env(cp_container);
+    let cp_http = cp_env
+        .get("CP_HTTP_ADDR")
+        .and_then(|v| v.as_deref())
+        .map_or(facts.cp_http, port_of);
+    let cp_grpc = cp_env
+        .get("CP_GRPC_ADDR")
+        .and_then(|v| v.as_deref())
+        .map_or(facts.cp_grpc, port_of);
+    assert_eq!(
+        http_probe(cp_container, "readinessProbe"),
+        (cp_http, "/health/ready".into())
+    );
+    assert_eq!(
+        http_probe(cp_container, "livenessProbe"),
+        (cp_http, "/health/live".into())
+    );
+    for variable in ["REDIS_URL", "GW_ADMIN_TOKEN", "GW_REGISTRATION_TOKEN"] {
+        assert!(
+            cp_env.contains_key(variable),
+            "control-plane lacks {variable}"
+        );
+    }
+    let cp_service = object(&objects, "Service", "control-plane");
+    let cp_service_ports: BTreeMap<u16, u16> = list(cp_service, "/spec/ports")
+        .iter()
+        .map(|p| {
+            let port = p["port"].as_u64().expect("port") as u16;
+            (
+                port,
+                resolve_port(cp_container, p.get("targetPort").unwrap_or(&p["port"])),
+            )
+        })
+        .collect();
+    let target_ports: BTreeSet<u16> = cp_service_ports.values().copied().collect();
+    assert!(
+        target_ports.contains(&cp_grpc) && target_ports.contains(&cp_http),
+        "control-plane Service ports"
+    );
+    assert_selected_by(&objects, "Service", "control-plane", cp);
+    assert_selected_by(&objects, "PodDisruptionBudget", "control-plane", cp);
+
+    // Data plane: probed on its admin port, drained on stop, autoscaled, with a Service and a
+    // disruption budget; it streams from the control plane's Service.
+    let dp = object(&objects, "Deployment", "data-plane");
+    assert!(
+        dp.pointer("/spec/replicas").is_none(),
+        "data-plane sets replicas, which fights its HorizontalPodAutoscaler"
+    );
+    let dp_container = container(dp, "data-plane");
+    let dp_env = container_env(dp_container);
+    let dp_admin = dp_env
+        .get("GW_ADMIN_LISTEN")
+        .and_then(|v| v.as_deref())
+        .map_or(facts.dp_admin, port_of);
+    assert_eq!(
+        http_probe(dp_container, "readinessProbe"),
+        (dp_admin, "/health/ready".into())
+    );
+    assert_eq!(
+        http_probe(dp_container, "livenessProbe"),
+        (dp_admin, "/health/live".into())
+    );
+    let url = dp_env
+        .get("CONTROL_PLANE_URL")
+        .and_then(Clone::clone)
+        .expect("data-plane CONTROL_PLANE_URL");
+    let (host, port) = host_port_of_url(&url);
+    assert!(
+        host == "control-plane" || host.starts_with(&format!("control-plane.{ns}.")),
+        "CONTROL_PLANE_URL {url} is not the control-plane Service"
+    );
+    assert!(
+        cp_service_ports.get(&port) == Some(&cp_grpc),
+        "CONTROL_PLANE_URL port {port} is not the gRPC port"
+    );
+    let pre_stop = strings(list(dp_container, "/lifecycle/preStop/exec/command"));
+    let sleep = match pre_stop.as_slice() {
+        ["sleep", seconds] => Duration::from_secs(seconds.parse().expect("sleep seconds")),
+        other => panic!("data-plane preStop is not `sleep N`: {other:?}"),
+    };
+    let grace = duration(
+        dp_env
+            .get("GW_SHUTDOWN_GRACE")
+            .and_then(|v| v.as_deref())
+            .unwrap_or("30s"),
+    );
+    let termination = Duration::from_secs(
+        dp.pointer("/spec/template/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_u64)
+            .expect("data-plane terminationGracePeriodSeconds"),
+    );
+    assert!(
+        termination > sleep + grace,
+        "terminationGracePeriodSeconds ({termination:?}) must exceed preStop ({sleep:?}) + GW_SHUTDOWN_GRACE ({grace:?})"
+    );
+    let hpa = object(&objects, "HorizontalPodAutoscaler", "data-plane");
+    assert_eq!(text(hpa, "/apiVersion", "HPA"), "autoscaling/v2");
+    assert_eq!(text(hpa, "/spec/scaleTargetRef/kind", "HPA"), "Deployment");
+    assert_eq!(text(hpa, "/spec/scaleTargetRef/name", "HPA"), "data-plane");
+    assert!(
+        hpa.pointer("/spec/minReplicas").and_then(Value::as_u64) >= Some(2),
+        "HPA minReplicas"
+    );
+    assert!(
+        list(hpa, "/spec/metrics")
+            .iter()
+            .any(|m| m.pointer("/resource/name").and_then(Value::as_str) == Some("cpu")),
+        "the HPA does not scale on CPU"
+    );
+    assert!(
+        dp_container.pointer("/resources/requests/cpu").is_some(),
+        "CPU utilisation needs a CPU request"
+    );
+    assert_selected_by(&objects, "Service", "data-plane", dp);
+    assert_selected_by(&objects, "PodDisruptionBudget", "data-plane", dp);
+
+    // Redis: a StatefulSet keeping its data on a volume claim.
+    let redis = object(&objects, "StatefulSet", "redis");
+    let claims = list(redis, "/spec/volumeClaimTemplates");
+    assert!(!claims.is_empty(), "redis keeps no data on a volume");
+    let redis_container = container(redis, "redis");
+    assert!(
+        list(redis_container, "/volumeMounts")
+            .iter()
+            .any(|m| m.get("name") == claims[0].pointer("/metadata/name")),
+        "redis does not mount its volume claim"
+    );
+    assert_selected_by(&objects, "Service", "redis", redis);
+
+    // Config: the ConfigMap holds a valid config, applied by a Job running `gwctl apply`.
+    let configmap = object(&objects, "ConfigMap", "gateway-config");
+    let job = object(&objects, "Job", "gateway-config-apply");
+    let job_container = &list(job, "/spec/template/spec/containers")[0];
+    let command = strings(list(job_container, "/command"));
+    assert_eq!(
+        &command[..2],
+        ["gwctl", "apply"],
+        "the Job does not run gwctl apply"
+    );
+    let file = command
+        .iter()
+        .position(|w| *w == "-f")
+        .and_then(|i| command.get(i + 1))
+        .expect("apply -f FILE");
+    let (dir, key) = file.rsplit_once('/').expect("FILE is a path");
+    let mount = list(job_container, "/volumeMounts")
+        .iter()
+        .find(|m| m.get("mountPath").and_then(Value::as_str) == Some(dir))
+        .unwrap_or_else(|| panic!("the Job does not mount {dir}"));
+    let volume = list(job, "/spec/template/spec/volumes")
+        .iter()
+        .find(|v| v.get("name") == mount.get("name"))
+        .expect("the mounted volume");
+    assert_eq!(
+        volume.pointer("/configMap/name").and_then(Value::as_str),
+        Some("gateway-config"),
+        "the Job does not mount the ConfigMap"
+    );
+    let document = text(configmap, &format!("/data/{key}"), "ConfigMap");
+    GatewayConfig::load(document.as_bytes()).unwrap_or_else(|e| {
+        panic!("the ConfigMap's {key} is not a config gwctl apply accepts: {e}")
+    });
+    let job_env = container_env(job_container);
+    let (host, port) = host_port_of_url(
+        job_env
+            .get("GW_CONTROL_PLANE")
+            .and_then(|v| v.as_deref())
+            .expect("the Job's GW_CONTROL_PLANE"),
+    );
+    assert!(
+        host == "control-plane" || host.starts_with(&format!("control-plane.{ns}.")),
+        "the Job's GW_CONTROL_PLANE is not the control-plane Service"
+    );
+    assert_eq!(cp_service_ports.get(&port), Some(&cp_grpc));
+    assert!(
+        job_env.contains_key("GW_ADMIN_TOKEN"),
+        "the Job sends no GW_ADMIN_TOKEN"
+    );
+}
+
+// ------------------------------------------------------------------------------ validators
+
+/// Whether the environment asks for the validators to be present (CI sets it once it has
+/// installed them).
+fn validators_required() -> bool {
+    std::env::var("GW_REQUIRE_DEPLOY_VALIDATORS").is_ok_and(|v| v == "1")
+}
+
+/// Runs `program args...` in the repository when it is on PATH; None when it is not.
+fn run_tool(program: &str, args: &[String]) -> Option<std::process::Output> {
+    match Command::new(program)
+        .args(args)
+        .current_dir(repo())
+        .output()
+    {
+        Ok(output) => Some(output),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("cannot run {program}: {e}"),
+    }
+}
+
+fn tool_version(program: &str) -> String {
+    run_tool(program, &["--version".to_string()])
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn skipped(check: &str, program: &str, install: &str) {
+    let message =
+        format!("deploy: SKIPPED {check}: {program} is not on PATH (install it with `{install}`)");
+    assert!(
+        !validators_required(),
+        "{message}; GW_REQUIRE_DEPLOY_VALIDATORS=1 requires it"
+    );
+    notice(&message);
+}
+
+#[test]
+fn the_kubernetes_manifests_pass_the_schema_validator() {
+    const PROGRAM: &str = "kubernetes-validate";
+    let files = manifest_files();
+    // The validator's newest Kubernetes version, and the oldest the README promises.
+    for version in [None, Some("1.28.0")] {
+        let mut args = vec!["--strict".to_string()];
+        if let Some(v) = version {
+            args.extend(["--kubernetes-version".to_string(), v.to_string()]);
+        }
+        args.extend(files.iter().cloned());
+        let Some(output) = run_tool(PROGRAM, &args) else {
+            skipped(
+                "the Kubernetes schema validation",
+                PROGRAM,
+                "pip install kubernetes-validate",
+            );
+            return;
+        };
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success() && !report.contains("ERROR"),
+            "{PROGRAM} --strict {version:?} refused the manifests:\n{report}"
+        );
+        let passed = report.lines().filter(|l| l.contains(" passed ")).count();
+        assert!(
+            passed >= 10,
+            "{PROGRAM} checked too few resources:\n{report}"
+        );
+        notice(&format!(
+            "deploy: {PROGRAM} {} --strict, Kubernetes {}: {passed} resources passed",
+            tool_version(PROGRAM),
+            version.unwrap_or("(validator default)")
+        ));
+    }
+}
+
+#[test]
+fn the_compose_file_passes_the_compose_spec_schema() {
+    const PROGRAM: &str = "check-jsonschema";
+    let args = [
+        "--builtin-schema",
+        "vendor.compose-spec",
+        "deploy/compose.yaml",
+    ]
+    .map(str::to_string);
+    let Some(output) = run_tool(PROGRAM, &args) else {
+        skipped(
+            "the compose-spec schema validation",
+            PROGRAM,
+            "pip install check-jsonschema",
+        );
+        return;
+    };
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "{PROGRAM} refused deploy/compose.yaml:\n{report}"
+    );
+    notice(&format!(
+        "deploy: {} (compose-spec): deploy/compose.yaml: {}",
+        tool_version(PROGRAM),
+        report.trim()
+    ));
+}
+
+#[test]
+fn the_kustomization_builds_when_kubectl_is_installed() {
+    let Some(output) = run_tool("kubectl", &["kustomize".to_string(), K8S.to_string()]) else {
+        notice("deploy: SKIPPED `kubectl kustomize deploy/k8s`: kubectl is not on PATH");
+        return;
+    };
+    assert!(
+        output.status.success(),
+        "kubectl kustomize failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let built = String::from_utf8_lossy(&output.stdout);
+    let objects = serde_norway::Deserializer::from_str(&built).count();
+    assert_eq!(
+        objects,
+        manifests().len(),
+        "kubectl kustomize built a different number of objects"
+    );
+    notice(&format!(
+        "deploy: kubectl kustomize deploy/k8s: {objects} objects"
+    ));
+}
