@@ -444,6 +444,76 @@ pub struct RouteConfig {
     /// Answer sent instead of the service's while its circuit breaker is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FallbackResponse>,
+    /// Access-token authentication; absent: the route is public.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+}
+
+/// Access-token (JWT bearer) authentication of a route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Whether a valid access token is required (default true).
+    #[serde(default = "default_true")]
+    pub required: bool,
+    /// Paths (as the client sends them, after normalisation) that need no
+    /// token: `/exact`, `/prefix/*` (the prefix and anything below it),
+    /// `/prefix/` (anything below it), or a glob where `*` matches within
+    /// one segment and `**` across segments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_paths: Vec<String>,
+}
+
+/// Longest public path pattern.
+pub const MAX_PUBLIC_PATH_LEN: usize = 1024;
+
+impl AuthConfig {
+    fn validate(&self, at: &str, errors: &mut Vec<String>) {
+        if !self.required && !self.public_paths.is_empty() {
+            errors.push(format!(
+                "{at}.public_paths: only meaningful when required is true"
+            ));
+        }
+        for (i, p) in self.public_paths.iter().enumerate() {
+            if let Err(e) = check_public_path(p) {
+                errors.push(format!("{at}.public_paths[{i}]: {p:?} {e}"));
+            }
+        }
+    }
+}
+
+/// Checks one public path pattern: it must already be in normalised form,
+/// so that it can match a normalised request path.
+pub fn check_public_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err("must start with '/'".into());
+    }
+    if p.len() > MAX_PUBLIC_PATH_LEN {
+        return Err(format!("must be at most {MAX_PUBLIC_PATH_LEN} bytes"));
+    }
+    if p.bytes()
+        .any(|b| b <= 0x20 || b >= 0x7f || matches!(b, b'%' | b';' | b'\\' | b'?' | b'#'))
+    {
+        return Err(
+            "must be a plain path: no spaces, controls, non-ASCII, '%', ';', '\\', '?' or '#'"
+                .into(),
+        );
+    }
+    if p.contains("//") {
+        return Err("must not contain empty segments ('//')".into());
+    }
+    for segment in p.split('/').skip(1) {
+        if segment == "." || segment == ".." {
+            return Err("must not contain '.' or '..' segments".into());
+        }
+        if segment.ends_with('.') {
+            return Err("must not end a segment with '.'".into());
+        }
+        if segment.contains("**") && segment != "**" {
+            return Err("'**' must be a whole segment".into());
+        }
+    }
+    Ok(())
 }
 
 /// A fixed response of a route (sent while the service's breaker is open).
@@ -1134,6 +1204,9 @@ impl RouteConfig {
         if let Some(fallback) = &self.fallback {
             fallback.validate(&format!("{at}.fallback"), errors);
         }
+        if let Some(auth) = &self.auth {
+            auth.validate(&format!("{at}.auth"), errors);
+        }
     }
 }
 
@@ -1344,6 +1417,63 @@ routes:
             Err(ConfigError::Invalid(errors)) => errors.join("\n"),
             other => panic!("expected an invalid config, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn auth_parses_and_round_trips() {
+        let doc = r#"
+version: 1
+services: [ { name: api } ]
+routes:
+  - name: api
+    match: { path_prefix: /api }
+    service: api
+    auth: { public_paths: [/api/health, /api/docs/*, /api/public/, "/api/*/status", "/api/**/ping"] }
+  - { name: open, match: { path_prefix: /open }, service: api, auth: { required: false } }
+"#;
+        let config = GatewayConfig::load(doc.as_bytes()).unwrap();
+        let auth = config.routes[0].auth.as_ref().unwrap();
+        assert!(auth.required);
+        assert_eq!(auth.public_paths.len(), 5);
+        assert!(!config.routes[1].auth.as_ref().unwrap().required);
+        assert_eq!(GatewayConfig::from_json(&config.to_json()).unwrap(), config);
+    }
+
+    #[test]
+    fn invalid_auth_is_refused_with_paths() {
+        let errors = invalid(
+            r#"
+version: 1
+services: [ { name: api } ]
+routes:
+  - name: api
+    match: { path_prefix: /api }
+    service: api
+    auth:
+      public_paths: [api/x, "/a//b", "/a/../b", "/a/%2e", "/a;x", "/a.", "/a/x**", "/a b"]
+  - { name: b, match: { path_prefix: /b }, service: api, auth: { required: false, public_paths: [/b] } }
+"#,
+        );
+        for expected in [
+            r#"routes[0].auth.public_paths[0]: "api/x" must start with '/'"#,
+            r#"routes[0].auth.public_paths[1]: "/a//b" must not contain empty segments"#,
+            r#"routes[0].auth.public_paths[2]: "/a/../b" must not contain '.' or '..'"#,
+            r#"routes[0].auth.public_paths[3]: "/a/%2e" must be a plain path"#,
+            r#"routes[0].auth.public_paths[4]: "/a;x" must be a plain path"#,
+            r#"routes[0].auth.public_paths[5]: "/a." must not end a segment with '.'"#,
+            r#"routes[0].auth.public_paths[6]: "/a/x**" '**' must be a whole segment"#,
+            r#"routes[0].auth.public_paths[7]: "/a b" must be a plain path"#,
+            "routes[1].auth.public_paths: only meaningful when required is true",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "missing {expected:?} in\n{errors}"
+            );
+        }
+        let unknown = GatewayConfig::load(
+            b"version: 1\nservices: [{name: a}]\nroutes: [{name: r, match: {path_prefix: /r}, service: a, auth: {requird: true}}]\n",
+        );
+        assert!(matches!(unknown, Err(ConfigError::Parse(e)) if e.contains("requird")));
     }
 
     #[test]
