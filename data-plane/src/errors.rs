@@ -36,6 +36,8 @@ pub enum GatewayError {
     BadRequest,
     /// No valid access token on a route that requires one.
     Unauthenticated,
+    /// A CORS preflight from an origin the route does not allow.
+    CorsOriginNotAllowed,
 }
 
 impl GatewayError {
@@ -51,6 +53,7 @@ impl GatewayError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::CorsOriginNotAllowed => StatusCode::FORBIDDEN,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
         }
@@ -70,6 +73,7 @@ impl GatewayError {
             Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::BadRequest => "BAD_REQUEST",
             Self::Unauthenticated => "AUTHENTICATION_ERROR",
+            Self::CorsOriginNotAllowed => "CORS_ORIGIN_NOT_ALLOWED",
         }
     }
 

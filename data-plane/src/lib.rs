@@ -12,6 +12,7 @@ pub mod balancer;
 pub mod body;
 pub mod breaker;
 pub mod cli;
+pub mod cors;
 pub mod deadline;
 pub mod discovery;
 pub mod errors;

@@ -48,6 +48,8 @@ pub struct RouteRuntime {
     pub fallback: Option<Arc<Fallback>>,
     /// Access-token policy, when the route has one that requires a token.
     pub auth: Option<RouteAuth>,
+    /// CORS policy answered by the gateway, when the route has one.
+    pub cors: Option<crate::cors::Cors>,
     /// Cached metric handles.
     pub metrics: RouteMetrics,
 }
@@ -492,6 +494,7 @@ impl Runtime {
                     .map(|a| RouteAuth {
                         public_paths: crate::security::PublicPaths::new(&a.public_paths),
                     }),
+                cors: route.cors.as_ref().map(crate::cors::Cors::from_config),
             };
             routes.push((route, Arc::new(runtime)));
         }

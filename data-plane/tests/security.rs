@@ -45,6 +45,11 @@ routes:
   - {{ name: open, match: {{ path_prefix: /open }}, service: echo }}
   - {{ name: optional, match: {{ path_prefix: /optional }}, service: echo, auth: {{ required: false }} }}
   - {{ name: retried, match: {{ path_prefix: /retried }}, service: retried, auth: {{}} }}
+  - name: web
+    match: {{ path_prefix: /web, methods: [GET, POST] }}
+    service: echo
+    auth: {{}}
+    cors: {{ allowed_origins: ["https://app.example.com"], allow_credentials: true, max_age: 5m }}
 "#,
         url = upstream.url()
     )
@@ -535,4 +540,114 @@ routes:
         err.contains("routes[0].auth.public_paths[1]") && err.contains("must start with '/'"),
         "{err}"
     );
+}
+
+fn access_control(answer: &Answer) -> Vec<String> {
+    answer
+        .headers
+        .keys()
+        .map(|n| n.as_str().to_string())
+        .filter(|n| n.starts_with("access-control-"))
+        .collect()
+}
+
+async fn preflight(plane: &DataPlane, path: &str, origin: &str) -> Answer {
+    let req = Request::options(format!("http://{}{}", plane.listen_addr(), path))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .body(empty())
+        .unwrap();
+    send(&client(), req).await
+}
+
+#[tokio::test]
+async fn cors_preflights_are_answered_by_the_gateway() {
+    let up = Upstream::start("a").await;
+    let (plane, _file) = gateway(&up).await;
+    // No token needed for a preflight, and OPTIONS need not be among the
+    // route's methods: the preflight is routed by the method it asks about.
+    let answer = preflight(&plane, "/web/orders", "https://app.example.com").await;
+    assert_eq!(answer.status, 204, "{}", answer.text());
+    let h = &answer.headers;
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(
+        h["access-control-allow-methods"],
+        "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+    );
+    assert!(h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("Authorization"));
+    assert_eq!(h["access-control-max-age"], "300");
+    assert_eq!(h["vary"], "Origin");
+    // A disallowed origin gets no CORS header at all.
+    let answer = preflight(&plane, "/web/orders", "https://evil.example.com").await;
+    answer.assert_error(403, "CORS_ORIGIN_NOT_ALLOWED");
+    assert!(access_control(&answer).is_empty(), "{:?}", answer.headers);
+    // Nor does a look-alike.
+    let answer = preflight(&plane, "/web/orders", "https://app.example.com.evil.io").await;
+    assert_eq!(answer.status, 403);
+    assert!(access_control(&answer).is_empty());
+    // A route without a policy: the preflight is the upstream's business.
+    let answer = preflight(&plane, "/open/x", "https://app.example.com").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["method"], "OPTIONS");
+    assert_eq!(up.hits(), 1);
+    plane.shutdown().await;
+}
+
+#[tokio::test]
+async fn cors_headers_only_for_allowed_origins() {
+    let up = Upstream::start("a").await;
+    let (plane, _file) = gateway(&up).await;
+    let bearer = format!("Bearer {}", sign(&claims()));
+    let answer = get_with(
+        &plane,
+        "/web/orders",
+        &[
+            ("authorization", &bearer),
+            ("origin", "https://app.example.com"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let h = &answer.headers;
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert!(h["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .contains("X-Request-ID"));
+    assert_eq!(h["vary"], "Origin");
+    // The gateway's own errors carry them too, so the page can read a 401.
+    let answer = get_with(
+        &plane,
+        "/web/orders",
+        &[("origin", "https://app.example.com")],
+    )
+    .await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(
+        answer.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    // Another origin: the request is served, but without CORS headers the
+    // browser keeps the answer from the page.
+    let answer = get_with(
+        &plane,
+        "/web/orders",
+        &[
+            ("authorization", &bearer),
+            ("origin", "https://evil.example.com"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert!(access_control(&answer).is_empty(), "{:?}", answer.headers);
+    plane.shutdown().await;
 }
