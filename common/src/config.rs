@@ -444,6 +444,208 @@ pub struct RouteConfig {
     /// Answer sent instead of the service's while its circuit breaker is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FallbackResponse>,
+    /// Access-token authentication; absent: the route is public.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// Cross-origin policy answered by the gateway; absent: CORS headers
+    /// pass through from the upstream untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsConfig>,
+}
+
+/// The CORS policy of a route (defaults are the seed's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Allowed origins, `scheme://host[:port]`, or `*` (any origin, only
+    /// without credentials).
+    pub allowed_origins: Vec<String>,
+    /// Whether credentials (cookies, `Authorization`) may be sent.
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// Methods a preflight allows.
+    #[serde(default = "default_cors_methods")]
+    pub allowed_methods: Vec<String>,
+    /// Request headers a preflight allows.
+    #[serde(default = "default_cors_allowed_headers")]
+    pub allowed_headers: Vec<String>,
+    /// Response headers scripts may read.
+    #[serde(default = "default_cors_exposed_headers")]
+    pub exposed_headers: Vec<String>,
+    /// How long browsers may cache a preflight answer.
+    #[serde(default = "default_cors_max_age", with = "duration")]
+    pub max_age: Duration,
+}
+
+fn default_cors_methods() -> Vec<String> {
+    ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn default_cors_allowed_headers() -> Vec<String> {
+    [
+        "Content-Type",
+        "Authorization",
+        "X-API-Key",
+        "X-Request-ID",
+        "X-Venue-ID",
+        "X-Venue-Tier",
+        "X-Idempotency-Key",
+        "Idempotency-Key",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn default_cors_exposed_headers() -> Vec<String> {
+    [
+        "X-Request-ID",
+        "X-RateLimit-Limit",
+        "X-RateLimit-Remaining",
+        "X-RateLimit-Reset",
+        "Retry-After",
+        "Location",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn default_cors_max_age() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl CorsConfig {
+    fn validate(&self, at: &str, errors: &mut Vec<String>) {
+        if self.allowed_origins.is_empty() {
+            errors.push(format!(
+                "{at}.allowed_origins: must name at least one origin"
+            ));
+        }
+        for (i, origin) in self.allowed_origins.iter().enumerate() {
+            if origin == "*" {
+                if self.allow_credentials {
+                    errors.push(format!(
+                        "{at}.allowed_origins[{i}]: \"*\" cannot be combined with allow_credentials"
+                    ));
+                }
+                continue;
+            }
+            if let Err(e) = check_origin(origin) {
+                errors.push(format!("{at}.allowed_origins[{i}]: {origin:?} {e}"));
+            }
+        }
+        for method in &self.allowed_methods {
+            if !METHODS.contains(&method.as_str()) {
+                errors.push(format!(
+                    "{at}.allowed_methods: unknown method {method:?} (use upper case)"
+                ));
+            }
+        }
+        for (field, list) in [
+            ("allowed_headers", &self.allowed_headers),
+            ("exposed_headers", &self.exposed_headers),
+        ] {
+            for name in list {
+                if !is_header_name(name) {
+                    errors.push(format!("{at}.{field}: {name:?} is not a header name"));
+                }
+            }
+        }
+        check_range(
+            errors,
+            &format!("{at}.max_age"),
+            self.max_age,
+            Duration::ZERO,
+            Duration::from_secs(86_400),
+        );
+    }
+}
+
+/// Checks a CORS origin: lower-case `http(s)://host[:port]`, nothing else.
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or("must start with http:// or https://")?;
+    let valid = !rest.is_empty()
+        && rest.bytes().all(|b| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(b, b'-' | b'.' | b':' | b'[' | b']')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err("must be a lower-case scheme://host[:port] without path")
+    }
+}
+
+/// Access-token (JWT bearer) authentication of a route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Whether a valid access token is required (default true).
+    #[serde(default = "default_true")]
+    pub required: bool,
+    /// Paths (as the client sends them, after normalisation) that need no
+    /// token: `/exact`, `/prefix/*` (the prefix and anything below it),
+    /// `/prefix/` (anything below it), or a glob where `*` matches within
+    /// one segment and `**` across segments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_paths: Vec<String>,
+}
+
+/// Longest public path pattern.
+pub const MAX_PUBLIC_PATH_LEN: usize = 1024;
+
+impl AuthConfig {
+    fn validate(&self, at: &str, errors: &mut Vec<String>) {
+        if !self.required && !self.public_paths.is_empty() {
+            errors.push(format!(
+                "{at}.public_paths: only meaningful when required is true"
+            ));
+        }
+        for (i, p) in self.public_paths.iter().enumerate() {
+            if let Err(e) = check_public_path(p) {
+                errors.push(format!("{at}.public_paths[{i}]: {p:?} {e}"));
+            }
+        }
+    }
+}
+
+/// Checks one public path pattern: it must already be in normalised form,
+/// so that it can match a normalised request path.
+pub fn check_public_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err("must start with '/'".into());
+    }
+    if p.len() > MAX_PUBLIC_PATH_LEN {
+        return Err(format!("must be at most {MAX_PUBLIC_PATH_LEN} bytes"));
+    }
+    if p.bytes()
+        .any(|b| b <= 0x20 || b >= 0x7f || matches!(b, b'%' | b';' | b'\\' | b'?' | b'#'))
+    {
+        return Err(
+            "must be a plain path: no spaces, controls, non-ASCII, '%', ';', '\\', '?' or '#'"
+                .into(),
+        );
+    }
+    if p.contains("//") {
+        return Err("must not contain empty segments ('//')".into());
+    }
+    for segment in p.split('/').skip(1) {
+        if segment == "." || segment == ".." {
+            return Err("must not contain '.' or '..' segments".into());
+        }
+        if segment.ends_with('.') {
+            return Err("must not end a segment with '.'".into());
+        }
+        if segment.contains("**") && segment != "**" {
+            return Err("'**' must be a whole segment".into());
+        }
+    }
+    Ok(())
 }
 
 /// A fixed response of a route (sent while the service's breaker is open).
@@ -1134,6 +1336,12 @@ impl RouteConfig {
         if let Some(fallback) = &self.fallback {
             fallback.validate(&format!("{at}.fallback"), errors);
         }
+        if let Some(auth) = &self.auth {
+            auth.validate(&format!("{at}.auth"), errors);
+        }
+        if let Some(cors) = &self.cors {
+            cors.validate(&format!("{at}.cors"), errors);
+        }
     }
 }
 
@@ -1343,6 +1551,117 @@ routes:
         match GatewayConfig::load(doc.as_bytes()) {
             Err(ConfigError::Invalid(errors)) => errors.join("\n"),
             other => panic!("expected an invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn auth_parses_and_round_trips() {
+        let doc = r#"
+version: 1
+services: [ { name: api } ]
+routes:
+  - name: api
+    match: { path_prefix: /api }
+    service: api
+    auth: { public_paths: [/api/health, /api/docs/*, /api/public/, "/api/*/status", "/api/**/ping"] }
+  - { name: open, match: { path_prefix: /open }, service: api, auth: { required: false } }
+"#;
+        let config = GatewayConfig::load(doc.as_bytes()).unwrap();
+        let auth = config.routes[0].auth.as_ref().unwrap();
+        assert!(auth.required);
+        assert_eq!(auth.public_paths.len(), 5);
+        assert!(!config.routes[1].auth.as_ref().unwrap().required);
+        assert_eq!(GatewayConfig::from_json(&config.to_json()).unwrap(), config);
+    }
+
+    #[test]
+    fn invalid_auth_is_refused_with_paths() {
+        let errors = invalid(
+            r#"
+version: 1
+services: [ { name: api } ]
+routes:
+  - name: api
+    match: { path_prefix: /api }
+    service: api
+    auth:
+      public_paths: [api/x, "/a//b", "/a/../b", "/a/%2e", "/a;x", "/a.", "/a/x**", "/a b"]
+  - { name: b, match: { path_prefix: /b }, service: api, auth: { required: false, public_paths: [/b] } }
+"#,
+        );
+        for expected in [
+            r#"routes[0].auth.public_paths[0]: "api/x" must start with '/'"#,
+            r#"routes[0].auth.public_paths[1]: "/a//b" must not contain empty segments"#,
+            r#"routes[0].auth.public_paths[2]: "/a/../b" must not contain '.' or '..'"#,
+            r#"routes[0].auth.public_paths[3]: "/a/%2e" must be a plain path"#,
+            r#"routes[0].auth.public_paths[4]: "/a;x" must be a plain path"#,
+            r#"routes[0].auth.public_paths[5]: "/a." must not end a segment with '.'"#,
+            r#"routes[0].auth.public_paths[6]: "/a/x**" '**' must be a whole segment"#,
+            r#"routes[0].auth.public_paths[7]: "/a b" must be a plain path"#,
+            "routes[1].auth.public_paths: only meaningful when required is true",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "missing {expected:?} in\n{errors}"
+            );
+        }
+        let unknown = GatewayConfig::load(
+            b"version: 1\nservices: [{name: a}]\nroutes: [{name: r, match: {path_prefix: /r}, service: a, auth: {requird: true}}]\n",
+        );
+        assert!(matches!(unknown, Err(ConfigError::Parse(e)) if e.contains("requird")));
+    }
+
+    #[test]
+    fn cors_parses_with_the_seed_defaults() {
+        let doc = r#"
+version: 1
+services: [ { name: api } ]
+routes:
+  - name: api
+    match: { path_prefix: /api }
+    service: api
+    cors: { allowed_origins: ["https://app.example.com"], allow_credentials: true }
+"#;
+        let config = GatewayConfig::load(doc.as_bytes()).unwrap();
+        let cors = config.routes[0].cors.as_ref().unwrap();
+        assert_eq!(cors.allowed_methods.len(), 6);
+        assert!(cors.allowed_headers.iter().any(|h| h == "Authorization"));
+        assert!(cors.exposed_headers.iter().any(|h| h == "X-Request-ID"));
+        assert_eq!(cors.max_age, Duration::from_secs(600));
+        assert_eq!(GatewayConfig::from_json(&config.to_json()).unwrap(), config);
+    }
+
+    #[test]
+    fn invalid_cors_is_refused_with_paths() {
+        let errors = invalid(
+            r#"
+version: 1
+services: [ { name: api } ]
+routes:
+  - name: api
+    match: { path_prefix: /api }
+    service: api
+    cors:
+      allowed_origins: ["*", "https://app.example.com/path", "ftp://x", "https://App.example.com"]
+      allow_credentials: true
+      allowed_methods: [get]
+      allowed_headers: ["bad header"]
+  - { name: b, match: { path_prefix: /b }, service: api, cors: { allowed_origins: [] } }
+"#,
+        );
+        for expected in [
+            r#"routes[0].cors.allowed_origins[0]: "*" cannot be combined with allow_credentials"#,
+            r#"routes[0].cors.allowed_origins[1]: "https://app.example.com/path" must be a lower-case"#,
+            r#"routes[0].cors.allowed_origins[2]: "ftp://x" must start with http:// or https://"#,
+            r#"routes[0].cors.allowed_origins[3]: "https://App.example.com" must be a lower-case"#,
+            r#"routes[0].cors.allowed_methods: unknown method "get""#,
+            r#"routes[0].cors.allowed_headers: "bad header" is not a header name"#,
+            "routes[1].cors.allowed_origins: must name at least one origin",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "missing {expected:?} in\n{errors}"
+            );
         }
     }
 

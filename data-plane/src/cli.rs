@@ -65,6 +65,23 @@ pub struct Cli {
     )]
     pub jwt_secret: Option<String>,
 
+    /// Algorithm access tokens must be signed with (HS256, HS384 or HS512).
+    #[arg(
+        long,
+        env = "JWT_ALGORITHM",
+        value_name = "ALG",
+        default_value = "HS256"
+    )]
+    pub jwt_algorithm: String,
+
+    /// Required `iss` claim of access tokens (unset: not checked).
+    #[arg(long, env = "JWT_ISSUER", value_name = "ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim of access tokens (unset: not checked).
+    #[arg(long, env = "JWT_AUDIENCE", value_name = "AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
     /// Worker threads of the async runtime [default: number of usable CPUs].
     #[arg(long, env = "GW_WORKER_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
@@ -106,6 +123,15 @@ impl Cli {
         service_urls: Vec<(String, String)>,
     ) -> Result<Settings, SettingsError> {
         settings::check_jwt_secret(self.jwt_secret.as_deref())?;
+        let algorithm = crate::auth::parse_algorithm(&self.jwt_algorithm)
+            .map_err(SettingsError::BadJwtAlgorithm)?;
+        let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        let jwt = non_empty(self.jwt_secret).map(|secret| crate::auth::JwtSettings {
+            secret,
+            algorithm,
+            issuer: non_empty(self.jwt_issuer),
+            audience: non_empty(self.jwt_audience),
+        });
         let listen = match (self.listen, self.port) {
             (Some(addr), _) => addr,
             (None, Some(port)) => SocketAddr::from(([0, 0, 0, 0], port)),
@@ -124,6 +150,7 @@ impl Cli {
             shutdown_grace: self.shutdown_grace,
             header_read_timeout: self.header_read_timeout,
             service_urls,
+            jwt,
         })
     }
 }
@@ -157,6 +184,25 @@ mod tests {
         assert!(parse(&["--shutdown-grace", "soon"]).is_err());
         let weak = parse(&["--jwt-secret", "short"]).unwrap();
         assert!(weak.into_settings(vec![]).is_err());
+        let secret = "s".repeat(32);
+        let rsa = parse(&["--jwt-secret", &secret, "--jwt-algorithm", "RS256"]).unwrap();
+        assert!(rsa.into_settings(vec![]).is_err());
+        let none = parse(&["--jwt-secret", &secret, "--jwt-algorithm", "none"]).unwrap();
+        assert!(none.into_settings(vec![]).is_err());
+    }
+
+    #[test]
+    fn jwt_settings_are_built() {
+        let secret = "s".repeat(32);
+        let s = parse(&["--jwt-secret", &secret, "--jwt-issuer", "tickettoken"])
+            .unwrap()
+            .into_settings(vec![])
+            .unwrap();
+        let jwt = s.jwt.unwrap();
+        assert_eq!(jwt.issuer.as_deref(), Some("tickettoken"));
+        assert_eq!(jwt.audience, None);
+        assert_eq!(jwt.algorithm, jsonwebtoken::Algorithm::HS256);
+        assert!(!format!("{jwt:?}").contains(&secret));
     }
 
     #[test]

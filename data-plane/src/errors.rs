@@ -31,8 +31,13 @@ pub enum GatewayError {
     CircuitOpen,
     /// The request body did not arrive within the deadline.
     RequestTimeout,
-    /// The request body could not be read.
+    /// The request body could not be read, or the request is malformed
+    /// or ambiguous (path tricks, conflicting framing headers).
     BadRequest,
+    /// No valid access token on a route that requires one.
+    Unauthenticated,
+    /// A CORS preflight from an origin the route does not allow.
+    CorsOriginNotAllowed,
 }
 
 impl GatewayError {
@@ -47,6 +52,8 @@ impl GatewayError {
             }
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::CorsOriginNotAllowed => StatusCode::FORBIDDEN,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
         }
@@ -65,6 +72,8 @@ impl GatewayError {
             Self::CircuitOpen => "CIRCUIT_OPEN",
             Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::BadRequest => "BAD_REQUEST",
+            Self::Unauthenticated => "AUTHENTICATION_ERROR",
+            Self::CorsOriginNotAllowed => "CORS_ORIGIN_NOT_ALLOWED",
         }
     }
 

@@ -84,6 +84,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Prepares the headers of a response going to the client: hop-by-hop
+/// and `x-internal-*` headers removed.
+pub fn prepare_response(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+    crate::security::strip_internal_response_headers(headers);
+}
+
 /// The client address as a header value, made once per connection.
 pub fn peer_value(ip: IpAddr) -> HeaderValue {
     // An IP address formats to ASCII digits, dots, colons and hex letters.
@@ -116,6 +123,11 @@ pub fn prepare_request(
     };
     headers.insert(X_FORWARDED_FOR, forwarded_for);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(
+        crate::security::X_GATEWAY_FORWARDED,
+        HeaderValue::from_static("true"),
+    );
+    headers.insert(crate::security::X_ORIGINAL_IP, peer.clone());
     match host {
         Some(host) => {
             headers.insert(X_FORWARDED_HOST, host);
@@ -158,6 +170,8 @@ mod tests {
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 10.1.2.3");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "api.example.com");
+        assert_eq!(h["x-gateway-forwarded"], "true");
+        assert_eq!(h["x-original-ip"], "10.1.2.3");
 
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_HOST, HeaderValue::from_static("spoofed"));

@@ -7,10 +7,12 @@
 //! `data-plane` binary and `gwctl dev` share one implementation.
 
 pub mod admin;
+pub mod auth;
 pub mod balancer;
 pub mod body;
 pub mod breaker;
 pub mod cli;
+pub mod cors;
 pub mod deadline;
 pub mod discovery;
 pub mod errors;
@@ -24,6 +26,7 @@ pub mod retry;
 pub mod rolling;
 pub mod routing;
 pub mod runtime;
+pub mod security;
 pub mod server;
 pub mod settings;
 pub mod shutdown;
@@ -81,7 +84,12 @@ impl DataPlane {
         let admin_addr = admin_listener.local_addr()?;
 
         let (shutdown, stop_rx) = ShutdownHandle::new();
-        let proxy = Arc::new(proxy::Proxy::new(runtime.clone(), metrics.clone()));
+        let verifier = settings
+            .jwt
+            .as_ref()
+            .map(|jwt| Arc::new(auth::Verifier::new(jwt)));
+        let proxy =
+            Arc::new(proxy::Proxy::new(runtime.clone(), metrics.clone()).with_verifier(verifier));
         let proxy = tokio::spawn(server::serve(
             listener,
             proxy,

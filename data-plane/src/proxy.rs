@@ -1,5 +1,6 @@
 //! The proxy handler: route, pick an instance, forward, stream back.
 
+use crate::auth::{AuthError, Identity, Verifier};
 use crate::balancer::Endpoint;
 use crate::body::{LimitedBody, ProxyBody};
 use crate::breaker::{self, Permit, Rejected};
@@ -10,10 +11,11 @@ use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::retry::{self, RetryPolicy};
 use crate::rolling::now_ms;
 use crate::runtime::{RouteRuntime, Runtime, ServiceRuntime};
+use crate::security;
 use crate::upstream::{self, Failure};
 use bytes::Bytes;
 use gateway_common::routing::Lookup;
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{CONTENT_LENGTH, HOST, ORIGIN};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body::Body as _;
@@ -30,6 +32,7 @@ use std::time::Instant;
 pub struct Proxy {
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
+    verifier: Option<Arc<Verifier>>,
 }
 
 /// Where a routed request goes.
@@ -43,7 +46,18 @@ struct Target {
 impl Proxy {
     /// A proxy serving from `runtime`'s current snapshot.
     pub fn new(runtime: Arc<Runtime>, metrics: Arc<Metrics>) -> Self {
-        Self { runtime, metrics }
+        Self {
+            runtime,
+            metrics,
+            verifier: None,
+        }
+    }
+
+    /// Verifies access tokens with `verifier` on routes that require them
+    /// (`None`: such routes answer 401).
+    pub fn with_verifier(mut self, verifier: Option<Arc<Verifier>>) -> Self {
+        self.verifier = verifier;
+        self
     }
 
     /// The metrics it records into.
@@ -52,14 +66,46 @@ impl Proxy {
     }
 
     /// Handles one request from a client at `peer` (its IP as a header value).
-    pub async fn handle(&self, peer: &HeaderValue, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        peer: &HeaderValue,
+        mut req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
         let method = req.method().clone();
         let request_id = req.headers().get(X_REQUEST_ID).cloned();
+        if let Err((error, message)) = screen(peer, &mut req, request_id.as_ref()) {
+            let response = error.response(message, request_id.as_ref());
+            self.metrics
+                .unmatched()
+                .record(&method, response.status(), start.elapsed());
+            return response;
+        }
+        if let Some(response) = self.preflight(&req, request_id.as_ref()) {
+            return response;
+        }
         match self.route(&req) {
             Ok(target) => {
                 let route = target.route.clone();
-                let response = forward(target, req, peer, request_id.as_ref(), start).await;
+                // Only routes with a CORS policy look at the origin.
+                let origin = route
+                    .cors
+                    .as_ref()
+                    .and_then(|_| req.headers().get(ORIGIN).cloned());
+                let mut response = 'answer: {
+                    if let Some(auth) = &route.auth {
+                        if !auth.public_paths.matches(req.uri().path()) {
+                            match self.authenticate(&route, peer, &req, request_id.as_ref()) {
+                                Ok(identity) => identity.apply(req.headers_mut()),
+                                Err(error) => break 'answer error.response(request_id.as_ref()),
+                            }
+                        }
+                    }
+                    forward(target, req, peer, request_id.as_ref(), start).await
+                };
+                if let Some(cors) = &route.cors {
+                    cors.apply(origin.as_ref(), response.headers_mut());
+                }
                 route
                     .metrics
                     .record(&method, response.status(), start.elapsed());
@@ -73,6 +119,67 @@ impl Proxy {
                 response
             }
         }
+    }
+
+    /// Answers a CORS preflight for a route with a CORS policy (routed by
+    /// the method it asks about, before authentication: browsers send no
+    /// credentials on a preflight). `None`: not one; the request goes on.
+    fn preflight(
+        &self,
+        req: &Request<Incoming>,
+        request_id: Option<&HeaderValue>,
+    ) -> Option<Response<ProxyBody>> {
+        let asked = crate::cors::preflight_method(req)?;
+        let snapshot = self.runtime.load();
+        let Lookup::Found(found) = snapshot.router.lookup_as(asked, req) else {
+            return None;
+        };
+        let route = found.value;
+        let cors = route.cors.as_ref()?;
+        let origin = req.headers().get(ORIGIN)?;
+        let start = Instant::now();
+        if !cors.allows(origin) {
+            crate::security_event!(
+                "cors_origin_rejected",
+                "low",
+                origin = origin.to_str().unwrap_or(""),
+                route = %route.name,
+                request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or(""),
+                "preflight from an origin the route does not allow"
+            );
+        }
+        let response = cors.preflight(origin, request_id);
+        route
+            .metrics
+            .record(req.method(), response.status(), start.elapsed());
+        Some(response)
+    }
+
+    /// Verifies the request's access token for `route`.
+    fn authenticate(
+        &self,
+        route: &RouteRuntime,
+        peer: &HeaderValue,
+        req: &Request<Incoming>,
+        request_id: Option<&HeaderValue>,
+    ) -> Result<Identity, AuthError> {
+        let result = match &self.verifier {
+            Some(verifier) => verifier.authenticate(req.headers()),
+            None => Err(AuthError::NotConfigured),
+        };
+        result.inspect_err(|error| {
+            crate::security_event!(
+                "authentication_failed",
+                error.severity(),
+                reason = error.reason(),
+                route = %route.name,
+                method = %req.method(),
+                path = req.uri().path(),
+                ip = peer.to_str().unwrap_or(""),
+                request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or(""),
+                "authentication failed"
+            );
+        })
     }
 
     fn route(&self, req: &Request<Incoming>) -> Result<Target, (GatewayError, String)> {
@@ -101,6 +208,79 @@ impl Proxy {
                 format!("Route {}:{} not found", req.method(), req.uri().path()),
             )),
         }
+    }
+}
+
+/// Request hygiene before routing: refuses ambiguous framing and control
+/// characters, removes headers only the gateway may set, and replaces the
+/// path by its normalised form (so that the path routed, checked against
+/// public paths and sent upstream is the same one).
+fn screen(
+    peer: &HeaderValue,
+    req: &mut Request<Incoming>,
+    request_id: Option<&HeaderValue>,
+) -> Result<(), (GatewayError, &'static str)> {
+    let log_id = || request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ip = || peer.to_str().unwrap_or("");
+    if let Err(e) = security::check_head(req.headers()) {
+        crate::security_event!(
+            "malformed_request",
+            "medium",
+            reason = e.message(),
+            ip = ip(),
+            request_id = log_id(),
+            "request refused"
+        );
+        return Err((GatewayError::BadRequest, e.message()));
+    }
+    if let Some(name) = security::strip_client_forbidden(req.headers_mut()) {
+        crate::security_event!(
+            "header_spoofing",
+            "medium",
+            header = name.as_str(),
+            ip = ip(),
+            path = req.uri().path(),
+            request_id = log_id(),
+            "client sent a header only the gateway may set; removed"
+        );
+    }
+    let normalized = match security::normalize_path(req.uri().path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+        Ok(std::borrow::Cow::Owned(path)) => path,
+        Err(e) => {
+            crate::security_event!(
+                "path_manipulation",
+                "medium",
+                reason = e.message(),
+                path = req.uri().path(),
+                ip = ip(),
+                request_id = log_id(),
+                "request path refused"
+            );
+            return Err((GatewayError::BadRequest, e.message()));
+        }
+    };
+    tracing::debug!(
+        path = req.uri().path(),
+        normalized = %normalized,
+        "request path normalised"
+    );
+    let mut pq = normalized;
+    if let Some(query) = req.uri().query() {
+        pq.push('?');
+        pq.push_str(query);
+    }
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(pq)).ok();
+    match Uri::from_parts(parts) {
+        Ok(uri) => {
+            *req.uri_mut() = uri;
+            Ok(())
+        }
+        Err(_) => Err((
+            GatewayError::BadRequest,
+            "The request path cannot be normalised",
+        )),
     }
 }
 
@@ -332,7 +512,7 @@ async fn forward_once(
             };
             record_outcome(service, endpoint, permit, outcome, sent_at.elapsed());
             let (mut parts, body) = response.into_parts();
-            headers::remove_hop_by_hop(&mut parts.headers);
+            headers::prepare_response(&mut parts.headers);
             Response::from_parts(parts, ProxyBody::upstream(body, conn, guard))
         }
         Ok(Err(err)) => {
@@ -446,7 +626,7 @@ async fn forward_with_retries(
                 };
                 record_outcome(service, &endpoint, permit, outcome, sent_at.elapsed());
                 let (mut parts, body) = response.into_parts();
-                headers::remove_hop_by_hop(&mut parts.headers);
+                headers::prepare_response(&mut parts.headers);
                 let response = Response::from_parts(parts, ProxyBody::upstream(body, conn, guard));
                 (response, policy.on.status(status.as_u16()))
             }

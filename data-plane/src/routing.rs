@@ -132,6 +132,13 @@ impl<T> Router<T> {
         }
     }
 
+    /// Looks a request up by host and path as if its method were `method`
+    /// (a CORS preflight is routed by the method it asks about).
+    pub fn lookup_as<'t, 'p, B>(&'t self, method: &str, req: &'p Request<B>) -> Lookup<'t, 'p, T> {
+        let host = request_host(req);
+        self.table.lookup(method, host.as_deref(), req.uri().path())
+    }
+
     /// Looks a request up by method, host and path.
     #[inline]
     pub fn lookup<'t, 'p, B>(&'t self, req: &'p Request<B>) -> Lookup<'t, 'p, T> {

@@ -46,8 +46,19 @@ pub struct RouteRuntime {
     pub timeout: Duration,
     /// Answer while the service's breaker is open, if configured.
     pub fallback: Option<Arc<Fallback>>,
+    /// Access-token policy, when the route has one that requires a token.
+    pub auth: Option<RouteAuth>,
+    /// CORS policy answered by the gateway, when the route has one.
+    pub cors: Option<crate::cors::Cors>,
     /// Cached metric handles.
     pub metrics: RouteMetrics,
+}
+
+/// A route's authentication policy, compiled.
+#[derive(Debug)]
+pub struct RouteAuth {
+    /// Paths that need no token.
+    pub public_paths: crate::security::PublicPaths,
 }
 
 /// A service as the proxy uses it.
@@ -476,6 +487,14 @@ impl Runtime {
                     .fallback
                     .as_ref()
                     .map(|f| Arc::new(Fallback::from_config(f))),
+                auth: route
+                    .auth
+                    .as_ref()
+                    .filter(|a| a.required)
+                    .map(|a| RouteAuth {
+                        public_paths: crate::security::PublicPaths::new(&a.public_paths),
+                    }),
+                cors: route.cors.as_ref().map(crate::cors::Cors::from_config),
             };
             routes.push((route, Arc::new(runtime)));
         }

@@ -39,6 +39,7 @@ pub async fn serve(
     http.writev(false)
         .timer(TokioTimer::new())
         .header_read_timeout(header_read)
+        .max_header_size(crate::settings::MAX_REQUEST_HEAD_BYTES)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();

@@ -16,6 +16,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Default time a client gets to send a request head, counted from the
 /// moment the connection waits for one (so it also bounds idle keep-alive).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head (request line and headers) accepted, in bytes;
+/// a larger one is answered 431 by hyper and the connection closed.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 32 * 1024;
 /// Shortest `JWT_SECRET` accepted, in bytes.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
@@ -63,6 +66,9 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// Seed `*_SERVICE_URL` overrides as (service, url); standalone mode only.
     pub service_urls: Vec<(String, String)>,
+    /// Access-token verification (`JWT_*`); `None`: routes that require a
+    /// token answer 401 to every request.
+    pub jwt: Option<crate::auth::JwtSettings>,
 }
 
 impl Default for Settings {
@@ -77,6 +83,7 @@ impl Default for Settings {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             service_urls: Vec::new(),
+            jwt: None,
         }
     }
 }
@@ -112,6 +119,9 @@ pub enum SettingsError {
         "JWT_SECRET is {0} bytes long; it must be at least {MIN_JWT_SECRET_BYTES} bytes (256 bits)"
     )]
     WeakJwtSecret(usize),
+    /// `JWT_ALGORITHM` names an algorithm the gateway does not verify.
+    #[error("{0}")]
+    BadJwtAlgorithm(String),
     /// A listen address could not be read.
     #[error("{0:?} is neither an address (HOST:PORT) nor a port number")]
     BadListenAddress(String),

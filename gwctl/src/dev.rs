@@ -68,6 +68,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         shutdown_grace: SHUTDOWN_GRACE,
         header_read_timeout: data_plane::settings::DEFAULT_HEADER_READ_TIMEOUT,
         service_urls: Vec::new(),
+        jwt: None,
     })
     .await
     .context("cannot start the embedded data plane")?;

@@ -33,7 +33,8 @@ pub type TestBody = BoxBody<Bytes, BoxError>;
 /// * `/close...` answers and closes the connection (`Connection: close`).
 /// * `/count-body...` answers with the number of body bytes received.
 /// * anything else: JSON with the upstream's name, method, uri and headers;
-///   the response carries hop-by-hop headers that must not reach clients.
+///   the response carries hop-by-hop and `x-internal-*` headers that must
+///   not reach clients.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub name: String,
@@ -190,6 +191,7 @@ impl Ctx {
             .header("x-upstream", &self.name)
             .header("keep-alive", "timeout=5")
             .header("x-hop", "secret")
+            .header("x-internal-service-key", "must-not-leak")
             .body(full(body.to_string()))
             .unwrap()
     }

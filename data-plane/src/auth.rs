@@ -1,0 +1,507 @@
+//! Access-token authentication: HS256/384/512 JWTs signed with
+//! `JWT_SECRET`, checked for signature, `exp`/`nbf` (with a small leeway),
+//! `iss` and `aud` when configured, `type == "access"` and a `tenant_id`.
+//!
+//! The key and the validation rules are built once at startup; verifying a
+//! token costs one HMAC, two base64 decodes and one JSON parse.
+
+use crate::body::ProxyBody;
+use crate::errors::GatewayError;
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderName, HeaderValue, Response};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+/// Clock skew allowed on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// `x-user-id`: the token's `sub`.
+pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+/// `x-tenant-id`: the token's `tenant_id` (never the client's).
+pub const X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
+/// `x-tenant-source: jwt`.
+pub const X_TENANT_SOURCE: HeaderName = HeaderName::from_static("x-tenant-source");
+/// `x-user-role`: the token's `role`.
+pub const X_USER_ROLE: HeaderName = HeaderName::from_static("x-user-role");
+/// `x-user-permissions`: the token's `permissions`, comma-separated.
+pub const X_USER_PERMISSIONS: HeaderName = HeaderName::from_static("x-user-permissions");
+
+/// Identity headers the gateway sets from a verified token. A client's own
+/// copies are always removed, on every route.
+pub const IDENTITY_HEADERS: [HeaderName; 5] = [
+    X_USER_ID,
+    X_TENANT_ID,
+    X_TENANT_SOURCE,
+    X_USER_ROLE,
+    X_USER_PERMISSIONS,
+];
+
+/// What the data plane verifies tokens with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JwtSettings {
+    /// The shared HMAC secret (at least 32 bytes).
+    pub secret: String,
+    /// The accepted algorithm (`HS256`, `HS384` or `HS512`).
+    pub algorithm: Algorithm,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` (one of the token's audiences), when set.
+    pub audience: Option<String>,
+}
+
+impl std::fmt::Debug for JwtSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtSettings")
+            .field("secret", &"<redacted>")
+            .field("algorithm", &self.algorithm)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+/// Reads `JWT_ALGORITHM`: only the HMAC family is supported with a shared
+/// secret.
+pub fn parse_algorithm(text: &str) -> Result<Algorithm, String> {
+    match text.trim() {
+        "HS256" => Ok(Algorithm::HS256),
+        "HS384" => Ok(Algorithm::HS384),
+        "HS512" => Ok(Algorithm::HS512),
+        other => Err(format!(
+            "JWT_ALGORITHM {other:?} is not supported: use HS256, HS384 or HS512"
+        )),
+    }
+}
+
+/// Verifies access tokens; built once from [`JwtSettings`].
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The claims the gateway reads.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default, rename = "type")]
+    token_type: Option<String>,
+    #[serde(default)]
+    tenant_id: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    permissions: Option<Vec<String>>,
+}
+
+/// A verified caller, as header values ready to go upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `sub`.
+    pub user_id: HeaderValue,
+    /// `tenant_id`.
+    pub tenant_id: HeaderValue,
+    /// `role`, when the token has one.
+    pub role: Option<HeaderValue>,
+    /// `permissions` joined with `,`, when the token has them.
+    pub permissions: Option<HeaderValue>,
+}
+
+impl Identity {
+    /// Sets the identity headers (the client's were removed before).
+    pub fn apply(self, headers: &mut HeaderMap) {
+        headers.insert(X_USER_ID, self.user_id);
+        headers.insert(X_TENANT_ID, self.tenant_id);
+        headers.insert(X_TENANT_SOURCE, HeaderValue::from_static("jwt"));
+        if let Some(role) = self.role {
+            headers.insert(X_USER_ROLE, role);
+        }
+        if let Some(permissions) = self.permissions {
+            headers.insert(X_USER_PERMISSIONS, permissions);
+        }
+    }
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// Not a well-formed JWT, bad signature, or a refused algorithm.
+    Invalid,
+    /// `exp` is past (beyond the leeway).
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    NotYetValid,
+    /// `iss` is not the configured issuer.
+    WrongIssuer,
+    /// `aud` does not name the configured audience.
+    WrongAudience,
+    /// `type` is not `access` (e.g. a refresh token).
+    WrongType,
+    /// No `tenant_id` claim.
+    MissingTenant,
+    /// No `sub` claim, or a claim that cannot be a header value.
+    BadSubject,
+    /// The route requires a token but the data plane has no `JWT_SECRET`.
+    NotConfigured,
+}
+
+impl AuthError {
+    /// For people (also the `error_description`).
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Missing => "Missing or invalid authorization header",
+            Self::Invalid => "Invalid token",
+            Self::Expired => "Token has expired",
+            Self::NotYetValid => "Token is not yet valid",
+            Self::WrongIssuer => "Invalid token issuer",
+            Self::WrongAudience => "Invalid token audience",
+            Self::WrongType => "Invalid token type",
+            Self::MissingTenant => "Invalid token - missing tenant context",
+            Self::BadSubject => "Invalid token subject",
+            Self::NotConfigured => "Authentication is not configured on this gateway",
+        }
+    }
+
+    /// Short name for logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "missing_token",
+            Self::Invalid => "invalid_token",
+            Self::Expired => "expired_token",
+            Self::NotYetValid => "token_not_yet_valid",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::WrongType => "wrong_token_type",
+            Self::MissingTenant => "token_missing_tenant",
+            Self::BadSubject => "bad_subject",
+            Self::NotConfigured => "auth_not_configured",
+        }
+    }
+
+    /// Severity of the security event, as the seed grades them.
+    pub fn severity(self) -> &'static str {
+        match self {
+            Self::Missing | Self::Expired | Self::NotYetValid => "low",
+            Self::NotConfigured => "critical",
+            Self::WrongType | Self::MissingTenant | Self::Invalid => "high",
+            Self::WrongIssuer | Self::WrongAudience | Self::BadSubject => "medium",
+        }
+    }
+
+    /// The 401 answer: the seed's JSON body (`AUTHENTICATION_ERROR`) and a
+    /// `WWW-Authenticate: Bearer` challenge (RFC 6750: without an error
+    /// code when no token was sent).
+    pub fn response(self, request_id: Option<&HeaderValue>) -> Response<ProxyBody> {
+        let mut response = GatewayError::Unauthenticated.response(self.message(), request_id);
+        let challenge = match self {
+            Self::Missing => HeaderValue::from_static("Bearer realm=\"gateway\""),
+            _ => {
+                let text = format!(
+                    "Bearer realm=\"gateway\", error=\"invalid_token\", error_description=\"{}\"",
+                    self.message()
+                );
+                HeaderValue::from_str(&text)
+                    .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"invalid_token\""))
+            }
+        };
+        response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+        response
+    }
+}
+
+impl Verifier {
+    /// Builds the key and the rules once.
+    pub fn new(settings: &JwtSettings) -> Self {
+        let mut validation = Validation::new(settings.algorithm);
+        validation.algorithms = vec![settings.algorithm];
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        match &settings.issuer {
+            Some(iss) => {
+                validation.set_issuer(&[iss]);
+                required.push("iss");
+            }
+            None => validation.iss = None,
+        }
+        match &settings.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        Self {
+            key: DecodingKey::from_secret(settings.secret.as_bytes()),
+            validation,
+        }
+    }
+
+    /// Verifies the bearer token of `headers`.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
+        let token = bearer_token(headers).ok_or(AuthError::Missing)?;
+        self.verify(token)
+    }
+
+    /// Verifies one compact JWT.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::WrongIssuer,
+                ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
+                    AuthError::WrongAudience
+                }
+                _ => AuthError::Invalid,
+            },
+        )?;
+        let claims = data.claims;
+        if claims.token_type.as_deref() != Some("access") {
+            return Err(AuthError::WrongType);
+        }
+        let tenant = claims
+            .tenant_id
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::MissingTenant)?;
+        let sub = claims
+            .sub
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthError::BadSubject)?;
+        let value = |text: &str| {
+            HeaderValue::from_str(text)
+                .ok()
+                .filter(|_| text.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        };
+        let user_id = value(&sub).ok_or(AuthError::BadSubject)?;
+        let tenant_id = value(&tenant).ok_or(AuthError::MissingTenant)?;
+        let role = match claims.role.as_deref() {
+            Some(role) => Some(value(role).ok_or(AuthError::BadSubject)?),
+            None => None,
+        };
+        let permissions = match claims.permissions {
+            Some(list) if !list.is_empty() => {
+                Some(value(&list.join(",")).ok_or(AuthError::BadSubject)?)
+            }
+            _ => None,
+        };
+        Ok(Identity {
+            user_id,
+            tenant_id,
+            role,
+            permissions,
+        })
+    }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header (scheme in any case).
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn settings() -> JwtSettings {
+        JwtSettings {
+            secret: SECRET.into(),
+            algorithm: Algorithm::HS256,
+            issuer: Some("tickettoken".into()),
+            audience: Some("tickettoken-platform".into()),
+        }
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn claims() -> serde_json::Value {
+        json!({
+            "sub": "user-1", "tenant_id": "t-1", "type": "access", "role": "customer",
+            "permissions": ["tickets:purchase", "tickets:view-own"],
+            "iss": "tickettoken", "aud": "tickettoken-platform",
+            "iat": now(), "exp": now() + 600,
+        })
+    }
+
+    fn sign(claims: &serde_json::Value, alg: Algorithm, secret: &str) -> String {
+        encode(
+            &Header::new(alg),
+            claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn with(key: &str, value: serde_json::Value) -> String {
+        let mut c = claims();
+        if value.is_null() {
+            c.as_object_mut().unwrap().remove(key);
+        } else {
+            c[key] = value;
+        }
+        sign(&c, Algorithm::HS256, SECRET)
+    }
+
+    #[test]
+    fn a_valid_access_token_gives_an_identity() {
+        let v = Verifier::new(&settings());
+        let id = v
+            .verify(&sign(&claims(), Algorithm::HS256, SECRET))
+            .unwrap();
+        assert_eq!(id.user_id, "user-1");
+        assert_eq!(id.tenant_id, "t-1");
+        assert_eq!(id.role.unwrap(), "customer");
+        assert_eq!(id.permissions.unwrap(), "tickets:purchase,tickets:view-own");
+    }
+
+    #[test]
+    fn claims_are_checked() {
+        let v = Verifier::new(&settings());
+        let t = now();
+        assert_eq!(
+            v.verify(&with("exp", json!(t - 60))),
+            Err(AuthError::Expired)
+        );
+        // Inside the leeway.
+        assert!(v.verify(&with("exp", json!(t - 5))).is_ok());
+        assert_eq!(
+            v.verify(&with("nbf", json!(t + 120))),
+            Err(AuthError::NotYetValid)
+        );
+        assert!(v.verify(&with("nbf", json!(t + 5))).is_ok());
+        assert_eq!(v.verify(&with("exp", json!(null))), Err(AuthError::Invalid));
+        assert_eq!(
+            v.verify(&with("iss", json!("someone-else"))),
+            Err(AuthError::WrongIssuer)
+        );
+        assert_eq!(
+            v.verify(&with("iss", json!(null))),
+            Err(AuthError::WrongIssuer)
+        );
+        assert_eq!(
+            v.verify(&with("aud", json!("other"))),
+            Err(AuthError::WrongAudience)
+        );
+        assert!(v
+            .verify(&with("aud", json!(["other", "tickettoken-platform"])))
+            .is_ok());
+        assert_eq!(
+            v.verify(&with("type", json!("refresh"))),
+            Err(AuthError::WrongType)
+        );
+        assert_eq!(
+            v.verify(&with("type", json!(null))),
+            Err(AuthError::WrongType)
+        );
+        assert_eq!(
+            v.verify(&with("tenant_id", json!(null))),
+            Err(AuthError::MissingTenant)
+        );
+        assert_eq!(
+            v.verify(&with("tenant_id", json!(""))),
+            Err(AuthError::MissingTenant)
+        );
+        assert_eq!(
+            v.verify(&with("sub", json!(null))),
+            Err(AuthError::BadSubject)
+        );
+        assert_eq!(
+            v.verify(&with("sub", json!("a\r\nx-admin: 1"))),
+            Err(AuthError::BadSubject)
+        );
+    }
+
+    #[test]
+    fn issuer_and_audience_are_optional() {
+        let mut s = settings();
+        s.issuer = None;
+        s.audience = None;
+        let v = Verifier::new(&s);
+        assert!(v.verify(&with("iss", json!(null))).is_ok());
+        assert!(v.verify(&with("aud", json!("anything"))).is_ok());
+    }
+
+    #[test]
+    fn forged_tokens_are_refused() {
+        let v = Verifier::new(&settings());
+        let good = sign(&claims(), Algorithm::HS256, SECRET);
+        // Another secret.
+        let other = sign(&claims(), Algorithm::HS256, &"z".repeat(32));
+        assert_eq!(v.verify(&other), Err(AuthError::Invalid));
+        // Another algorithm than the configured one, even with the secret.
+        let hs512 = sign(&claims(), Algorithm::HS512, SECRET);
+        assert_eq!(v.verify(&hs512), Err(AuthError::Invalid));
+        // alg: none, with and without a signature.
+        let b64 = |v: serde_json::Value| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let none = format!(
+            "{}.{}.",
+            b64(json!({"alg": "none", "typ": "JWT"})),
+            b64(claims())
+        );
+        assert_eq!(v.verify(&none), Err(AuthError::Invalid));
+        let sig = good.rsplit('.').next().unwrap();
+        let none_signed = format!("{}{sig}", none);
+        assert_eq!(v.verify(&none_signed), Err(AuthError::Invalid));
+        // Tampered payload under the original signature.
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let mut c = claims();
+        c["tenant_id"] = json!("t-2");
+        let forged = b64(c);
+        parts[1] = &forged;
+        assert_eq!(v.verify(&parts.join(".")), Err(AuthError::Invalid));
+        assert_eq!(v.verify("not.a.jwt"), Err(AuthError::Invalid));
+        assert_eq!(v.verify(""), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn bearer_header_is_read() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer_token(&h), None);
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer_token(&h), None);
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer_token(&h), None);
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("bearer abc.def.ghi"),
+        );
+        assert_eq!(bearer_token(&h), Some("abc.def.ghi"));
+    }
+
+    #[test]
+    fn algorithms_are_limited_to_hmac() {
+        assert_eq!(parse_algorithm("HS256").unwrap(), Algorithm::HS256);
+        assert!(parse_algorithm("RS256").is_err());
+        assert!(parse_algorithm("none").is_err());
+    }
+}
