@@ -58,6 +58,11 @@ pub struct Cli {
     #[arg(long, env = "CP_LEASE_SWEEP_INTERVAL", default_value = "250ms", value_parser = gateway_common::duration::parse)]
     pub lease_sweep_interval: Duration,
 
+    /// Recent deltas kept in memory: a data plane that reconnects at most
+    /// this many versions behind is sent one merged delta, else a snapshot.
+    #[arg(long, env = "CP_DELTA_RING", default_value_t = crate::view::RING_CAPACITY)]
+    pub delta_ring: usize,
+
     /// Prefix of every Redis key, to share one Redis between gateways.
     #[arg(long, env = "CP_KEY_PREFIX", default_value = "gw:")]
     pub key_prefix: String,
@@ -88,6 +93,7 @@ impl Cli {
             key_prefix: self.key_prefix.clone(),
             leader_ttl: self.leader_ttl,
             lease_sweep_interval: self.lease_sweep_interval,
+            delta_ring: self.delta_ring,
         }
     }
 }
@@ -105,6 +111,7 @@ mod tests {
         assert_eq!(s.leader_ttl, Duration::from_secs(10));
         assert_eq!(s.lease_sweep_interval, Duration::from_millis(250));
         assert_eq!(s.key_prefix, "gw:");
+        assert_eq!(s.delta_ring, 10_000);
     }
 
     #[test]
@@ -121,6 +128,8 @@ mod tests {
             "r1",
             "--admin-token",
             "",
+            "--delta-ring",
+            "50",
         ])
         .unwrap();
         let s = cli.settings();
@@ -128,6 +137,7 @@ mod tests {
         assert_eq!(s.lease_sweep_interval, Duration::from_millis(100));
         assert_eq!(s.replica_id, "r1");
         assert_eq!(s.admin_token, None, "empty means unset");
+        assert_eq!(s.delta_ring, 50);
         assert!(Cli::try_parse_from(["control-plane", "--leader-ttl", "soon"]).is_err());
     }
 }

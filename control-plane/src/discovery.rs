@@ -5,7 +5,10 @@
 //! or a snapshot, then sends one merged delta from the last version it sent
 //! whenever the view advances, so bursts coalesce. ACK/NACK come back
 //! asynchronously and are recorded, with the data plane's reports, in the
-//! store so that every replica can list every data plane.
+//! store so that every replica can list every data plane: the latest status
+//! of every session of the replica is written in one store call at most every
+//! [`RECORD_WRITE_GAP`] ([`StatusWriter`]), so a registration costs the
+//! store the same whether 1 or 100 data planes acknowledge it.
 //!
 //! Updates are encoded once per version range and shared by every session
 //! that sends the same range ([`UpdateCache`]); a custom codec writes the
@@ -24,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, OnceCell};
+use tokio::sync::{mpsc, Notify, OnceCell};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,7 +38,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// Time a data plane has to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Least time between two writes of a data plane's status.
+/// Least time between two writes of data planes' status by one replica.
 const RECORD_WRITE_GAP: Duration = Duration::from_millis(250);
 /// Most in-flight or breaker entries kept per data plane.
 const MAX_REPORT_ENTRIES: usize = 10_000;
@@ -49,6 +52,7 @@ const DELTA_CACHE_ENTRIES: usize = 256;
 pub struct EncodedUpdate {
     bytes: Bytes,
     version: u64,
+    snapshot: bool,
 }
 
 impl EncodedUpdate {
@@ -56,12 +60,18 @@ impl EncodedUpdate {
         EncodedUpdate {
             bytes: Bytes::from(update.encode_to_vec()),
             version: update.version,
+            snapshot: update.snapshot,
         }
     }
 
     /// Version after the update is applied.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Whether it is a snapshot (else a delta).
+    pub fn is_snapshot(&self) -> bool {
+        self.snapshot
     }
 
     /// The encoded message.
@@ -124,9 +134,21 @@ impl UpdateCache {
                 }
             }
         };
-        cell.get_or_init(|| async { EncodedUpdate::new(&snapshot_update(&view.read())) })
-            .await
-            .clone()
+        cell.get_or_init(|| async {
+            let started = std::time::Instant::now();
+            let update = snapshot_update(&view.read());
+            let encoded = EncodedUpdate::new(&update);
+            tracing::info!(
+                version = update.version,
+                instances = update.upserts.len(),
+                bytes = encoded.bytes.len(),
+                encode_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "snapshot encoded"
+            );
+            encoded
+        })
+        .await
+        .clone()
     }
 
     /// The delta from `from` to `to` in `generation`, if the view still
@@ -164,6 +186,72 @@ impl UpdateCache {
         })
         .await
         .clone()
+    }
+}
+
+/// Writes the status of this replica's data planes to the store: sessions
+/// publish their latest record, and one task writes every record that
+/// changed in one store call, at most every [`RECORD_WRITE_GAP`].
+#[derive(Default)]
+pub struct StatusWriter {
+    pending: Mutex<HashMap<String, DataPlaneRecord>>,
+    wake: Notify,
+    /// Held while records are written, so that a session's final record is
+    /// never overwritten by an earlier one still being written.
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl StatusWriter {
+    /// Queues the latest status of a data plane.
+    fn publish(&self, record: DataPlaneRecord) {
+        self.pending.lock().insert(record.node_id.clone(), record);
+        self.wake.notify_one();
+    }
+
+    /// Writes what is queued.
+    async fn flush(&self, store: &dyn Store) {
+        let _writing = self.writing.lock().await;
+        let batch: Vec<DataPlaneRecord> = self.pending.lock().drain().map(|(_, r)| r).collect();
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = store.record_dataplanes(&batch).await {
+            tracing::debug!(count = batch.len(), error = %e, "cannot record data planes' status");
+        }
+    }
+
+    /// Writes the final status of a session that ended, dropping what it
+    /// queued before.
+    async fn gone(&self, store: &dyn Store, record: &DataPlaneRecord) {
+        let _writing = self.writing.lock().await;
+        {
+            let mut pending = self.pending.lock();
+            if pending
+                .get(&record.node_id)
+                .is_some_and(|r| r.session == record.session)
+            {
+                pending.remove(&record.node_id);
+            }
+        }
+        if let Err(e) = store.record_dataplane_gone(record).await {
+            tracing::debug!(node_id = %record.node_id, error = %e, "cannot record a data plane's disconnection");
+        }
+    }
+
+    /// Writes queued records until `cancel` fires, then once more.
+    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.wake.notified() => {}
+            }
+            self.flush(store.as_ref()).await;
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(RECORD_WRITE_GAP) => {}
+            }
+        }
+        self.flush(store.as_ref()).await;
     }
 }
 
@@ -221,6 +309,8 @@ pub struct DiscoveryContext {
     pub cache: UpdateCache,
     /// Open sessions.
     pub sessions: Sessions,
+    /// Writes the sessions' status to the store.
+    pub status: Arc<StatusWriter>,
     /// Fires at shutdown: sessions end.
     pub cancel: CancellationToken,
     /// Session tasks, awaited at shutdown.
@@ -363,8 +453,10 @@ struct Session {
     local_id: u64,
     tx: mpsc::Sender<Result<EncodedUpdate, Status>>,
     sent: Option<Sent>,
+    /// The last snapshot sent: it answers every NACK of an update sent
+    /// before it.
+    snapshot_sent: Option<Sent>,
     record: DataPlaneRecord,
-    record_tx: watch::Sender<DataPlaneRecord>,
 }
 
 async fn run_session(
@@ -408,8 +500,6 @@ async fn run_session(
         ..DataPlaneRecord::default()
     };
     tracing::info!(node_id = %hello.node_id, epoch = %hello.epoch, version = hello.version, "data plane connected");
-    let (record_tx, record_rx) = watch::channel(record.clone());
-    let writer = tokio::spawn(write_records(ctx.store.clone(), record_rx));
     let local_id = ctx.sessions.open();
     ctx.sessions.ack(local_id, held);
     let mut session = Session {
@@ -417,36 +507,16 @@ async fn run_session(
         local_id,
         tx,
         sent: None,
+        snapshot_sent: None,
         record,
-        record_tx,
     };
     let _ = session.run(hello, &mut inbound).await;
     ctx.sessions.close(local_id);
-    let Session {
-        mut record,
-        record_tx,
-        ..
-    } = session;
-    drop(record_tx);
-    let _ = writer.await;
+    let mut record = session.record;
     record.connected = false;
     record.last_seen_unix_ms = unix_ms();
-    if let Err(e) = ctx.store.record_dataplane_gone(&record).await {
-        tracing::debug!(error = %e, "cannot record a data plane's disconnection");
-    }
+    ctx.status.gone(ctx.store.as_ref(), &record).await;
     tracing::info!(node_id = %record.node_id, "data plane disconnected");
-}
-
-/// Writes the latest status of a data plane, at most every
-/// [`RECORD_WRITE_GAP`], until the session drops its sender.
-async fn write_records(store: Arc<dyn Store>, mut rx: watch::Receiver<DataPlaneRecord>) {
-    while rx.changed().await.is_ok() {
-        let record = rx.borrow_and_update().clone();
-        if let Err(e) = store.record_dataplane(&record).await {
-            tracing::debug!(node_id = %record.node_id, error = %e, "cannot record a data plane's status");
-        }
-        tokio::time::sleep(RECORD_WRITE_GAP).await;
-    }
 }
 
 impl Session {
@@ -479,7 +549,9 @@ impl Session {
 
     async fn send(&mut self, update: EncodedUpdate, generation: u64) -> Result<(), Closed> {
         let version = update.version();
+        let (snapshot, bytes) = (update.is_snapshot(), update.bytes().len());
         self.tx.send(Ok(update)).await.map_err(|_| Closed)?;
+        self.ctx.metrics.update_sent(snapshot, bytes);
         self.sent = Some(Sent {
             generation,
             version,
@@ -490,7 +562,22 @@ impl Session {
     async fn send_snapshot(&mut self) -> Result<(), Closed> {
         let generation = self.ctx.view.stamp().generation;
         let update = self.ctx.cache.snapshot(&self.ctx.view).await;
-        self.send(update, generation).await
+        let version = update.version();
+        self.send(update, generation).await?;
+        self.snapshot_sent = Some(Sent {
+            generation,
+            version,
+        });
+        Ok(())
+    }
+
+    /// Whether a snapshot was sent after the update of `version` (a data
+    /// plane that lost a delta NACKs every later delta until the snapshot
+    /// reaches it; one snapshot answers them all).
+    fn answered_by_snapshot(&self, version: u64) -> bool {
+        self.snapshot_sent.is_some_and(|s| {
+            s.generation == self.ctx.view.stamp().generation && version <= s.version
+        })
     }
 
     /// Answers the Hello: nothing when current, the missing deltas when the
@@ -569,8 +656,12 @@ impl Session {
                 self.ctx.sessions.ack(self.local_id, ack.version);
             }
             Some(Kind::Nack(nack)) if nack.want_snapshot => {
-                tracing::debug!(node_id = %self.record.node_id, version = nack.version, "data plane asks for a snapshot");
-                self.send_snapshot().await?;
+                if self.answered_by_snapshot(nack.version) {
+                    tracing::debug!(node_id = %self.record.node_id, version = nack.version, "data plane asks for a snapshot; the one already sent answers it");
+                } else {
+                    tracing::debug!(node_id = %self.record.node_id, version = nack.version, "data plane asks for a snapshot");
+                    self.send_snapshot().await?;
+                }
             }
             Some(Kind::Nack(nack)) => {
                 tracing::warn!(node_id = %self.record.node_id, version = nack.version, reason = %nack.reason, "data plane refused an update");
@@ -622,7 +713,7 @@ impl Session {
     }
 
     fn publish_record(&self) {
-        self.record_tx.send_replace(self.record.clone());
+        self.ctx.status.publish(self.record.clone());
     }
 }
 

@@ -22,6 +22,22 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// Labels of Discovery update counts.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpdateKindLabel {
+    /// `snapshot` or `delta`.
+    pub kind: &'static str,
+}
+
+impl UpdateKindLabel {
+    /// The label of a snapshot (`true`) or a delta.
+    pub fn of(snapshot: bool) -> Self {
+        UpdateKindLabel {
+            kind: if snapshot { "snapshot" } else { "delta" },
+        }
+    }
+}
+
 /// Labels of gRPC error counts.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcErrorLabels {
@@ -53,6 +69,10 @@ pub struct Metrics {
     pub leader: Gauge,
     /// gRPC calls answered with an error, by method and code.
     pub grpc_errors: Family<GrpcErrorLabels, Counter>,
+    /// Discovery updates sent to data planes, by kind.
+    pub updates_sent: Family<UpdateKindLabel, Counter>,
+    /// Encoded bytes of the Discovery updates sent, by kind.
+    pub update_bytes_sent: Family<UpdateKindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -75,6 +95,8 @@ impl Metrics {
             dataplane_version_lag: Gauge::default(),
             leader: Gauge::default(),
             grpc_errors: Family::default(),
+            updates_sent: Family::default(),
+            update_bytes_sent: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -122,7 +144,26 @@ impl Metrics {
             "gRPC calls answered with an error",
             m.grpc_errors.clone(),
         );
+        registry.register(
+            "discovery_updates_sent",
+            "Discovery updates sent to data planes, by kind (snapshot or delta)",
+            m.updates_sent.clone(),
+        );
+        registry.register(
+            "discovery_update_bytes_sent",
+            "Encoded bytes of the Discovery updates sent to data planes, by kind",
+            m.update_bytes_sent.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts a Discovery update of `bytes` encoded bytes sent to one data plane.
+    pub fn update_sent(&self, snapshot: bool, bytes: usize) {
+        let label = UpdateKindLabel::of(snapshot);
+        self.updates_sent.get_or_create(&label).inc();
+        self.update_bytes_sent
+            .get_or_create(&label)
+            .inc_by(bytes as u64);
     }
 
     /// Counts an error answer of `method`.
@@ -167,6 +208,9 @@ mod tests {
             .get_or_create(&OutcomeLabel { outcome: "failure" })
             .inc();
         m.config_version.set(7);
+        m.update_sent(true, 100);
+        m.update_sent(false, 10);
+        m.update_sent(false, 5);
         let text = m.encode();
         for needle in [
             "control_plane_registrations_total{effect=\"created\"} 1",
@@ -176,6 +220,9 @@ mod tests {
             "control_plane_lease_expiries_total 0",
             "control_plane_connected_data_planes 0",
             "control_plane_dataplane_version_lag 0",
+            "control_plane_discovery_updates_sent_total{kind=\"snapshot\"} 1",
+            "control_plane_discovery_updates_sent_total{kind=\"delta\"} 2",
+            "control_plane_discovery_update_bytes_sent_total{kind=\"delta\"} 15",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

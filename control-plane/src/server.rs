@@ -3,7 +3,7 @@
 
 use crate::admin::AdminService;
 use crate::auth::BearerAuth;
-use crate::discovery::{DiscoveryContext, DiscoveryServer, UpdateCache};
+use crate::discovery::{DiscoveryContext, DiscoveryServer, StatusWriter, UpdateCache};
 use crate::http::{router, HttpState};
 use crate::leader::LeaderDuties;
 use crate::metrics::Metrics;
@@ -12,7 +12,7 @@ use crate::settings::Settings;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::Store;
-use crate::view::{self, View, RING_CAPACITY};
+use crate::view::{self, View};
 use anyhow::Context;
 use gateway_proto::v1::admin_server::AdminServer;
 use gateway_proto::v1::registry_server::RegistryServer;
@@ -22,10 +22,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 /// Time allowed for a graceful shutdown before tasks are aborted.
@@ -145,7 +145,7 @@ impl ControlPlane {
         let (snapshot, history) = view::load_snapshot(store.as_ref())
             .await
             .context("cannot load the control plane's state from the store")?;
-        let view = View::new(snapshot, history, RING_CAPACITY);
+        let view = View::new(snapshot, history, settings.delta_ring);
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
 
@@ -159,15 +159,19 @@ impl ControlPlane {
             metrics: metrics.clone(),
             cache: UpdateCache::default(),
             sessions: Default::default(),
+            status: Arc::new(StatusWriter::default()),
             cancel: cancel.clone(),
             tracker: sessions.clone(),
         });
+        sessions.spawn(discovery.status.clone().run(store.clone(), cancel.clone()));
         let mut critical = Critical::new();
 
         let grpc = grpc_server(&settings, &store, &view, &metrics, &discovery, &cancel)?;
         let grpc_cancel = cancel.clone();
         critical.spawn(async move {
-            let incoming = TcpListenerStream::new(grpc_listener);
+            // Without TCP_NODELAY the tail of a large snapshot, or a delta
+            // right behind another, can wait for a delayed ACK (40 ms).
+            let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
             let served = grpc
                 .serve_with_incoming_shutdown(incoming, grpc_cancel.cancelled_owned())
                 .await;

@@ -28,6 +28,9 @@ pub struct Settings {
     pub leader_ttl: Duration,
     /// How often the leader removes instances whose lease lapsed.
     pub lease_sweep_interval: Duration,
+    /// Recent deltas kept in memory: a data plane that reconnects at most
+    /// this many versions behind gets one merged delta, else a snapshot.
+    pub delta_ring: usize,
 }
 
 /// `hostname-pid`, the default replica id.
@@ -49,6 +52,7 @@ impl Default for Settings {
             key_prefix: "gw:".to_string(),
             leader_ttl: Duration::from_secs(10),
             lease_sweep_interval: Duration::from_millis(250),
+            delta_ring: crate::view::RING_CAPACITY,
         }
     }
 }
@@ -93,6 +97,11 @@ impl Settings {
         if self.lease_sweep_interval < Duration::from_millis(10) {
             return Err(SettingsError::Invalid(
                 "lease sweep interval must be at least 10ms".into(),
+            ));
+        }
+        if self.delta_ring == 0 {
+            return Err(SettingsError::Invalid(
+                "the delta ring must hold at least one delta".into(),
             ));
         }
         Ok(())

@@ -18,6 +18,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Endpoint;
 
+/// An update with at least this many instances is large: once applied, the
+/// memory it freed is handed back to the OS.
+const LARGE_UPDATE: usize = 1_000;
+
+/// HTTP/2 flow-control windows of the Discovery connection: a snapshot of
+/// 10,000 instances is about 0.8 MiB.
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 8 << 20;
+
 /// Largest config update accepted. A full snapshot of a large fleet (every
 /// instance may carry 4 KiB of metadata) is far above tonic's 4 MiB default.
 pub const MAX_UPDATE_BYTES: usize = 512 * 1024 * 1024;
@@ -131,9 +140,14 @@ struct Session<'a> {
 
 impl Session<'_> {
     async fn run(&mut self) -> Result<(), SessionError> {
+        let opened = Instant::now();
         let channel = Endpoint::from_shared(self.config.url.clone())?
             .connect_timeout(self.config.timing.connect_timeout)
             .tcp_nodelay(true)
+            // A snapshot of a large fleet arrives in one flight instead of
+            // 64 KiB at a time, each waiting for a window update.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .connect()
@@ -170,15 +184,33 @@ impl Session<'_> {
             tokio::select! {
                 message = inbound.message() => match message? {
                     Some(update) => {
+                        let arrived = opened.elapsed();
+                        let first = !self.received;
                         self.received = true;
+                        let large = update.snapshot || update.upserts.len() >= LARGE_UPDATE;
                         let reply = self.handle(&update);
+                        if first && matches!(reply, Kind::Ack(_)) {
+                            let elapsed = opened.elapsed();
+                            self.metrics.sync_seconds.set(elapsed.as_secs_f64());
+                            tracing::info!(
+                                version = update.version,
+                                snapshot = update.snapshot,
+                                received_ms = arrived.as_secs_f64() * 1000.0,
+                                since_connect_ms = elapsed.as_secs_f64() * 1000.0,
+                                "in sync with the control plane"
+                            );
+                        }
+                        drop(update);
+                        if large {
+                            crate::runtime::release_memory();
+                        }
                         send(&tx, reply).await?;
                     }
                     None => return Err(SessionError::Closed),
                 },
                 _ = tick.tick() => {
                     let breakers = self.runtime.breaker_states();
-                    if let Some(report) = reporter.next(&self.runtime.in_flight(), &breakers) {
+                    if let Some(report) = reporter.next(&self.runtime.busy(), &breakers) {
                         send(&tx, Kind::Report(report)).await?;
                     }
                 }
@@ -187,17 +219,38 @@ impl Session<'_> {
     }
 
     fn handle(&self, update: &pb::ConfigUpdate) -> Kind {
-        match self.runtime.apply_update(update) {
+        let bytes = prost::Message::encoded_len(update);
+        self.metrics.count_received(update.snapshot, bytes);
+        let started = Instant::now();
+        let applied = self.runtime.apply_update(update);
+        let elapsed = started.elapsed();
+        match applied {
             Ok(()) => {
-                tracing::info!(
-                    epoch = %update.epoch,
-                    version = update.version,
-                    snapshot = update.snapshot,
-                    upserts = update.upserts.len(),
-                    removals = update.removals.len(),
-                    config = !update.config_json.is_empty(),
-                    "config applied"
-                );
+                self.metrics.observe_apply(update.snapshot, elapsed);
+                let apply_ms = elapsed.as_secs_f64() * 1000.0;
+                // Instance-only deltas come by the thousand in a busy fleet.
+                if update.snapshot || !update.config_json.is_empty() {
+                    tracing::info!(
+                        epoch = %update.epoch,
+                        version = update.version,
+                        snapshot = update.snapshot,
+                        upserts = update.upserts.len(),
+                        removals = update.removals.len(),
+                        config = !update.config_json.is_empty(),
+                        bytes,
+                        apply_ms,
+                        "config applied"
+                    );
+                } else {
+                    tracing::debug!(
+                        version = update.version,
+                        upserts = update.upserts.len(),
+                        removals = update.removals.len(),
+                        bytes,
+                        apply_ms,
+                        "config applied"
+                    );
+                }
                 Kind::Ack(pb::Ack {
                     version: update.version,
                 })
@@ -222,10 +275,11 @@ async fn send(tx: &mpsc::Sender<pb::DataPlaneMessage>, kind: Kind) -> Result<(),
 }
 
 /// Decides what a report carries: every instance whose count is non-zero or
-/// changed since the last report, and every breaker whose state changed (a
-/// breaker gone, its service removed or its policy disabled, is reported
-/// once as `UNSPECIFIED`); a report is sent when something changed, or
-/// after `max_silence` as a liveness signal.
+/// changed since the last report (an instance missing from the counts has
+/// none), and every breaker whose state changed (a breaker gone, its service
+/// removed or its policy disabled, is reported once as `UNSPECIFIED`); a
+/// report is sent when something changed, or after `max_silence` as a
+/// liveness signal.
 #[derive(Debug)]
 pub struct Reporter {
     last: HashMap<String, u64>,
@@ -360,6 +414,11 @@ mod tests {
         r.next(&counts(&[("c", 1)]), &[]).unwrap();
         let report = r.next(&counts(&[]), &[]).unwrap();
         assert_eq!(loads(&report), counts(&[("c", 0)]));
+        // Only busy instances are listed: one that goes idle is reported once.
+        r.next(&counts(&[("d", 3), ("e", 1)]), &[]).unwrap();
+        let report = r.next(&counts(&[("e", 1)]), &[]).unwrap();
+        assert_eq!(loads(&report), counts(&[("d", 0), ("e", 1)]));
+        assert!(r.next(&counts(&[("e", 1)]), &[]).is_none());
     }
 
     #[tokio::test(start_paused = true)]

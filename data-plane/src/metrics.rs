@@ -61,6 +61,25 @@ pub struct UpdateLabels {
     pub result: &'static str,
 }
 
+/// Labels of the per-kind Discovery update series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpdateKindLabels {
+    /// `snapshot` or `delta`.
+    pub kind: &'static str,
+}
+
+impl UpdateKindLabels {
+    /// The label of a snapshot (`true`) or a delta.
+    pub fn of(snapshot: bool) -> Self {
+        Self {
+            kind: if snapshot { "snapshot" } else { "delta" },
+        }
+    }
+}
+
+/// A gauge holding seconds.
+pub type SecondsGauge = Gauge<f64, AtomicU64>;
+
 /// Kinds of upstream failure, as counted in metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpstreamErrorKind {
@@ -179,8 +198,22 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Version of the config applied last.
     pub config_version: Gauge,
+    /// Instances known (routable or not) at that version.
+    pub instances: Gauge,
     /// 1 while the Discovery stream is up.
     pub control_plane_connected: Gauge,
+    /// Discovery updates received, by kind.
+    pub updates_received: Family<UpdateKindLabels, Counter>,
+    /// Encoded bytes of the Discovery updates received, by kind.
+    pub update_bytes: Family<UpdateKindLabels, Counter>,
+    /// Time the last update of each kind took to apply, from the decoded
+    /// message to the new snapshot being in force.
+    pub apply_seconds: Family<UpdateKindLabels, SecondsGauge>,
+    /// From opening the Discovery connection to the first update applied,
+    /// for the last session that received one.
+    pub sync_seconds: SecondsGauge,
+    /// From the start of the data plane to its first config applied.
+    pub ready_seconds: SecondsGauge,
     unmatched: Arc<RouteMetrics>,
 }
 
@@ -206,6 +239,7 @@ impl Metrics {
         let updates = Family::<UpdateLabels, Counter>::default();
         let in_flight = Gauge::default();
         let config_version = Gauge::default();
+        let instances = Gauge::default();
         let control_plane_connected = Gauge::default();
         let breaker_state = Family::<ServiceLabels, Gauge>::default();
         let breaker_rejections = Family::<ServiceLabels, Counter>::default();
@@ -233,6 +267,11 @@ impl Metrics {
             "Instances ejected by outlier detection, by service",
             ejections.clone(),
         );
+        let updates_received = Family::<UpdateKindLabels, Counter>::default();
+        let update_bytes = Family::<UpdateKindLabels, Counter>::default();
+        let apply_seconds = Family::<UpdateKindLabels, SecondsGauge>::default();
+        let sync_seconds = SecondsGauge::default();
+        let ready_seconds = SecondsGauge::default();
         registry.register(
             "requests",
             "Requests answered, by route, service, method and status",
@@ -264,9 +303,39 @@ impl Metrics {
             config_version.clone(),
         );
         registry.register(
+            "instances",
+            "Instances known (routable or not) at the config version applied last",
+            instances.clone(),
+        );
+        registry.register(
             "control_plane_connected",
             "1 while the Discovery stream to the control plane is up",
             control_plane_connected.clone(),
+        );
+        registry.register(
+            "discovery_updates_received",
+            "Discovery updates received, by kind (snapshot or delta)",
+            updates_received.clone(),
+        );
+        registry.register(
+            "discovery_update_bytes",
+            "Encoded bytes of the Discovery updates received, by kind",
+            update_bytes.clone(),
+        );
+        registry.register(
+            "config_apply_seconds",
+            "Time the last update of each kind took to apply, from the received message to the new config in force",
+            apply_seconds.clone(),
+        );
+        registry.register(
+            "discovery_sync_seconds",
+            "From opening the Discovery connection to the first update applied (last session that received one)",
+            sync_seconds.clone(),
+        );
+        registry.register(
+            "ready_seconds",
+            "From the start of the data plane to its first config applied",
+            ready_seconds.clone(),
         );
         let empty = Arc::new(String::new());
         let unmatched = Arc::new(RouteMetrics::build(
@@ -288,7 +357,13 @@ impl Metrics {
             ejections,
             in_flight,
             config_version,
+            instances,
             control_plane_connected,
+            updates_received,
+            update_bytes,
+            apply_seconds,
+            sync_seconds,
+            ready_seconds,
             unmatched,
         }
     }
@@ -353,6 +428,22 @@ impl Metrics {
         self.updates.get_or_create(&UpdateLabels { result }).inc();
     }
 
+    /// Counts a Discovery update of `bytes` encoded bytes as received.
+    pub fn count_received(&self, snapshot: bool, bytes: usize) {
+        let labels = UpdateKindLabels::of(snapshot);
+        self.updates_received.get_or_create(&labels).inc();
+        self.update_bytes
+            .get_or_create(&labels)
+            .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
+    }
+
+    /// Records how long applying an update took.
+    pub fn observe_apply(&self, snapshot: bool, elapsed: Duration) {
+        self.apply_seconds
+            .get_or_create(&UpdateKindLabels::of(snapshot))
+            .set(elapsed.as_secs_f64());
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -395,12 +486,17 @@ fn status_slot(status: StatusCode) -> Option<usize> {
     STATUS_SLOTS.iter().position(|&s| s == code)
 }
 
-/// Metric handles of one route, filled lazily and then read lock-free.
+/// Counter handles of one method, by status slot.
+type StatusRow = Box<[OnceLock<Counter>]>;
+
+/// Metric handles of one route, filled lazily and then read lock-free. A
+/// method's row of status counters is only allocated once the route sees
+/// that method, so a large route table costs little until it is used.
 pub struct RouteMetrics {
     route: Arc<String>,
     service: Arc<String>,
     requests: Family<RequestLabels, Counter>,
-    cache: Box<[OnceLock<Counter>]>,
+    cache: [OnceLock<StatusRow>; METHOD_SLOTS.len()],
     latency: LatencyHistogram,
 }
 
@@ -429,9 +525,7 @@ impl RouteMetrics {
             route,
             service,
             requests: requests.clone(),
-            cache: (0..METHOD_SLOTS.len() * STATUS_COUNT)
-                .map(|_| OnceLock::new())
-                .collect(),
+            cache: Default::default(),
             latency,
         }
     }
@@ -441,9 +535,9 @@ impl RouteMetrics {
         self.latency.observe(elapsed);
         match (method_slot(method), status_slot(status)) {
             (Some(m), Some(s)) => {
-                self.cache[m * STATUS_COUNT + s]
-                    .get_or_init(|| self.counter(method, status))
-                    .inc();
+                let row = self.cache[m]
+                    .get_or_init(|| (0..STATUS_COUNT).map(|_| OnceLock::new()).collect());
+                row[s].get_or_init(|| self.counter(method, status)).inc();
             }
             _ => {
                 self.counter(method, status).inc();

@@ -26,8 +26,25 @@ use http::uri::Authority;
 use http::HeaderValue;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Hands memory freed after a large update back to the OS; installed by the
+/// binary, which chose the allocator.
+static RELEASE_MEMORY: OnceLock<fn()> = OnceLock::new();
+
+/// Installs the function that returns freed memory to the OS after a large
+/// update (a snapshot frees about as much as it holds once applied).
+pub fn set_memory_release(release: fn()) {
+    let _ = RELEASE_MEMORY.set(release);
+}
+
+/// Returns freed memory to the OS, if the binary said how.
+pub fn release_memory() {
+    if let Some(release) = RELEASE_MEMORY.get() {
+        release();
+    }
+}
 
 /// A route as the proxy uses it, everything precomputed.
 #[derive(Debug)]
@@ -279,6 +296,7 @@ pub struct Runtime {
     store: Mutex<Store>,
     metrics: Arc<Metrics>,
     ready: AtomicBool,
+    created: Instant,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -299,6 +317,7 @@ impl Runtime {
             store: Mutex::default(),
             metrics,
             ready: AtomicBool::new(false),
+            created: Instant::now(),
         }
     }
 
@@ -345,6 +364,20 @@ impl Runtime {
                 s.breaker
                     .as_ref()
                     .map(|b| (s.name.to_string(), b.state(now)))
+            })
+            .collect()
+    }
+
+    /// In-flight requests of the instances that have any, by id (what a
+    /// report needs: its cost does not grow with idle instances).
+    pub fn busy(&self) -> Vec<(String, u64)> {
+        let store = self.lock();
+        store
+            .instances
+            .iter()
+            .filter_map(|(id, e)| {
+                let n = e.endpoint.load.in_flight();
+                (n > 0).then(|| (id.clone(), n))
             })
             .collect()
     }
@@ -447,8 +480,18 @@ impl Runtime {
         self.metrics
             .config_version
             .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
+        self.metrics
+            .instances
+            .set(i64::try_from(store.instances.len()).unwrap_or(i64::MAX));
         self.current.store(Arc::new(snapshot));
-        self.ready.store(true, Ordering::Release);
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            let elapsed = self.created.elapsed();
+            self.metrics.ready_seconds.set(elapsed.as_secs_f64());
+            tracing::info!(
+                ready_after_ms = elapsed.as_secs_f64() * 1000.0,
+                "ready: first config applied"
+            );
+        }
         drop(store);
         Ok(())
     }
@@ -686,7 +729,9 @@ mod tests {
         rt.apply_update(&delta(1, vec![draining], vec![])).unwrap();
         assert!(ids(&rt, "a").is_empty());
         assert_eq!(rt.in_flight_of("a1"), 1);
+        assert_eq!(rt.busy(), vec![("a1".to_string(), 1)]);
         drop(guard);
+        assert!(rt.busy().is_empty());
         assert_eq!(rt.in_flight_of("a1"), 0);
         rt.apply_update(&delta(2, vec![], vec!["a1"])).unwrap();
         assert!(rt.in_flight().is_empty());

@@ -51,6 +51,7 @@ fn start_control_plane() -> Cp {
                 key_prefix: "gw:".into(),
                 leader_ttl: Duration::from_secs(2),
                 lease_sweep_interval: Duration::from_millis(100),
+                delta_ring: 1_000,
             },
         ))
         .expect("control plane starts");

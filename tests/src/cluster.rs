@@ -135,6 +135,17 @@ impl ControlPlaneProc {
     /// Starts a replica against `redis_url` (in-memory store when `None`)
     /// with short test intervals, and waits until it is ready.
     pub fn start(replica: &str, redis_url: Option<&str>, tokens: &Tokens) -> Self {
+        Self::start_with_env(replica, redis_url, tokens, &[])
+    }
+
+    /// Like [`ControlPlaneProc::start`], with variables that add to or
+    /// override the test defaults (e.g. production intervals).
+    pub fn start_with_env(
+        replica: &str,
+        redis_url: Option<&str>,
+        tokens: &Tokens,
+        env: &[(&str, &str)],
+    ) -> Self {
         let grpc = localhost(free_port());
         let http = localhost(free_port());
         let mut spec = Spec::new(format!("control-plane-{replica}"), "control-plane")
@@ -149,6 +160,9 @@ impl ControlPlaneProc {
             .env("LOG_FORMAT", "pretty");
         if let Some(url) = redis_url {
             spec = spec.args(["--redis-url", url]);
+        }
+        for (key, value) in env {
+            spec = spec.env(*key, *value);
         }
         let mut cp = Self {
             proc: spec.spawn(),

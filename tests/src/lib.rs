@@ -14,6 +14,8 @@ pub mod grpc;
 pub mod http;
 pub mod procs;
 
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -90,6 +92,52 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends one command and returns its reply if it is a string (bulk or
+    /// simple); errors and other reply types are `Err`.
+    pub fn command(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes())?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        match line.split_at(line.len().min(1)) {
+            ("+", text) => Ok(text.to_string()),
+            ("$", len) => {
+                let len: usize = len.parse()?;
+                let mut body = vec![0; len + 2];
+                reader.read_exact(&mut body)?;
+                body.truncate(len);
+                Ok(String::from_utf8(body)?)
+            }
+            _ => anyhow::bail!("unexpected Redis reply {line:?}"),
+        }
+    }
+
+    /// Calls per command since the server started (`INFO commandstats`),
+    /// e.g. `"hset" -> 12`. Commands run inside Lua scripts are counted too.
+    pub fn command_calls(&self) -> BTreeMap<String, u64> {
+        let info = self
+            .command(&["INFO", "commandstats"])
+            .unwrap_or_else(|e| panic!("INFO commandstats: {e}"));
+        info.lines()
+            .filter_map(|line| {
+                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = stats
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix("calls="))?
+                    .parse()
+                    .ok()?;
+                Some((name.to_string(), calls))
+            })
+            .collect()
     }
 
     /// Kills the server (SIGKILL); its data stays on disk for [`Self::restart`].

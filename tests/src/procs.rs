@@ -51,8 +51,8 @@ fn build_binaries_once() {
             .parent()
             .unwrap_or(Path::new("."));
         eprintln!(
-            "gateway-tests: a gateway binary is missing from {}; running \
-             `cargo build --bins -p control-plane -p data-plane -p gwctl -p gateway-tests` once",
+            "gateway-tests: running `cargo build --bins -p control-plane -p data-plane -p gwctl \
+             -p gateway-tests` once for {}",
             dir.display()
         );
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
@@ -363,6 +363,25 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Builds the gateway's binaries in the running executable's profile now,
+/// once per process, so that a benchmark never runs stale binaries (a test
+/// run builds them itself; a `cargo bench` of this crate does not).
+pub fn build_binaries_now() {
+    build_binaries_once();
+}
+
+/// Resident and peak resident memory of process `pid` in bytes
+/// (`VmRSS`, `VmHWM` from `/proc/PID/status`), if readable.
+pub fn memory_of(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// The tail of a log, at most `lines` lines.

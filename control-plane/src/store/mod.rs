@@ -399,6 +399,15 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a data plane's status.
     async fn record_dataplane(&self, record: &DataPlaneRecord) -> Result<(), StoreError>;
 
+    /// Stores the status of several data planes at once (one round trip
+    /// where the store allows it).
+    async fn record_dataplanes(&self, records: &[DataPlaneRecord]) -> Result<(), StoreError> {
+        for record in records {
+            self.record_dataplane(record).await?;
+        }
+        Ok(())
+    }
+
     /// Stores a data plane's final status unless a newer stream (another
     /// session id) already wrote one.
     async fn record_dataplane_gone(&self, record: &DataPlaneRecord) -> Result<(), StoreError>;

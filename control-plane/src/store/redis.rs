@@ -697,6 +697,19 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn record_dataplanes(&self, records: &[DataPlaneRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(&self.keys.dataplanes);
+        for record in records {
+            cmd.arg(&record.node_id).arg(to_json(record));
+        }
+        let _: i64 = self.command(&cmd).await?;
+        Ok(())
+    }
+
     async fn record_dataplane_gone(&self, record: &DataPlaneRecord) -> Result<(), StoreError> {
         let mut invocation = self.scripts.dataplane_gone.prepare_invoke();
         invocation

@@ -34,6 +34,7 @@ pub fn settings(redis_url: Option<String>) -> Settings {
         key_prefix: "gw:".into(),
         leader_ttl: Duration::from_secs(1),
         lease_sweep_interval: Duration::from_millis(50),
+        delta_ring: control_plane::view::RING_CAPACITY,
     }
 }
 
