@@ -86,6 +86,21 @@ pub struct Cli {
     #[arg(long, env = "GW_WORKER_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
 
+    /// Redis shared by the data planes for rate-limit counters and the
+    /// response cache; unset: each data plane keeps its own. The data plane
+    /// starts and serves without it either way.
+    #[arg(long, env = "REDIS_URL", value_name = "URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every key the data plane writes in Redis.
+    #[arg(long, env = "GW_KEY_PREFIX", value_name = "PREFIX", default_value = crate::shared_state::DEFAULT_KEY_PREFIX)]
+    pub redis_key_prefix: String,
+
+    /// Bound on one Redis call on the request path; past it the request
+    /// goes on with the local fallback.
+    #[arg(long, env = "GW_REDIS_TIMEOUT", value_name = "DURATION", default_value = "250ms", value_parser = gateway_common::duration::parse)]
+    pub redis_timeout: Duration,
+
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, env = "LOG_LEVEL", value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -151,6 +166,9 @@ impl Cli {
             header_read_timeout: self.header_read_timeout,
             service_urls,
             jwt,
+            redis_url: non_empty(self.redis_url),
+            redis_key_prefix: self.redis_key_prefix,
+            redis_timeout: self.redis_timeout,
         })
     }
 }

@@ -29,6 +29,7 @@ pub mod runtime;
 pub mod security;
 pub mod server;
 pub mod settings;
+pub mod shared_state;
 pub mod shutdown;
 pub mod standalone;
 pub mod upstream;
@@ -88,8 +89,22 @@ impl DataPlane {
             .jwt
             .as_ref()
             .map(|jwt| Arc::new(auth::Verifier::new(jwt)));
-        let proxy =
-            Arc::new(proxy::Proxy::new(runtime.clone(), metrics.clone()).with_verifier(verifier));
+        let shared = match &settings.redis_url {
+            Some(url) => Some(
+                shared_state::SharedState::start(
+                    url,
+                    &settings.redis_key_prefix,
+                    settings.redis_timeout,
+                )
+                .context("refusing to start")?,
+            ),
+            None => None,
+        };
+        let proxy = Arc::new(
+            proxy::Proxy::new(runtime.clone(), metrics.clone())
+                .with_verifier(verifier)
+                .with_shared_state(shared),
+        );
         let proxy = tokio::spawn(server::serve(
             listener,
             proxy,

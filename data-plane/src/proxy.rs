@@ -12,6 +12,7 @@ use crate::retry::{self, RetryPolicy};
 use crate::rolling::now_ms;
 use crate::runtime::{RouteRuntime, Runtime, ServiceRuntime};
 use crate::security;
+use crate::shared_state::SharedState;
 use crate::upstream::{self, Failure};
 use bytes::Bytes;
 use gateway_common::routing::Lookup;
@@ -33,6 +34,8 @@ pub struct Proxy {
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
     verifier: Option<Arc<Verifier>>,
+    /// Redis shared with the other data planes, when configured.
+    shared: Option<Arc<SharedState>>,
 }
 
 /// Where a routed request goes.
@@ -50,6 +53,7 @@ impl Proxy {
             runtime,
             metrics,
             verifier: None,
+            shared: None,
         }
     }
 
@@ -58,6 +62,18 @@ impl Proxy {
     pub fn with_verifier(mut self, verifier: Option<Arc<Verifier>>) -> Self {
         self.verifier = verifier;
         self
+    }
+
+    /// Shares rate-limit counters and cached responses with the other data
+    /// planes through `shared` (`None`: this data plane keeps its own).
+    pub fn with_shared_state(mut self, shared: Option<Arc<SharedState>>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// The Redis shared with the other data planes, when configured.
+    pub fn shared_state(&self) -> Option<&Arc<SharedState>> {
+        self.shared.as_ref()
     }
 
     /// The metrics it records into.

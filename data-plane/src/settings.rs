@@ -69,6 +69,13 @@ pub struct Settings {
     /// Access-token verification (`JWT_*`); `None`: routes that require a
     /// token answer 401 to every request.
     pub jwt: Option<crate::auth::JwtSettings>,
+    /// Redis shared by the data planes (rate limits, response cache);
+    /// `None`: every data plane keeps its own.
+    pub redis_url: Option<String>,
+    /// Prefix of the keys the data plane writes in Redis.
+    pub redis_key_prefix: String,
+    /// Bound on one Redis call of the request path.
+    pub redis_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -84,6 +91,9 @@ impl Default for Settings {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             service_urls: Vec::new(),
             jwt: None,
+            redis_url: None,
+            redis_key_prefix: crate::shared_state::DEFAULT_KEY_PREFIX.to_string(),
+            redis_timeout: crate::shared_state::DEFAULT_REDIS_TIMEOUT,
         }
     }
 }

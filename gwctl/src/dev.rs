@@ -70,6 +70,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         header_read_timeout: data_plane::settings::DEFAULT_HEADER_READ_TIMEOUT,
         service_urls: Vec::new(),
         jwt: None,
+        ..data_plane::Settings::default()
     })
     .await
     .context("cannot start the embedded data plane")?;
