@@ -5,6 +5,8 @@
 //! whole ([`GatewayConfig::validate`]): every problem is reported with its
 //! path, and a config with any problem is rejected whole.
 
+use crate::aggregation::route_params;
+pub use crate::aggregation::{AggregateConfig, SourceConfig, SplitByTime, TimeSide};
 use crate::duration;
 use crate::routing::{RouteSpec, RouteTable};
 use serde::{Deserialize, Serialize};
@@ -422,7 +424,8 @@ pub struct RouteConfig {
     /// What requests the route takes.
     #[serde(rename = "match")]
     pub matcher: RouteMatch,
-    /// Target service.
+    /// Target service (absent for an aggregate route).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service: String,
     /// Remove the matched `path_prefix` before forwarding (`/echo/x` -> `/x`).
     #[serde(default)]
@@ -451,6 +454,37 @@ pub struct RouteConfig {
     /// pass through from the upstream untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsConfig>,
+    /// Answer from several services at once instead of one `service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<AggregateConfig>,
+    /// A provider's webhook: raw body forwarded byte for byte, no
+    /// authentication, and 500 (so the provider retries) when the service
+    /// cannot take it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// Default body limit of a webhook route (Stripe events are a few KiB).
+pub const DEFAULT_WEBHOOK_BODY_LIMIT: u64 = 1024 * 1024;
+
+/// A webhook route's provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Who calls it.
+    pub provider: WebhookProvider,
+}
+
+/// Webhook providers the gateway knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookProvider {
+    /// Stripe: a request without a `stripe-signature` header is refused
+    /// (400) at the edge; the signature itself is verified by the service,
+    /// which holds the signing secret.
+    Stripe,
+    /// Any other provider: passthrough only.
+    Generic,
 }
 
 /// The CORS policy of a route (defaults are the seed's).
@@ -673,7 +707,12 @@ fn default_fallback_status() -> u16 {
 impl RouteConfig {
     /// The body limit in force for this route.
     pub fn body_limit(&self) -> u64 {
-        self.max_body_bytes.unwrap_or(DEFAULT_BODY_LIMIT)
+        let default = if self.webhook.is_some() {
+            DEFAULT_WEBHOOK_BODY_LIMIT
+        } else {
+            DEFAULT_BODY_LIMIT
+        };
+        self.max_body_bytes.unwrap_or(default)
     }
 }
 
@@ -783,8 +822,20 @@ impl GatewayConfig {
             if !route_names.insert(route.name.as_str()) {
                 errors.push(format!("{at}.name: duplicate route {:?}", route.name));
             }
-            if !names.contains(route.service.as_str()) {
-                errors.push(format!("{at}.service: unknown service {:?}", route.service));
+            match &route.aggregate {
+                Some(aggregate) => aggregate.validate(
+                    &format!("{at}.aggregate"),
+                    &route_params(route.matcher.path.as_deref()),
+                    &names,
+                    &mut errors,
+                ),
+                None if route.service.is_empty() => {
+                    errors.push(format!("{at}: needs a service (or an aggregate)"));
+                }
+                None if !names.contains(route.service.as_str()) => {
+                    errors.push(format!("{at}.service: unknown service {:?}", route.service));
+                }
+                None => {}
             }
             route.validate(&at, &mut errors);
         }
@@ -1342,6 +1393,53 @@ impl RouteConfig {
         if let Some(cors) = &self.cors {
             cors.validate(&format!("{at}.cors"), errors);
         }
+        if self.aggregate.is_some() {
+            self.validate_aggregate_route(at, errors);
+        }
+        if self.webhook.is_some() {
+            self.validate_webhook_route(at, errors);
+        }
+    }
+
+    /// An aggregate route answers GET itself: nothing of a proxied route's
+    /// forwarding applies.
+    fn validate_aggregate_route(&self, at: &str, errors: &mut Vec<String>) {
+        if !self.service.is_empty() {
+            errors.push(format!("{at}: service and aggregate exclude each other"));
+        }
+        let m = &self.matcher;
+        if m.methods.is_empty() || m.methods.iter().any(|x| x != "GET" && x != "HEAD") {
+            errors.push(format!(
+                "{at}.match.methods: an aggregate route takes only GET (and HEAD): set methods: [GET]"
+            ));
+        }
+        for (field, set) in [
+            ("strip_prefix", self.strip_prefix),
+            ("rewrite", self.rewrite.is_some()),
+            ("fallback", self.fallback.is_some()),
+            ("webhook", self.webhook.is_some()),
+        ] {
+            if set {
+                errors.push(format!(
+                    "{at}.{field}: does not apply to an aggregate route"
+                ));
+            }
+        }
+    }
+
+    /// A webhook's caller has no token and retries on 5xx: an auth policy
+    /// would refuse every call, a fallback would answer 2xx and lose the event.
+    fn validate_webhook_route(&self, at: &str, errors: &mut Vec<String>) {
+        if self.auth.is_some() {
+            errors.push(format!(
+                "{at}.auth: a webhook route is called without a token (the service verifies the provider's signature)"
+            ));
+        }
+        if self.fallback.is_some() {
+            errors.push(format!(
+                "{at}.fallback: a webhook route must not answer for the service (the provider would not retry)"
+            ));
+        }
     }
 }
 
@@ -1808,5 +1906,136 @@ routes:
     fn the_dev_example_is_valid() {
         let doc = include_str!("../../deploy/examples/dev.yaml");
         GatewayConfig::load(doc.as_bytes()).unwrap();
+    }
+
+    const AGGREGATE: &str = r#"
+version: 1
+services: [ { name: event }, { name: nft } ]
+routes:
+  - name: event-details
+    match: { path: "/api/v1/events/{id}/details", methods: [GET] }
+    auth: {}
+    aggregate:
+      sources:
+        - { name: event, service: event, path: "/api/v1/events/{id}", required: true, select: { id: id, title: name } }
+        - name: tickets
+          service: event
+          path: "/api/v1/users/{id}/tickets?limit=10"
+          required: true
+          split_by_time: { field: event_date, into: { upcoming: after_now, past: before_now } }
+        - { name: nftStatus, service: nft, path: "/nft/{id}", timeout: 500ms, fallback: { enabled: false } }
+  - name: stripe
+    match: { path: /webhooks/stripe, methods: [POST] }
+    service: nft
+    webhook: { provider: stripe }
+"#;
+
+    #[test]
+    fn aggregates_and_webhooks_parse_and_round_trip() {
+        let config = GatewayConfig::load(AGGREGATE.as_bytes()).unwrap();
+        let sources = &config.routes[0].aggregate.as_ref().unwrap().sources;
+        assert_eq!(sources.len(), 3);
+        assert!(config.routes[0].service.is_empty());
+        assert_eq!(sources[0].select["title"], "name");
+        assert_eq!(sources[1].timeout, Duration::from_secs(2));
+        assert!(!sources[2].required);
+        assert_eq!(
+            sources[2].fallback,
+            Some(serde_json::json!({"enabled": false}))
+        );
+        assert_eq!(config.routes[1].body_limit(), DEFAULT_WEBHOOK_BODY_LIMIT);
+        assert_eq!(GatewayConfig::from_json(&config.to_json()).unwrap(), config);
+        let yaml = serde_norway::to_string(&config).unwrap();
+        assert_eq!(GatewayConfig::load(yaml.as_bytes()).unwrap(), config);
+    }
+
+    #[test]
+    fn invalid_aggregates_are_refused_with_paths() {
+        let errors = invalid(
+            r#"
+version: 1
+services: [ { name: event } ]
+routes:
+  - name: agg
+    match: { path: "/a/{id}" }
+    service: event
+    strip_prefix: false
+    rewrite: /x
+    webhook: { provider: generic }
+    aggregate:
+      sources:
+        - { name: one, service: missing, path: "/e/{eventId}", timeout: 0ms }
+        - { name: one, service: event, path: "e/{id}", required: true, fallback: [] }
+        - { name: _metadata, service: event, path: "/x/{id", timeout: 2m }
+        - { name: s, service: event, path: /s, select: { "bad key": a, ok: "a..b" }, split_by_time: { field: "", into: {} } }
+  - { name: empty, match: { path: /e, methods: [GET] }, aggregate: { sources: [] } }
+  - { name: none, match: { path: /n } }
+"#,
+        );
+        for expected in [
+            "routes[0]: service and aggregate exclude each other",
+            "routes[0].match.methods: an aggregate route takes only GET",
+            "routes[0].rewrite: does not apply to an aggregate route",
+            "routes[0].webhook: does not apply to an aggregate route",
+            r#"routes[0].aggregate.sources[0].service: unknown service "missing""#,
+            "routes[0].aggregate.sources[0].path: {eventId} is not a parameter of the route's match.path",
+            "routes[0].aggregate.sources[0].timeout: must be between 1ms and 1m, got 0s",
+            r#"routes[0].aggregate.sources[1].name: duplicate source "one""#,
+            r#"routes[0].aggregate.sources[1].path: "e/{id}" must start with '/'"#,
+            "routes[0].aggregate.sources[1].fallback: a required source has no fallback",
+            r#"routes[0].aggregate.sources[2].name: "_metadata" must be 1-64 letters"#,
+            r#"routes[0].aggregate.sources[2].path: "/x/{id" has an unclosed '{'"#,
+            "routes[0].aggregate.sources[2].timeout: must be between 1ms and 1m, got 2m",
+            r#"routes[0].aggregate.sources[3].select: output key "bad key""#,
+            r#"routes[0].aggregate.sources[3].select.ok: "a..b" is not a field path"#,
+            r#"routes[0].aggregate.sources[3].split_by_time.field: "" is not a field path"#,
+            "routes[0].aggregate.sources[3].split_by_time.into: must name at least one output",
+            "routes[1].aggregate.sources: must have between 1 and 32 sources",
+            "routes[2]: needs a service (or an aggregate)",
+        ] {
+            assert!(errors.contains(expected), "missing {expected:?} in\n{errors}");
+        }
+    }
+
+    #[test]
+    fn aggregates_conflict_with_routes_in_the_shared_table() {
+        let errors = invalid(
+            r#"
+version: 1
+services: [ { name: event } ]
+routes:
+  - { name: plain, match: { path: "/e/{id}", methods: [GET] }, service: event }
+  - name: agg
+    match: { path: "/e/{eventId}", methods: [GET] }
+    aggregate: { sources: [ { name: e, service: event, path: "/e/{eventId}" } ] }
+"#,
+        );
+        assert!(
+            errors.contains("routes plain and agg both take path"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn webhook_routes_refuse_auth_and_fallback() {
+        let errors = invalid(
+            r#"
+version: 1
+services: [ { name: payment } ]
+routes:
+  - name: stripe
+    match: { path: /webhooks/stripe }
+    service: payment
+    auth: {}
+    fallback: { status: 200 }
+    webhook: { provider: stripe }
+"#,
+        );
+        assert!(errors.contains("routes[0].auth: a webhook route is called without a token"));
+        assert!(errors.contains("routes[0].fallback: a webhook route must not answer"));
+        let unknown = GatewayConfig::load(
+            b"version: 1\nservices: [{name: p}]\nroutes: [{name: w, match: {path: /w}, service: p, webhook: {provider: paypal}}]\n",
+        );
+        assert!(matches!(unknown, Err(ConfigError::Parse(_))));
     }
 }

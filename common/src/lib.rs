@@ -1,6 +1,7 @@
 //! Shared crate of the gateway: what the control plane, the data planes and
 //! gwctl must agree on.
 //!
+//! * [`aggregation`]: the config of aggregate routes.
 //! * [`config`]: the declarative config model (YAML or JSON), its validation
 //!   and its diff.
 //! * [`routing`]: the route table both planes build from a config, so a
@@ -10,6 +11,7 @@
 //! * [`duration`]: human-friendly durations (`250ms`, `5s`, `1m`) in configs.
 //! * [`process`]: a process's default identity (`hostname-pid`) and logging.
 
+pub mod aggregation;
 pub mod config;
 pub mod duration;
 pub mod process;

@@ -38,6 +38,11 @@ pub enum GatewayError {
     Unauthenticated,
     /// A CORS preflight from an origin the route does not allow.
     CorsOriginNotAllowed,
+    /// A required source of an aggregate route failed.
+    AggregateSourceFailed,
+    /// A webhook could not be handed to its service (500, so that the
+    /// provider retries).
+    WebhookNotDelivered,
 }
 
 impl GatewayError {
@@ -55,7 +60,8 @@ impl GatewayError {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::CorsOriginNotAllowed => StatusCode::FORBIDDEN,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::BadGateway | Self::AggregateSourceFailed => StatusCode::BAD_GATEWAY,
+            Self::WebhookNotDelivered => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -74,6 +80,8 @@ impl GatewayError {
             Self::BadRequest => "BAD_REQUEST",
             Self::Unauthenticated => "AUTHENTICATION_ERROR",
             Self::CorsOriginNotAllowed => "CORS_ORIGIN_NOT_ALLOWED",
+            Self::AggregateSourceFailed => "AGGREGATE_SOURCE_FAILED",
+            Self::WebhookNotDelivered => "WEBHOOK_NOT_DELIVERED",
         }
     }
 
@@ -97,6 +105,9 @@ impl GatewayError {
         if let Some(id) = request_id {
             headers.insert(X_REQUEST_ID, id.clone());
         }
+        // Marks the answer as the gateway's own (a webhook route turns its
+        // upstream failures into 500).
+        response.extensions_mut().insert(self);
         response
     }
 }

@@ -7,6 +7,7 @@
 //! `data-plane` binary and `gwctl dev` share one implementation.
 
 pub mod admin;
+pub mod aggregate;
 pub mod auth;
 pub mod balancer;
 pub mod body;
@@ -33,6 +34,7 @@ pub mod shared_state;
 pub mod shutdown;
 pub mod standalone;
 pub mod upstream;
+pub mod webhook;
 
 pub use settings::Settings;
 pub use shutdown::ShutdownHandle;

@@ -117,6 +117,26 @@ impl Proxy {
                             }
                         }
                     }
+                    if let Some(aggregate) = &route.aggregate {
+                        let snapshot = self.runtime.snapshot();
+                        break 'answer aggregate
+                            .respond(
+                                &snapshot,
+                                &req,
+                                peer,
+                                request_id.as_ref(),
+                                start,
+                                route.timeout,
+                            )
+                            .await;
+                    }
+                    if let Some(webhook) = &route.webhook {
+                        break 'answer webhook
+                            .deliver(req, request_id.as_ref(), |req| {
+                                forward(target, req, peer, request_id.as_ref(), start)
+                            })
+                            .await;
+                    }
                     forward(target, req, peer, request_id.as_ref(), start).await
                 };
                 if let Some(cors) = &route.cors {
@@ -423,7 +443,7 @@ async fn read_body(body: Incoming, deadline: &Deadline) -> Result<Bytes, BodyRea
 
 /// How an attempt ended, for the breaker and outlier detection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Success,
     Failure,
     /// Says nothing about the upstream (the client's body was too large).
@@ -432,7 +452,7 @@ enum Outcome {
 
 /// Reports an attempt's outcome to the service's breaker and outlier
 /// detector (when it has them).
-fn record_outcome(
+pub(crate) fn record_outcome(
     service: &ServiceRuntime,
     endpoint: &Endpoint,
     permit: Option<Permit>,
@@ -459,22 +479,22 @@ fn record_outcome(
 
 /// When an attempt was sent, read only for services whose breaker or
 /// outlier detector needs its duration.
-struct Clock(Option<Instant>);
+pub(crate) struct Clock(Option<Instant>);
 
 impl Clock {
-    fn start(service: &ServiceRuntime) -> Self {
+    pub(crate) fn start(service: &ServiceRuntime) -> Self {
         Clock(
             (service.breaker.is_some() || service.balancer.outlier().is_some()).then(Instant::now),
         )
     }
 
-    fn elapsed(&self) -> Duration {
+    pub(crate) fn elapsed(&self) -> Duration {
         self.0.map(|t| t.elapsed()).unwrap_or_default()
     }
 }
 
 /// Asks the service's breaker (if any) to let a call through.
-fn admit(service: &ServiceRuntime) -> Result<Option<Permit>, Rejected> {
+pub(crate) fn admit(service: &ServiceRuntime) -> Result<Option<Permit>, Rejected> {
     match &service.breaker {
         Some(breaker) => breaker.try_acquire(now_ms()).map(Some),
         None => Ok(None),

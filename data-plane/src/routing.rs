@@ -80,7 +80,8 @@ impl PathRewrite {
     }
 }
 
-fn parse_template(template: &str) -> Vec<TemplatePart> {
+/// Splits a path template into literal text and `{param}` references.
+pub fn parse_template(template: &str) -> Vec<TemplatePart> {
     let mut parts = Vec::new();
     let mut rest = template;
     while let Some(open) = rest.find('{') {

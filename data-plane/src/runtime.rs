@@ -67,6 +67,11 @@ pub struct RouteRuntime {
     pub auth: Option<RouteAuth>,
     /// CORS policy answered by the gateway, when the route has one.
     pub cors: Option<crate::cors::Cors>,
+    /// The sources of an aggregate route (answered by the gateway, never
+    /// forwarded to `service`).
+    pub aggregate: Option<Arc<crate::aggregate::Aggregate>>,
+    /// Webhook policy, when the route is a provider's webhook.
+    pub webhook: Option<crate::webhook::Webhook>,
     /// Cached metric handles.
     pub metrics: RouteMetrics,
 }
@@ -509,15 +514,34 @@ impl Runtime {
             .collect();
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
-            let Some(&service) = index.get(&route.service) else {
+            let aggregate = route
+                .aggregate
+                .as_ref()
+                .map(|a| Arc::new(crate::aggregate::Aggregate::from_config(route, a)));
+            // An aggregate route is never forwarded: its first source's
+            // service only stands in so that every route has one.
+            let target = match &route.aggregate {
+                Some(a) => a.sources.first().map_or("", |s| s.service.as_str()),
+                None => route.service.as_str(),
+            };
+            let Some(&service) = index.get(target) else {
                 return Err(UpdateError::Routes(RouteConflict(format!(
-                    "route {} names unknown service {}",
-                    route.name, route.service
+                    "route {} names unknown service {target}",
+                    route.name
                 ))));
             };
             let sc = &config.services[service];
             let name = Arc::new(route.name.clone());
-            let service_name = Arc::new(route.service.clone());
+            let service_name = Arc::new(if aggregate.is_some() {
+                "aggregate".to_string()
+            } else {
+                route.service.clone()
+            });
+            let timeout = match (&aggregate, route.timeout) {
+                (_, Some(t)) => t,
+                (Some(a), None) => a.default_timeout(),
+                (None, None) => sc.timeout,
+            };
             let runtime = RouteRuntime {
                 metrics: self.metrics.route(name.clone(), service_name.clone()),
                 name,
@@ -525,7 +549,7 @@ impl Runtime {
                 service,
                 rewrite: PathRewrite::of(route),
                 body_limit: route.body_limit(),
-                timeout: route.timeout.unwrap_or(sc.timeout),
+                timeout,
                 fallback: route
                     .fallback
                     .as_ref()
@@ -538,6 +562,11 @@ impl Runtime {
                         public_paths: crate::security::PublicPaths::new(&a.public_paths),
                     }),
                 cors: route.cors.as_ref().map(crate::cors::Cors::from_config),
+                aggregate,
+                webhook: route
+                    .webhook
+                    .as_ref()
+                    .map(crate::webhook::Webhook::from_config),
             };
             routes.push((route, Arc::new(runtime)));
         }

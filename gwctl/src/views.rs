@@ -332,7 +332,15 @@ pub fn routes_table(routes: &[RouteConfig]) -> Table {
             matcher,
             methods,
             m.host.clone().unwrap_or_else(|| "*".into()),
-            r.service.clone(),
+            match &r.aggregate {
+                // An aggregate names its sources' services.
+                Some(a) => {
+                    let services: Vec<&str> =
+                        a.sources.iter().map(|s| s.service.as_str()).collect();
+                    format!("aggregate({})", services.join(","))
+                }
+                None => r.service.clone(),
+            },
             rewrite,
         ]);
     }

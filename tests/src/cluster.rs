@@ -278,9 +278,14 @@ impl DataPlaneProc {
     /// Starts a standalone data plane (no control plane) serving the config
     /// file `config`; waits until it is ready.
     pub fn standalone(node_id: &str, config: &Path) -> Self {
+        Self::standalone_with_env(node_id, config, &[])
+    }
+
+    /// [`DataPlaneProc::standalone`] with extra environment variables.
+    pub fn standalone_with_env(node_id: &str, config: &Path, env: &[(&str, &str)]) -> Self {
         let listen = localhost(free_port());
         let admin = localhost(free_port());
-        let spec = Spec::new(format!("data-plane-{node_id}"), "data-plane")
+        let mut spec = Spec::new(format!("data-plane-{node_id}"), "data-plane")
             .args(["--listen".to_string(), listen.to_string()])
             .args(["--admin-listen".to_string(), admin.to_string()])
             .args([
@@ -291,6 +296,9 @@ impl DataPlaneProc {
             .env("GW_SHUTDOWN_GRACE", "2s")
             .env("LOG_LEVEL", "info")
             .env("LOG_FORMAT", "pretty");
+        for (key, value) in env {
+            spec = spec.env(*key, *value);
+        }
         let mut dp = Self {
             proc: spec.spawn(),
             listen,
@@ -352,10 +360,16 @@ pub struct Upstream {
 impl Upstream {
     /// Starts `test-upstream --name NAME` on a free port.
     pub fn start(name: &str) -> Self {
+        Self::start_with_args(name, &[])
+    }
+
+    /// Starts `test-upstream --name NAME ARGS...` on a free port.
+    pub fn start_with_args(name: &str, args: &[&str]) -> Self {
         let addr = localhost(free_port());
         let proc = Spec::new(format!("upstream-{name}"), "test-upstream")
             .args(["--listen".to_string(), addr.to_string()])
             .args(["--name", name])
+            .args(args.iter().copied())
             .spawn();
         let mut upstream = Self {
             proc,
@@ -405,6 +419,14 @@ impl Upstream {
         let r = http::post(self.addr, &path, b"")
             .unwrap_or_else(|e| panic!("upstream {}: POST {path}: {e}", self.name));
         assert_eq!(r.status, 200, "upstream {}: POST {path}", self.name);
+    }
+
+    /// Makes later requests for `path` answer `json` (instead of the echo).
+    pub fn respond(&self, path: &str, json: &serde_json::Value) {
+        let control = format!("/_control/respond?path={path}");
+        let r = http::post(self.addr, &control, json.to_string().as_bytes())
+            .unwrap_or_else(|e| panic!("upstream {}: POST {control}: {e}", self.name));
+        assert_eq!(r.status, 200, "upstream {}: POST {control}", self.name);
     }
 
     /// `http://127.0.0.1:PORT`, as written in a config's `instances`.

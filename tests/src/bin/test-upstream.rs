@@ -10,6 +10,15 @@
 //! Modes for every later request: `POST /_control/fail?status=N` answers
 //! with status N (0: normally again), `POST /_control/delay?ms=N` waits N ms
 //! first (0: no wait).
+//!
+//! `POST /_control/respond?path=/p` with a JSON body: later requests for
+//! path `/p` answer that body instead of the echo (status, delay and fail
+//! modes still apply).
+//!
+//! The echo also reports the body it received: `body_len` and
+//! `body_sha256` (hex). With `--stripe-secret S`, a request carrying
+//! `stripe-signature: t=T,v1=HEX` is checked as Stripe does (HMAC-SHA256
+//! with S over `T.BODY`) and the echo says `stripe_signature_valid`.
 
 use bytes::Bytes;
 use clap::Parser;
@@ -19,10 +28,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -42,6 +52,9 @@ struct Args {
     /// Name reported in every answer and in the `x-upstream` header.
     #[arg(long, value_name = "NAME")]
     name: String,
+    /// Verifies `stripe-signature` headers with this signing secret.
+    #[arg(long, value_name = "SECRET")]
+    stripe_secret: Option<String>,
 }
 
 /// What every connection shares.
@@ -51,6 +64,8 @@ struct State {
     served: AtomicU64,
     fail_status: AtomicU16,
     delay_ms: AtomicU64,
+    canned: Mutex<HashMap<String, Bytes>>,
+    stripe_secret: Option<String>,
 }
 
 #[tokio::main]
@@ -70,6 +85,8 @@ async fn main() -> anyhow::Result<()> {
         served: AtomicU64::new(0),
         fail_status: AtomicU16::new(0),
         delay_ms: AtomicU64::new(0),
+        canned: Mutex::new(HashMap::new()),
+        stripe_secret: args.stripe_secret,
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -132,6 +149,32 @@ async fn handle(
                 json!({"fail_status": status}),
             ));
         }
+        (&Method::POST, "/_control/respond") => {
+            let query = request.uri().query().unwrap_or("").to_string();
+            let Some(target) = query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("path="))
+                .map(String::from)
+            else {
+                return Ok(reply(
+                    &state,
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "path?"}),
+                ));
+            };
+            let body = request.into_body().collect().await.map(|b| b.to_bytes());
+            let Ok(body) = body else {
+                return Ok(reply(
+                    &state,
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "body"}),
+                ));
+            };
+            if let Ok(mut canned) = state.canned.lock() {
+                canned.insert(target.clone(), body);
+            }
+            return Ok(reply(&state, StatusCode::OK, json!({"respond": target})));
+        }
         (&Method::POST, "/_control/delay") => {
             let ms = param(request.uri().query().unwrap_or(""), "ms").unwrap_or(0);
             state.delay_ms.store(ms, Ordering::SeqCst);
@@ -160,16 +203,72 @@ async fn handle(
             Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()),
         );
     }
+    let signature = request
+        .headers()
+        .get("stripe-signature")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     // Read the body so that the client can finish sending it.
-    let _ = request.into_body().collect().await;
-    let body = json!({
+    let received = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let canned = state
+        .canned
+        .lock()
+        .ok()
+        .and_then(|canned| canned.get(&path).cloned());
+    if let Some(canned) = canned {
+        return Ok(reply_bytes(&state, status, canned));
+    }
+    let mut body = json!({
         "name": state.name,
         "method": method.as_str(),
         "path": path,
         "query": query,
         "headers": headers,
+        "body_len": received.len(),
+        "body_sha256": hex(ring::digest::digest(&ring::digest::SHA256, &received).as_ref()),
     });
+    if let (Some(secret), Some(signature)) = (&state.stripe_secret, signature) {
+        body["stripe_signature_valid"] =
+            stripe_signature_valid(secret, &signature, &received).into();
+    }
     Ok(reply(&state, status, body))
+}
+
+/// Stripe's check: some `v1` of the header is HMAC-SHA256(secret, `t.body`).
+fn stripe_signature_valid(secret: &str, header: &str, body: &[u8]) -> bool {
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.split_once('=') {
+            Some(("t", t)) => timestamp = Some(t),
+            Some(("v1", v)) => signatures.push(v),
+            _ => {}
+        }
+    }
+    let Some(timestamp) = timestamp else {
+        return false;
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut signed = Vec::with_capacity(timestamp.len() + 1 + body.len());
+    signed.extend_from_slice(timestamp.as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+    let expected = hex(ring::hmac::sign(&key, &signed).as_ref());
+    signatures.iter().any(|s| *s == expected)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn reply_bytes(state: &State, status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = reply(state, status, Value::Null);
+    *response.body_mut() = Full::new(body);
+    response
 }
 
 /// The numeric query parameter `name`.
