@@ -33,6 +33,7 @@ pub mod shared_state;
 pub mod shutdown;
 pub mod standalone;
 pub mod upstream;
+pub mod validation;
 
 pub use settings::Settings;
 pub use shutdown::ShutdownHandle;

@@ -67,6 +67,8 @@ pub struct RouteRuntime {
     pub auth: Option<RouteAuth>,
     /// CORS policy answered by the gateway, when the route has one.
     pub cors: Option<crate::cors::Cors>,
+    /// Request validation (JSON Schemas compiled), when the route has it.
+    pub validation: Option<crate::validation::RouteValidation>,
     /// Cached metric handles.
     pub metrics: RouteMetrics,
 }
@@ -155,6 +157,9 @@ pub enum UpdateError {
     /// An instance is unusable.
     #[error("instance: {0}")]
     Instance(String),
+    /// A route's validation schema does not compile.
+    #[error("validation: {0}")]
+    Validation(String),
 }
 
 impl UpdateError {
@@ -538,6 +543,8 @@ impl Runtime {
                         public_paths: crate::security::PublicPaths::new(&a.public_paths),
                     }),
                 cors: route.cors.as_ref().map(crate::cors::Cors::from_config),
+                validation: crate::validation::RouteValidation::compile(route)
+                    .map_err(UpdateError::Validation)?,
             };
             routes.push((route, Arc::new(runtime)));
         }

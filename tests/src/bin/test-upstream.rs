@@ -1,7 +1,7 @@
 //! A backend for end-to-end tests.
 //!
-//! Answers every request with JSON `{name, method, path, query, headers}`
-//! and the header `x-upstream: NAME`. `?delay_ms=N` waits N ms before
+//! Answers every request with JSON `{name, method, path, query, headers,
+//! body}` (`body`: the request body as text) and the header `x-upstream: NAME`. `?delay_ms=N` waits N ms before
 //! answering, `?status=N` answers with status N. `GET /health` answers 200,
 //! or 503 after `POST /_control/unhealthy` until `POST /_control/healthy`.
 //! `GET /_control/requests` returns `{"count": N}`: requests received
@@ -161,13 +161,17 @@ async fn handle(
         );
     }
     // Read the body so that the client can finish sending it.
-    let _ = request.into_body().collect().await;
+    let received = match request.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
     let body = json!({
         "name": state.name,
         "method": method.as_str(),
         "path": path,
         "query": query,
         "headers": headers,
+        "body": String::from_utf8_lossy(&received),
     });
     Ok(reply(&state, status, body))
 }
