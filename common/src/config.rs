@@ -8,6 +8,7 @@
 use crate::aggregation::route_params;
 pub use crate::aggregation::{AggregateConfig, SourceConfig, SplitByTime, TimeSide};
 use crate::duration;
+use crate::request_schema::ValidationConfig;
 use crate::routing::{RouteSpec, RouteTable};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -462,6 +463,10 @@ pub struct RouteConfig {
     /// cannot take it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookConfig>,
+    /// Request validation per method (`POST: { body: <JSON Schema>,
+    /// unknown_fields: strip }`); absent: requests pass unchecked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<ValidationConfig>,
 }
 
 /// Default body limit of a webhook route (Stripe events are a few KiB).
@@ -713,6 +718,13 @@ impl RouteConfig {
             DEFAULT_BODY_LIMIT
         };
         self.max_body_bytes.unwrap_or(default)
+    }
+
+    /// The limit of a body held whole for validation: `max_body_bytes`, else
+    /// [`DEFAULT_VALIDATED_BODY_LIMIT`](crate::request_schema::DEFAULT_VALIDATED_BODY_LIMIT).
+    pub fn validated_body_limit(&self) -> u64 {
+        self.max_body_bytes
+            .unwrap_or(crate::request_schema::DEFAULT_VALIDATED_BODY_LIMIT)
     }
 }
 
@@ -1399,6 +1411,9 @@ impl RouteConfig {
         if self.webhook.is_some() {
             self.validate_webhook_route(at, errors);
         }
+        if let Some(validation) = &self.validation {
+            self.validate_validation(validation, &format!("{at}.validation"), errors);
+        }
     }
 
     /// An aggregate route answers GET itself: nothing of a proxied route's
@@ -1418,6 +1433,7 @@ impl RouteConfig {
             ("rewrite", self.rewrite.is_some()),
             ("fallback", self.fallback.is_some()),
             ("webhook", self.webhook.is_some()),
+            ("validation", self.validation.is_some()),
         ] {
             if set {
                 errors.push(format!(
@@ -1439,6 +1455,31 @@ impl RouteConfig {
             errors.push(format!(
                 "{at}.fallback: a webhook route must not answer for the service (the provider would not retry)"
             ));
+        }
+        if self.validation.is_some() {
+            errors.push(format!(
+                "{at}.validation: a webhook body is forwarded untouched, never validated or rewritten"
+            ));
+        }
+    }
+
+    fn validate_validation(&self, policy: &ValidationConfig, at: &str, errors: &mut Vec<String>) {
+        if policy.is_empty() {
+            errors.push(format!("{at}: names no method"));
+        }
+        let methods = &self.matcher.methods;
+        for (method, rules) in policy {
+            let at = format!("{at}.{method}");
+            if !METHODS.contains(&method.as_str()) {
+                errors.push(format!("{at}: unknown method {method:?} (use upper case)"));
+                continue;
+            }
+            if !methods.is_empty() && !methods.contains(method) {
+                errors.push(format!(
+                    "{at}: the route does not take {method} (match.methods)"
+                ));
+            }
+            rules.validate(method, &at, errors);
         }
     }
 }
@@ -1900,6 +1941,83 @@ routes:
         assert_eq!(retry("minting").multiplier, 2.5);
         assert_eq!(retry("payment").base_delay, Duration::from_secs(2));
         assert_eq!(retry("ticket").max_delay, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn validation_parses_and_round_trips() {
+        let doc = r#"
+version: 1
+services: [ { name: api } ]
+routes:
+  - name: api
+    match: { path: /api/items, methods: [GET, POST] }
+    service: api
+    validation:
+      POST: { body: { type: object, properties: { price: { type: number, minimum: 0 } } }, unknown_fields: reject }
+      GET: { query: { type: object, properties: { page: { type: integer } } } }
+"#;
+        let config = GatewayConfig::load(doc.as_bytes()).unwrap();
+        let policy = config.routes[0].validation.as_ref().unwrap();
+        assert_eq!(
+            policy["POST"].unknown_fields,
+            crate::request_schema::UnknownFields::Reject
+        );
+        assert_eq!(
+            policy["GET"].unknown_fields,
+            crate::request_schema::UnknownFields::Strip
+        );
+        assert_eq!(config.routes[0].validated_body_limit(), 1024 * 1024);
+        assert_eq!(GatewayConfig::from_json(&config.to_json()).unwrap(), config);
+    }
+
+    #[test]
+    fn invalid_validation_is_refused_with_paths() {
+        let all = invalid(
+            r#"
+version: 1
+services: [ { name: api } ]
+routes:
+  - name: api
+    match: { path_prefix: /api, methods: [GET, POST] }
+    service: api
+    validation:
+      POST: { body: { type: object, properties: { price: { type: numeric } } } }
+      PUT: { body: { type: object } }
+      GET: { body: { type: object }, query: { type: string } }
+      get: { query: { type: object } }
+      DELETE: {}
+  - name: refs
+    match: { path_prefix: /refs }
+    service: api
+    validation:
+      POST: { body: { $ref: "https://example.com/schema.json" } }
+      PATCH: { body: { type: string, pattern: "(?<=a)b" } }
+  - name: none
+    match: { path_prefix: /none }
+    service: api
+    validation: {}
+"#,
+        );
+        for needle in [
+            "routes[0].validation.POST.body: invalid JSON Schema:",
+            "/properties/price/type",
+            "routes[0].validation.PUT: the route does not take PUT",
+            "routes[0].validation.GET.body: GET requests carry no body",
+            "routes[0].validation.GET.query: type must be \"object\"",
+            "routes[0].validation.get: unknown method \"get\"",
+            "routes[0].validation.DELETE: needs a body or query schema",
+            "routes[1].validation.POST.body: invalid JSON Schema:",
+            "routes[1].validation.PATCH.body: invalid JSON Schema:",
+            "routes[2].validation: names no method",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        // Not a map of methods at all: refused when parsed.
+        let doc = "version: 1\nservices: [ { name: a } ]\nroutes:\n  - { name: a, match: { path_prefix: /a }, service: a, validation: { POST: { schema: {} } } }\n";
+        assert!(matches!(
+            GatewayConfig::load(doc.as_bytes()),
+            Err(ConfigError::Parse(m)) if m.contains("schema")
+        ));
     }
 
     #[test]

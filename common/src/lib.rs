@@ -8,6 +8,8 @@
 //!   config the control plane accepts is one every data plane can load.
 //! * [`registration`]: the rules for instance registrations and the instance
 //!   model streamed to data planes.
+//! * [`request_schema`]: request validation policy (JSON Schemas per method)
+//!   and how schemas are compiled.
 //! * [`duration`]: human-friendly durations (`250ms`, `5s`, `1m`) in configs.
 //! * [`process`]: a process's default identity (`hostname-pid`) and logging.
 
@@ -16,6 +18,7 @@ pub mod config;
 pub mod duration;
 pub mod process;
 pub mod registration;
+pub mod request_schema;
 pub mod routing;
 
 pub use config::{ConfigError, GatewayConfig};

@@ -115,6 +115,35 @@ impl Body for LimitedBody {
     }
 }
 
+/// A client's request body on its way to the upstream: streamed as it
+/// comes, or already read whole (a validated body, possibly rewritten).
+#[derive(Debug)]
+pub enum ClientBody {
+    /// Not read yet.
+    Streaming(Incoming),
+    /// Read whole.
+    Buffered(Bytes),
+}
+
+impl ClientBody {
+    /// Whether there is nothing (more) to send.
+    pub fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Streaming(inner) => inner.is_end_stream(),
+            ClientBody::Buffered(data) => data.is_empty(),
+        }
+    }
+
+    /// The body sent upstream, with `limit` on a streamed one (a buffered
+    /// one was limited when read).
+    pub fn into_upstream(self, limit: u64) -> LimitedBody {
+        match self {
+            ClientBody::Streaming(inner) => LimitedBody::new(inner, limit),
+            ClientBody::Buffered(data) => LimitedBody::buffered(data),
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// What the proxy answers with: an upstream body streamed through, or a
     /// body the gateway made itself (errors).

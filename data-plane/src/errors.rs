@@ -43,6 +43,12 @@ pub enum GatewayError {
     /// A webhook could not be handed to its service (500, so that the
     /// provider retries).
     WebhookNotDelivered,
+    /// The body or query does not satisfy the route's schema.
+    ValidationFailed,
+    /// A validated body that is not declared as JSON.
+    UnsupportedMediaType,
+    /// A validated body that is not a JSON document.
+    InvalidJson,
 }
 
 impl GatewayError {
@@ -59,6 +65,9 @@ impl GatewayError {
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::CorsOriginNotAllowed => StatusCode::FORBIDDEN,
+            Self::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::InvalidJson => StatusCode::BAD_REQUEST,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway | Self::AggregateSourceFailed => StatusCode::BAD_GATEWAY,
             Self::WebhookNotDelivered => StatusCode::INTERNAL_SERVER_ERROR,
@@ -82,14 +91,28 @@ impl GatewayError {
             Self::CorsOriginNotAllowed => "CORS_ORIGIN_NOT_ALLOWED",
             Self::AggregateSourceFailed => "AGGREGATE_SOURCE_FAILED",
             Self::WebhookNotDelivered => "WEBHOOK_NOT_DELIVERED",
+            Self::ValidationFailed => "VALIDATION_ERROR",
+            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::InvalidJson => "INVALID_JSON",
         }
     }
 
     /// The response, with `message` for people.
     pub fn response(self, message: &str, request_id: Option<&HeaderValue>) -> Response<ProxyBody> {
+        self.response_with_details(message, None, request_id)
+    }
+
+    /// The response with the seed's optional `details` member (for example
+    /// the failing fields of a validation error).
+    pub fn response_with_details(
+        self,
+        message: &str,
+        details: Option<serde_json::Value>,
+        request_id: Option<&HeaderValue>,
+    ) -> Response<ProxyBody> {
         let status = self.status();
         let id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "statusCode": status.as_u16(),
             "error": status.canonical_reason().unwrap_or("Error"),
             "message": message,
@@ -97,6 +120,9 @@ impl GatewayError {
             "requestId": id,
             "timestamp": iso8601(SystemTime::now()),
         });
+        if let (Some(details), Some(object)) = (details, body.as_object_mut()) {
+            object.insert("details".into(), details);
+        }
         let mut response = Response::new(ProxyBody::full(body.to_string()));
         *response.status_mut() = status;
         let headers = response.headers_mut();
@@ -170,5 +196,22 @@ mod tests {
         assert_eq!(v["requestId"], "abc");
         assert_eq!(v["message"], "no instance of echo");
         assert_eq!(v.as_object().unwrap().len(), 6);
+    }
+
+    #[tokio::test]
+    async fn details_are_added_when_given() {
+        let details = serde_json::json!([{"field": "price", "message": "m", "type": "minimum"}]);
+        let resp = GatewayError::ValidationFailed.response_with_details(
+            "Body validation failed",
+            Some(details.clone()),
+            None,
+        );
+        assert_eq!(resp.status(), 422);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["code"], "VALIDATION_ERROR");
+        assert_eq!(v["error"], "Unprocessable Entity");
+        assert_eq!(v["details"], details);
+        assert_eq!(v.as_object().unwrap().len(), 7);
     }
 }

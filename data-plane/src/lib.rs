@@ -34,6 +34,7 @@ pub mod shared_state;
 pub mod shutdown;
 pub mod standalone;
 pub mod upstream;
+pub mod validation;
 pub mod webhook;
 
 pub use settings::Settings;

@@ -2,7 +2,7 @@
 
 use crate::auth::{AuthError, Identity, Verifier};
 use crate::balancer::Endpoint;
-use crate::body::{LimitedBody, ProxyBody};
+use crate::body::{ClientBody, LimitedBody, ProxyBody};
 use crate::breaker::{self, Permit, Rejected};
 use crate::deadline::{self, Deadline, DEADLINE_HEADER};
 use crate::errors::{GatewayError, X_REQUEST_ID};
@@ -19,7 +19,6 @@ use gateway_common::routing::Lookup;
 use http::header::{CONTENT_LENGTH, HOST, ORIGIN};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, Version};
-use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -130,6 +129,13 @@ impl Proxy {
                             )
                             .await;
                     }
+                    let req =
+                        match crate::validation::check(&route, req, request_id.as_ref(), start)
+                            .await
+                        {
+                            Ok(req) => req,
+                            Err(response) => break 'answer response,
+                        };
                     if let Some(webhook) = &route.webhook {
                         break 'answer webhook
                             .deliver(req, request_id.as_ref(), |req| {
@@ -322,7 +328,7 @@ fn screen(
 
 async fn forward(
     target: Target,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     peer: &HeaderValue,
     request_id: Option<&HeaderValue>,
     start: Instant,
@@ -376,17 +382,18 @@ async fn forward(
         policy.budget.record_request(now_ms());
         if retry::is_retryable_request(&parts.method, &parts.headers) {
             let keep = body.is_end_stream()
+                || matches!(body, ClientBody::Buffered(_))
                 || declared_length.is_some_and(|len| len <= policy.max_buffered_body);
             // Bodies too large or of unknown length to keep get one
             // attempt, streamed (below).
             if keep {
-                let bytes = if body.is_end_stream() {
-                    Bytes::new()
-                } else {
-                    match read_body(body, &deadline).await {
+                let bytes = match body {
+                    ClientBody::Buffered(bytes) => bytes,
+                    ClientBody::Streaming(_) if body.is_end_stream() => Bytes::new(),
+                    ClientBody::Streaming(body) => match read_body(body, &deadline).await {
                         Ok(bytes) => bytes,
                         Err(error) => return error.response(request_id),
-                    }
+                    },
                 };
                 headers::prepare_request(
                     &mut parts.headers,
@@ -507,7 +514,7 @@ async fn forward_once(
     route: &RouteRuntime,
     service: &ServiceRuntime,
     mut parts: http::request::Parts,
-    body: Incoming,
+    body: ClientBody,
     peer: &HeaderValue,
     uri_host: Option<&str>,
     hash: Option<u64>,
@@ -535,7 +542,7 @@ async fn forward_once(
         deadline::header_value(deadline.remaining()),
     );
     let guard = endpoint.load.begin();
-    let upstream_req = Request::from_parts(parts, LimitedBody::new(body, route.body_limit));
+    let upstream_req = Request::from_parts(parts, body.into_upstream(route.body_limit));
     // The clock is read only when a breaker or outlier detector needs it.
     let sent_at = Clock::start(service);
     let exchange = upstream::send(&endpoint.pool, service.config.connect_timeout, upstream_req);

@@ -72,6 +72,8 @@ pub struct RouteRuntime {
     pub aggregate: Option<Arc<crate::aggregate::Aggregate>>,
     /// Webhook policy, when the route is a provider's webhook.
     pub webhook: Option<crate::webhook::Webhook>,
+    /// Request validation (JSON Schemas compiled), when the route has it.
+    pub validation: Option<crate::validation::RouteValidation>,
     /// Cached metric handles.
     pub metrics: RouteMetrics,
 }
@@ -160,6 +162,9 @@ pub enum UpdateError {
     /// An instance is unusable.
     #[error("instance: {0}")]
     Instance(String),
+    /// A route's validation schema does not compile.
+    #[error("validation: {0}")]
+    Validation(String),
 }
 
 impl UpdateError {
@@ -567,6 +572,8 @@ impl Runtime {
                     .webhook
                     .as_ref()
                     .map(crate::webhook::Webhook::from_config),
+                validation: crate::validation::RouteValidation::compile(route)
+                    .map_err(UpdateError::Validation)?,
             };
             routes.push((route, Arc::new(runtime)));
         }

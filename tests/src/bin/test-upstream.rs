@@ -1,7 +1,7 @@
 //! A backend for end-to-end tests.
 //!
-//! Answers every request with JSON `{name, method, path, query, headers}`
-//! and the header `x-upstream: NAME`. `?delay_ms=N` waits N ms before
+//! Answers every request with JSON `{name, method, path, query, headers,
+//! body}` (`body`: the request body as text) and the header `x-upstream: NAME`. `?delay_ms=N` waits N ms before
 //! answering, `?status=N` answers with status N. `GET /health` answers 200,
 //! or 503 after `POST /_control/unhealthy` until `POST /_control/healthy`.
 //! `GET /_control/requests` returns `{"count": N}`: requests received
@@ -230,6 +230,7 @@ async fn handle(
         "headers": headers,
         "body_len": received.len(),
         "body_sha256": hex(ring::digest::digest(&ring::digest::SHA256, &received).as_ref()),
+        "body": String::from_utf8_lossy(&received),
     });
     if let (Some(secret), Some(signature)) = (&state.stripe_secret, signature) {
         body["stripe_signature_valid"] =
