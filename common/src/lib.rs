@@ -7,9 +7,12 @@
 //!   config the control plane accepts is one every data plane can load.
 //! * [`registration`]: the rules for instance registrations and the instance
 //!   model streamed to data planes.
+//! * [`cache`]: the response cache's key, Redis layout and invalidation
+//!   patterns, shared by the data planes and the control plane.
 //! * [`duration`]: human-friendly durations (`250ms`, `5s`, `1m`) in configs.
 //! * [`process`]: a process's default identity (`hostname-pid`) and logging.
 
+pub mod cache;
 pub mod config;
 pub mod duration;
 pub mod process;

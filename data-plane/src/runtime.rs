@@ -67,6 +67,8 @@ pub struct RouteRuntime {
     pub auth: Option<RouteAuth>,
     /// CORS policy answered by the gateway, when the route has one.
     pub cors: Option<crate::cors::Cors>,
+    /// Response-cache policy, when the route has one.
+    pub cache: Option<crate::cache::RouteCache>,
     /// Cached metric handles.
     pub metrics: RouteMetrics,
 }
@@ -518,6 +520,13 @@ impl Runtime {
             let sc = &config.services[service];
             let name = Arc::new(route.name.clone());
             let service_name = Arc::new(route.service.clone());
+            let cache = route.cache.as_ref().map(|c| {
+                crate::cache::RouteCache::new(
+                    c,
+                    route.timeout.unwrap_or(sc.timeout),
+                    self.metrics.cache(&name),
+                )
+            });
             let runtime = RouteRuntime {
                 metrics: self.metrics.route(name.clone(), service_name.clone()),
                 name,
@@ -538,6 +547,7 @@ impl Runtime {
                         public_paths: crate::security::PublicPaths::new(&a.public_paths),
                     }),
                 cors: route.cors.as_ref().map(crate::cors::Cors::from_config),
+                cache,
             };
             routes.push((route, Arc::new(runtime)));
         }
