@@ -10,10 +10,13 @@
 //!   model streamed to data planes.
 //! * [`request_schema`]: request validation policy (JSON Schemas per method)
 //!   and how schemas are compiled.
+//! * [`cache`]: the response cache's key, Redis layout and invalidation
+//!   patterns, shared by the data planes and the control plane.
 //! * [`duration`]: human-friendly durations (`250ms`, `5s`, `1m`) in configs.
 //! * [`process`]: a process's default identity (`hostname-pid`) and logging.
 
 pub mod aggregation;
+pub mod cache;
 pub mod config;
 pub mod duration;
 pub mod process;

@@ -8,6 +8,7 @@ use crate::metrics::Metrics;
 use crate::registry::check_id_field;
 use crate::store::{unix_ms, Store, StoreError};
 use crate::view::View;
+use gateway_common::cache::CachePattern;
 use gateway_common::config::BreakerConfig;
 use gateway_common::{ConfigError, GatewayConfig};
 use gateway_proto::v1 as pb;
@@ -365,8 +366,58 @@ impl Inner {
     }
 }
 
+impl Inner {
+    async fn invalidate_cache(
+        &self,
+        request: pb::InvalidateCacheRequest,
+    ) -> Result<pb::InvalidateCacheResponse, Status> {
+        let pattern = CachePattern::parse(&request.pattern)
+            .map_err(|e| Status::invalid_argument(format!("invalid cache pattern: {e}")))?;
+        let removed = self.store.invalidate_cache(&pattern).await?;
+        tracing::info!(pattern = %pattern, removed, "response cache invalidated");
+        Ok(pb::InvalidateCacheResponse {
+            removed,
+            pattern: pattern.to_string(),
+        })
+    }
+
+    async fn cache_stats(&self) -> Result<pb::CacheStats, Status> {
+        let stats = self.store.cache_stats().await?;
+        Ok(pb::CacheStats {
+            entries: stats.entries,
+            hits: stats.hits,
+            misses: stats.misses,
+            stores: stats.stores,
+            redis_used_memory_bytes: stats.redis_used_memory_bytes,
+            index_bytes: stats.index_bytes,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn invalidate_cache(
+        &self,
+        request: Request<pb::InvalidateCacheRequest>,
+    ) -> Result<Response<pb::InvalidateCacheResponse>, Status> {
+        let result = self.inner.invalidate_cache(request.into_inner()).await;
+        self.inner
+            .metrics
+            .observe("Admin/InvalidateCache", result)
+            .map(Response::new)
+    }
+
+    async fn get_cache_stats(
+        &self,
+        _request: Request<pb::GetCacheStatsRequest>,
+    ) -> Result<Response<pb::CacheStats>, Status> {
+        let result = self.inner.cache_stats().await;
+        self.inner
+            .metrics
+            .observe("Admin/GetCacheStats", result)
+            .map(Response::new)
+    }
+
     async fn apply_config(
         &self,
         request: Request<pb::ApplyConfigRequest>,

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -162,6 +163,13 @@ pin_project_lite::pin_project! {
             #[pin]
             inner: Full<Bytes>,
         },
+        /// An upstream body whose first frames were read ahead (an answer
+        /// found too large to cache): those frames first, then the rest
+        /// streamed through.
+        Prefixed {
+            frames: VecDeque<Frame<Bytes>>,
+            rest: Pin<Box<ProxyBody>>,
+        },
     }
 }
 
@@ -186,6 +194,11 @@ impl ProxyBody {
         ProxyBody::Full {
             inner: Full::new(bytes.into()),
         }
+    }
+
+    /// `frames` already read from `rest`, then whatever `rest` still holds.
+    pub fn prefixed(frames: VecDeque<Frame<Bytes>>, rest: Pin<Box<ProxyBody>>) -> Self {
+        ProxyBody::Prefixed { frames, rest }
     }
 
     /// An empty body.
@@ -232,6 +245,10 @@ impl Body for ProxyBody {
                 Some(Err(never)) => match never {},
                 None => Poll::Ready(None),
             },
+            ProxyBodyProj::Prefixed { frames, rest } => match frames.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => rest.as_mut().poll_frame(cx),
+            },
         }
     }
 
@@ -239,6 +256,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
             ProxyBody::Full { inner } => inner.is_end_stream(),
+            ProxyBody::Prefixed { frames, rest } => frames.is_empty() && rest.is_end_stream(),
         }
     }
 
@@ -246,6 +264,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream { inner, .. } => inner.size_hint(),
             ProxyBody::Full { inner } => inner.size_hint(),
+            ProxyBody::Prefixed { .. } => SizeHint::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod balancer;
 pub mod body;
 pub mod breaker;
+pub mod cache;
 pub mod cli;
 pub mod cors;
 pub mod deadline;

@@ -61,6 +61,15 @@ pub struct UpdateLabels {
     pub result: &'static str,
 }
 
+/// Labels of `gateway_cache_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// Route name.
+    pub route: Arc<String>,
+    /// `hit`, `miss` or `bypass`.
+    pub result: &'static str,
+}
+
 /// Labels of the per-kind Discovery update series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpdateKindLabels {
@@ -215,6 +224,9 @@ pub struct Metrics {
     /// From the start of the data plane to its first config applied.
     pub ready_seconds: SecondsGauge,
     unmatched: Arc<RouteMetrics>,
+    cache_requests: Family<CacheLabels, Counter>,
+    /// Redis calls of the response cache that failed or timed out.
+    pub cache_redis_errors: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -337,6 +349,18 @@ impl Metrics {
             "From the start of the data plane to its first config applied",
             ready_seconds.clone(),
         );
+        let cache_requests = Family::<CacheLabels, Counter>::default();
+        let cache_redis_errors = Counter::default();
+        registry.register(
+            "cache_requests",
+            "Requests on routes with a response cache, by route and result (hit, miss, bypass)",
+            cache_requests.clone(),
+        );
+        registry.register(
+            "cache_redis_errors",
+            "Redis calls of the response cache that failed or timed out (the cache then serves from memory or the upstream)",
+            cache_redis_errors.clone(),
+        );
         let empty = Arc::new(String::new());
         let unmatched = Arc::new(RouteMetrics::build(
             &requests,
@@ -365,6 +389,25 @@ impl Metrics {
             sync_seconds,
             ready_seconds,
             unmatched,
+            cache_requests,
+            cache_redis_errors,
+        }
+    }
+
+    /// Handles of a route's response-cache counters.
+    pub fn cache(&self, route: &Arc<String>) -> crate::cache::CacheCounters {
+        let counter = |result| {
+            self.cache_requests
+                .get_or_create(&CacheLabels {
+                    route: route.clone(),
+                    result,
+                })
+                .clone()
+        };
+        crate::cache::CacheCounters {
+            hit: counter("hit"),
+            miss: counter("miss"),
+            bypass: counter("bypass"),
         }
     }
 

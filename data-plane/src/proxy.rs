@@ -35,6 +35,8 @@ pub struct Proxy {
     verifier: Option<Arc<Verifier>>,
     /// Redis shared with the other data planes, when configured.
     shared: Option<Arc<SharedState>>,
+    /// Response cache of the routes with a cache policy.
+    cache: Arc<crate::cache::ResponseCache>,
 }
 
 /// Where a routed request goes.
@@ -48,11 +50,13 @@ struct Target {
 impl Proxy {
     /// A proxy serving from `runtime`'s current snapshot.
     pub fn new(runtime: Arc<Runtime>, metrics: Arc<Metrics>) -> Self {
+        let cache = Arc::new(crate::cache::ResponseCache::new(None, &metrics));
         Self {
             runtime,
             metrics,
             verifier: None,
             shared: None,
+            cache,
         }
     }
 
@@ -65,7 +69,14 @@ impl Proxy {
 
     /// Shares rate-limit counters and cached responses with the other data
     /// planes through `shared` (`None`: this data plane keeps its own).
+    /// Must be called in a tokio runtime when `shared` is given.
     pub fn with_shared_state(mut self, shared: Option<Arc<SharedState>>) -> Self {
+        if shared.is_some() {
+            self.cache = Arc::new(crate::cache::ResponseCache::new(
+                shared.clone(),
+                &self.metrics,
+            ));
+        }
         self.shared = shared;
         self
     }
@@ -143,7 +154,11 @@ impl Proxy {
                             })
                             .await;
                     }
-                    forward(target, req, peer, request_id.as_ref(), start).await
+                    self.cache
+                        .serve(&route, req, |req| {
+                            forward(target, req, peer, request_id.as_ref(), start)
+                        })
+                        .await
                 };
                 if let Some(cors) = &route.cors {
                     cors.apply(origin.as_ref(), response.headers_mut());

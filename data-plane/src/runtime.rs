@@ -74,6 +74,8 @@ pub struct RouteRuntime {
     pub webhook: Option<crate::webhook::Webhook>,
     /// Request validation (JSON Schemas compiled), when the route has it.
     pub validation: Option<crate::validation::RouteValidation>,
+    /// Response-cache policy, when the route has one.
+    pub cache: Option<crate::cache::RouteCache>,
     /// Cached metric handles.
     pub metrics: RouteMetrics,
 }
@@ -547,6 +549,10 @@ impl Runtime {
                 (Some(a), None) => a.default_timeout(),
                 (None, None) => sc.timeout,
             };
+            let cache = route
+                .cache
+                .as_ref()
+                .map(|c| crate::cache::RouteCache::new(c, timeout, self.metrics.cache(&name)));
             let runtime = RouteRuntime {
                 metrics: self.metrics.route(name.clone(), service_name.clone()),
                 name,
@@ -574,6 +580,7 @@ impl Runtime {
                     .map(crate::webhook::Webhook::from_config),
                 validation: crate::validation::RouteValidation::compile(route)
                     .map_err(UpdateError::Validation)?,
+                cache,
             };
             routes.push((route, Arc::new(runtime)));
         }

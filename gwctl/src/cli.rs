@@ -54,6 +54,8 @@ pub enum Command {
     Topology(TopologyArgs),
     /// Show or change the circuit-breaker policy of a service.
     Breaker(BreakerArgs),
+    /// Invalidate the shared response cache or show its statistics (needs a control plane with Redis).
+    Cache(CacheArgs),
     /// Development access tokens.
     Token(TokenArgs),
     /// Run a whole gateway in this process: control plane, echo upstream and one data plane.
@@ -166,6 +168,28 @@ pub struct TopologyArgs {
     /// Keep running and redraw whenever the topology changes (Ctrl-C to stop).
     #[arg(long)]
     pub watch: bool,
+}
+
+/// Flags of `cache`.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: CacheAction,
+}
+
+/// `cache invalidate|stats`.
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// Remove the cached answers a pattern covers, on Redis and in every data plane's memory.
+    Invalidate {
+        /// `route:NAME`, a path glob such as `/api/v1/events/*` (`*` is any run of
+        /// characters, `/` included), or both: `route:NAME /path/*` (one argument or two).
+        #[arg(value_name = "PATTERN", required = true, num_args = 1..=2)]
+        pattern: Vec<String>,
+    },
+    /// Live entries, hits and misses summed over every data plane, memory use.
+    Stats,
 }
 
 /// Flags of `breaker`.

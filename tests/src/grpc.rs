@@ -159,6 +159,21 @@ impl Grpc {
         })
     }
 
+    /// `Admin.InvalidateCache`.
+    pub fn invalidate_cache(&self, pattern: &str) -> Result<pb::InvalidateCacheResponse, Status> {
+        let url = self.url.clone();
+        let request = Self::with_token(
+            pb::InvalidateCacheRequest {
+                pattern: pattern.to_string(),
+            },
+            &self.admin_token,
+        );
+        self.block(async move {
+            let mut client = AdminClient::new(Self::channel(url).await?);
+            Ok(client.invalidate_cache(request).await?.into_inner())
+        })
+    }
+
     /// `Admin.GetTopology`.
     pub fn topology(&self) -> Result<pb::Topology, Status> {
         let url = self.url.clone();

@@ -15,7 +15,7 @@ pub mod http;
 pub mod procs;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -94,8 +94,9 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Sends one command and returns its reply if it is a string (bulk or
-    /// simple); errors and other reply types are `Err`.
+    /// Sends one command and returns its reply: a string (bulk or simple),
+    /// an integer as its decimal text, or an array of those one per line;
+    /// errors and other reply types are `Err`.
     pub fn command(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut stream = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(2))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -108,17 +109,17 @@ impl RedisServer {
         let mut line = String::new();
         reader.read_line(&mut line)?;
         let line = line.trim_end();
-        match line.split_at(line.len().min(1)) {
-            ("+", text) => Ok(text.to_string()),
-            ("$", len) => {
-                let len: usize = len.parse()?;
-                let mut body = vec![0; len + 2];
-                reader.read_exact(&mut body)?;
-                body.truncate(len);
-                Ok(String::from_utf8(body)?)
+        if let Some(count) = line.strip_prefix('*') {
+            let count: usize = count.parse()?;
+            let mut items = Vec::with_capacity(count);
+            for _ in 0..count {
+                let mut item = String::new();
+                reader.read_line(&mut item)?;
+                items.push(read_scalar(&mut reader, item.trim_end())?);
             }
-            _ => anyhow::bail!("unexpected Redis reply {line:?}"),
+            return Ok(items.join("\n"));
         }
+        read_scalar(&mut reader, line)
     }
 
     /// Calls per command since the server started (`INFO commandstats`),
@@ -152,6 +153,21 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+}
+
+/// The value of a non-array reply whose first line is `line`.
+fn read_scalar(reader: &mut impl BufRead, line: &str) -> anyhow::Result<String> {
+    match line.split_at(line.len().min(1)) {
+        ("+", text) | (":", text) => Ok(text.to_string()),
+        ("$", len) => {
+            let len: usize = len.parse()?;
+            let mut body = vec![0; len + 2];
+            reader.read_exact(&mut body)?;
+            body.truncate(len);
+            Ok(String::from_utf8(body)?)
+        }
+        _ => anyhow::bail!("unexpected Redis reply {line:?}"),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod memory;
 pub mod redis;
 
 use async_trait::async_trait;
+use gateway_common::cache::CachePattern;
 use gateway_common::config::Change as ConfigChange;
 use gateway_common::registration::{Health, Instance, InstanceSpec, InstanceState};
 use gateway_common::{ConfigError, GatewayConfig};
@@ -50,6 +51,10 @@ pub enum StoreError {
     /// The store holds data this version cannot read.
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
+    /// This kind of store cannot do the operation (e.g. the response
+    /// cache, which lives in Redis, with the in-memory store).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl From<ConfigError> for StoreError {
@@ -70,6 +75,7 @@ impl From<StoreError> for Status {
             StoreError::Conflict(_) => Status::failed_precondition(e.to_string()),
             StoreError::Contended(_) => Status::aborted(e.to_string()),
             StoreError::Corrupt(_) => Status::internal(e.to_string()),
+            StoreError::Unsupported(_) => Status::failed_precondition(e.to_string()),
         }
     }
 }
@@ -417,6 +423,36 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets data planes.
     async fn forget_dataplanes(&self, node_ids: &[String]) -> Result<(), StoreError>;
+
+    /// Removes the response-cache entries `pattern` covers and publishes
+    /// the pattern to the data planes; returns how many were removed.
+    async fn invalidate_cache(&self, _pattern: &CachePattern) -> Result<u64, StoreError> {
+        Err(StoreError::Unsupported(NO_SHARED_CACHE.into()))
+    }
+
+    /// The response cache's statistics.
+    async fn cache_stats(&self) -> Result<CacheStats, StoreError> {
+        Err(StoreError::Unsupported(NO_SHARED_CACHE.into()))
+    }
+}
+
+const NO_SHARED_CACHE: &str = "the response cache lives in Redis, and this control plane runs with the in-memory store: start it with REDIS_URL (the data planes' in-memory layers expire on their own within seconds)";
+
+/// Statistics of the shared response cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Live entries.
+    pub entries: u64,
+    /// Hits summed over every data plane.
+    pub hits: u64,
+    /// Misses summed over every data plane.
+    pub misses: u64,
+    /// Answers stored.
+    pub stores: u64,
+    /// Memory Redis uses as a whole.
+    pub redis_used_memory_bytes: u64,
+    /// Memory of the index.
+    pub index_bytes: u64,
 }
 
 /// Current time, unix ms.

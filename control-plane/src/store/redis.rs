@@ -8,11 +8,13 @@
 //! connection so that blocking reads never delay requests.
 
 use super::{
-    initial_state, parse_stored_config, to_json, ApplyOutcome, Change, ConfigEdit, ConfigPlan,
-    DataPlaneRecord, Delta, Deregistered, HealthRecord, InstanceDetails, RegisterEffect,
-    Registered, Snapshot, StateUpdate, Store, StoreError, StoreHead, CHANGE_LOG_LEN,
+    initial_state, parse_stored_config, to_json, ApplyOutcome, CacheStats, Change, ConfigEdit,
+    ConfigPlan, DataPlaneRecord, Delta, Deregistered, HealthRecord, InstanceDetails,
+    RegisterEffect, Registered, Snapshot, StateUpdate, Store, StoreError, StoreHead,
+    CHANGE_LOG_LEN,
 };
 use async_trait::async_trait;
+use gateway_common::cache::CachePattern;
 use gateway_common::registration::{Health, Instance, InstanceSpec, InstanceState};
 use gateway_common::GatewayConfig;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -31,6 +33,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts at applying a read-modify-write config change racing other writers.
 const CONFIG_CAS_ATTEMPTS: usize = 8;
 
+mod cache;
+
 /// Fully prefixed key names.
 #[derive(Debug, Clone)]
 struct Keys {
@@ -45,6 +49,9 @@ struct Keys {
     changes: String,
     leader: String,
     dataplanes: String,
+    /// The prefix itself (the response cache's keys are named from it by
+    /// `gateway_common::cache`).
+    prefix: String,
 }
 
 impl Keys {
@@ -62,6 +69,7 @@ impl Keys {
             changes: k("changes"),
             leader: k("leader"),
             dataplanes: k("dataplanes"),
+            prefix: prefix.to_string(),
         }
     }
 
@@ -742,6 +750,14 @@ impl Store for RedisStore {
             .command(redis::cmd("HDEL").arg(&self.keys.dataplanes).arg(node_ids))
             .await?;
         Ok(())
+    }
+
+    async fn invalidate_cache(&self, pattern: &CachePattern) -> Result<u64, StoreError> {
+        self.invalidate_cached(pattern).await
+    }
+
+    async fn cache_stats(&self) -> Result<CacheStats, StoreError> {
+        self.cached_stats().await
     }
 }
 

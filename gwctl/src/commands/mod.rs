@@ -2,6 +2,7 @@
 
 mod apply;
 mod breaker;
+mod cache;
 mod drain;
 mod get;
 mod register;
@@ -43,6 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Undrain(args) => drain::undrain(&ctx, args).await,
         Command::Topology(args) => topology::run(&ctx, args).await,
         Command::Breaker(args) => breaker::run(&ctx, args).await,
+        Command::Cache(args) => cache::run(&ctx, args).await,
         Command::Token(args) => token::run(&ctx, args),
         Command::Dev(args) => crate::dev::run(args).await,
     }

@@ -1,8 +1,11 @@
 //! A backend for end-to-end tests.
 //!
 //! Answers every request with JSON `{name, method, path, query, headers,
-//! body}` (`body`: the request body as text) and the header `x-upstream: NAME`. `?delay_ms=N` waits N ms before
-//! answering, `?status=N` answers with status N. `GET /health` answers 200,
+//! body}` (`body`: the request body as text) and the header
+//! `x-upstream: NAME`. `?delay_ms=N` waits N ms before answering,
+//! `?status=N` answers with status N, `?cache_control=V` sets
+//! `Cache-Control: V`, `?pad=N` adds a field of N bytes to the body
+//! (at most 8 MiB). `GET /health` answers 200,
 //! or 503 after `POST /_control/unhealthy` until `POST /_control/healthy`.
 //! `GET /_control/requests` returns `{"count": N}`: requests received
 //! outside `/health` and `/_control/*` (failed ones included).
@@ -236,7 +239,30 @@ async fn handle(
         body["stripe_signature_valid"] =
             stripe_signature_valid(secret, &signature, &received).into();
     }
-    Ok(reply(&state, status, body))
+    if let Some(pad) = param(&query, "pad") {
+        body["pad"] = Value::String("x".repeat(pad.min(MAX_PAD) as usize));
+    }
+    let mut response = reply(&state, status, body);
+    if let Some(value) = text_param(&query, "cache_control")
+        .and_then(|v| hyper::header::HeaderValue::from_str(v).ok())
+    {
+        response
+            .headers_mut()
+            .insert(hyper::header::CACHE_CONTROL, value);
+    }
+    Ok(response)
+}
+
+/// Largest `?pad=N`.
+const MAX_PAD: u64 = 8 * 1024 * 1024;
+
+/// The query parameter `name` as it is written.
+fn text_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 /// Stripe's check: some `v1` of the header is HMAC-SHA256(secret, `t.body`).
