@@ -38,6 +38,8 @@ pub enum GatewayError {
     Unauthenticated,
     /// A CORS preflight from an origin the route does not allow.
     CorsOriginNotAllowed,
+    /// The caller is over the route's rate limit.
+    RateLimited,
 }
 
 impl GatewayError {
@@ -54,6 +56,7 @@ impl GatewayError {
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::CorsOriginNotAllowed => StatusCode::FORBIDDEN,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
         }
@@ -74,6 +77,8 @@ impl GatewayError {
             Self::BadRequest => "BAD_REQUEST",
             Self::Unauthenticated => "AUTHENTICATION_ERROR",
             Self::CorsOriginNotAllowed => "CORS_ORIGIN_NOT_ALLOWED",
+            // The seed's `RateLimitError` code.
+            Self::RateLimited => "RATE_LIMIT_ERROR",
         }
     }
 

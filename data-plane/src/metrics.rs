@@ -214,6 +214,8 @@ pub struct Metrics {
     pub sync_seconds: SecondsGauge,
     /// From the start of the data plane to its first config applied.
     pub ready_seconds: SecondsGauge,
+    /// Rate-limit rejections and mode.
+    pub ratelimit: crate::ratelimit::RateLimitMetrics,
     unmatched: Arc<RouteMetrics>,
 }
 
@@ -337,6 +339,7 @@ impl Metrics {
             "From the start of the data plane to its first config applied",
             ready_seconds.clone(),
         );
+        let ratelimit = crate::ratelimit::RateLimitMetrics::register(&mut registry);
         let empty = Arc::new(String::new());
         let unmatched = Arc::new(RouteMetrics::build(
             &requests,
@@ -364,6 +367,7 @@ impl Metrics {
             apply_seconds,
             sync_seconds,
             ready_seconds,
+            ratelimit,
             unmatched,
         }
     }

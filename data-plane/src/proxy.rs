@@ -8,6 +8,7 @@ use crate::deadline::{self, Deadline, DEADLINE_HEADER};
 use crate::errors::{GatewayError, X_REQUEST_ID};
 use crate::headers;
 use crate::metrics::{Metrics, UpstreamErrorKind};
+use crate::ratelimit::{RateLimitSettings, RateLimiter};
 use crate::retry::{self, RetryPolicy};
 use crate::rolling::now_ms;
 use crate::runtime::{RouteRuntime, Runtime, ServiceRuntime};
@@ -36,6 +37,8 @@ pub struct Proxy {
     verifier: Option<Arc<Verifier>>,
     /// Redis shared with the other data planes, when configured.
     shared: Option<Arc<SharedState>>,
+    /// Rate limits (shared through Redis when configured).
+    limiter: RateLimiter,
 }
 
 /// Where a routed request goes.
@@ -49,12 +52,25 @@ struct Target {
 impl Proxy {
     /// A proxy serving from `runtime`'s current snapshot.
     pub fn new(runtime: Arc<Runtime>, metrics: Arc<Metrics>) -> Self {
+        let limiter = RateLimiter::new(
+            &RateLimitSettings::default(),
+            None,
+            metrics.ratelimit.clone(),
+        );
         Self {
             runtime,
             metrics,
             verifier: None,
             shared: None,
+            limiter,
         }
+    }
+
+    /// Decides rate limits with `limiter` (default: route policies only,
+    /// counted in this data plane).
+    pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// Verifies access tokens with `verifier` on routes that require them
@@ -117,7 +133,17 @@ impl Proxy {
                             }
                         }
                     }
-                    forward(target, req, peer, request_id.as_ref(), start).await
+                    let rate = match self
+                        .limiter
+                        .check(&route, peer, req.headers(), request_id.as_ref())
+                        .await
+                    {
+                        Ok(stamp) => stamp,
+                        Err(refused) => break 'answer refused,
+                    };
+                    let mut response = forward(target, req, peer, request_id.as_ref(), start).await;
+                    rate.apply(response.headers_mut());
+                    response
                 };
                 if let Some(cors) = &route.cors {
                     cors.apply(origin.as_ref(), response.headers_mut());

@@ -67,6 +67,8 @@ pub struct RouteRuntime {
     pub auth: Option<RouteAuth>,
     /// CORS policy answered by the gateway, when the route has one.
     pub cors: Option<crate::cors::Cors>,
+    /// Rate limit of the route.
+    pub rate_limit: crate::ratelimit::RouteLimit,
     /// Cached metric handles.
     pub metrics: RouteMetrics,
 }
@@ -538,6 +540,7 @@ impl Runtime {
                         public_paths: crate::security::PublicPaths::new(&a.public_paths),
                     }),
                 cors: route.cors.as_ref().map(crate::cors::Cors::from_config),
+                rate_limit: crate::ratelimit::RouteLimit::of(route),
             };
             routes.push((route, Arc::new(runtime)));
         }

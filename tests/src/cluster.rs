@@ -249,6 +249,17 @@ impl DataPlaneProc {
     /// it is live (it is ready only once it holds a config: see
     /// [`DataPlaneProc::wait_ready`]).
     pub fn start(node_id: &str, control_plane_url: &str, redis_url: Option<&str>) -> Self {
+        Self::start_with_env(node_id, control_plane_url, redis_url, &[])
+    }
+
+    /// [`DataPlaneProc::start`] with extra environment variables (such as
+    /// `JWT_SECRET` or `IP_SALT`).
+    pub fn start_with_env(
+        node_id: &str,
+        control_plane_url: &str,
+        redis_url: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let listen = localhost(free_port());
         let admin = localhost(free_port());
         let mut spec = Spec::new(format!("data-plane-{node_id}"), "data-plane")
@@ -261,6 +272,9 @@ impl DataPlaneProc {
             .env("LOG_FORMAT", "pretty");
         if let Some(url) = redis_url {
             spec = spec.env("REDIS_URL", url);
+        }
+        for (key, value) in env {
+            spec = spec.env(*key, *value);
         }
         let mut dp = Self {
             proc: spec.spawn(),
