@@ -562,7 +562,7 @@ impl RateLimiter {
         self.metrics.shared.set(i64::from(shared));
         if shared {
             self.redis_retry_at.store(0, Ordering::Relaxed);
-            tracing::info!("rate limits are decided in Redis again, shared by all data planes");
+            tracing::info!("rate limits are decided in Redis, shared by all data planes");
         } else {
             tracing::warn!(
                 reason = reason.unwrap_or(""),
