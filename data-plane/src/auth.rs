@@ -26,15 +26,18 @@ pub const X_TENANT_SOURCE: HeaderName = HeaderName::from_static("x-tenant-source
 pub const X_USER_ROLE: HeaderName = HeaderName::from_static("x-user-role");
 /// `x-user-permissions`: the token's `permissions`, comma-separated.
 pub const X_USER_PERMISSIONS: HeaderName = HeaderName::from_static("x-user-permissions");
+/// `x-user-tier`: the token's `tier` (`free`, `standard` or `premium`).
+pub const X_USER_TIER: HeaderName = HeaderName::from_static("x-user-tier");
 
 /// Identity headers the gateway sets from a verified token. A client's own
 /// copies are always removed, on every route.
-pub const IDENTITY_HEADERS: [HeaderName; 5] = [
+pub const IDENTITY_HEADERS: [HeaderName; 6] = [
     X_USER_ID,
     X_TENANT_ID,
     X_TENANT_SOURCE,
     X_USER_ROLE,
     X_USER_PERMISSIONS,
+    X_USER_TIER,
 ];
 
 /// What the data plane verifies tokens with.
@@ -101,6 +104,8 @@ struct Claims {
     role: Option<String>,
     #[serde(default)]
     permissions: Option<Vec<String>>,
+    #[serde(default)]
+    tier: Option<String>,
 }
 
 /// A verified caller, as header values ready to go upstream.
@@ -114,6 +119,8 @@ pub struct Identity {
     pub role: Option<HeaderValue>,
     /// `permissions` joined with `,`, when the token has them.
     pub permissions: Option<HeaderValue>,
+    /// `tier`, when the token names one of the known tiers (rate limits).
+    pub tier: Option<HeaderValue>,
 }
 
 impl Identity {
@@ -127,6 +134,9 @@ impl Identity {
         }
         if let Some(permissions) = self.permissions {
             headers.insert(X_USER_PERMISSIONS, permissions);
+        }
+        if let Some(tier) = self.tier {
+            headers.insert(X_USER_TIER, tier);
         }
     }
 }
@@ -300,11 +310,22 @@ impl Verifier {
             }
             _ => None,
         };
+        // An unknown tier is ignored (the untiered limit applies), not refused.
+        let tier = claims
+            .tier
+            .as_deref()
+            .and_then(|t| {
+                gateway_common::config::RATE_LIMIT_TIERS
+                    .iter()
+                    .find(|k| **k == t)
+            })
+            .map(|t| HeaderValue::from_static(t));
         Ok(Identity {
             user_id,
             tenant_id,
             role,
             permissions,
+            tier,
         })
     }
 }
@@ -379,6 +400,11 @@ mod tests {
         assert_eq!(id.tenant_id, "t-1");
         assert_eq!(id.role.unwrap(), "customer");
         assert_eq!(id.permissions.unwrap(), "tickets:purchase,tickets:view-own");
+        assert_eq!(id.tier, None);
+        let premium = v.verify(&with("tier", json!("premium"))).unwrap();
+        assert_eq!(premium.tier.unwrap(), "premium");
+        let unknown = v.verify(&with("tier", json!("platinum"))).unwrap();
+        assert_eq!(unknown.tier, None);
     }
 
     #[test]

@@ -101,6 +101,26 @@ pub struct Cli {
     #[arg(long, env = "GW_REDIS_TIMEOUT", value_name = "DURATION", default_value = "250ms", value_parser = gateway_common::duration::parse)]
     pub redis_timeout: Duration,
 
+    /// Rate limiting: false turns every limit off; true also limits routes
+    /// without a `rate_limit` policy (RATE_LIMIT_MAX_REQUESTS per
+    /// RATE_LIMIT_WINDOW_MS per client); unset: only route policies apply.
+    #[arg(long, env = "ENABLE_RATE_LIMITING", value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub enable_rate_limiting: Option<bool>,
+
+    /// Window of the global default rate limit, in milliseconds (1000 to 86400000).
+    #[arg(long, env = "RATE_LIMIT_WINDOW_MS", value_name = "MS", default_value = "60000", value_parser = clap::value_parser!(u64).range(1_000..=86_400_000))]
+    pub rate_limit_window_ms: u64,
+
+    /// Requests per window of the global default rate limit (1 to 1000000).
+    #[arg(long, env = "RATE_LIMIT_MAX_REQUESTS", value_name = "N", default_value = "100", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_limit_max_requests: u32,
+
+    /// Key of the HMAC that turns client IPs into rate-limit keys; the same
+    /// on every data plane so that IP-keyed limits are shared (unset: a
+    /// random key per process, with a warning).
+    #[arg(long, env = "IP_SALT", value_name = "SALT", hide_env_values = true)]
+    pub ip_salt: Option<String>,
+
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, env = "LOG_LEVEL", value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -169,6 +189,12 @@ impl Cli {
             redis_url: non_empty(self.redis_url),
             redis_key_prefix: self.redis_key_prefix,
             redis_timeout: self.redis_timeout,
+            rate_limit: crate::ratelimit::RateLimitSettings {
+                enabled: self.enable_rate_limiting,
+                default_requests: self.rate_limit_max_requests,
+                default_window: Duration::from_millis(self.rate_limit_window_ms),
+                ip_salt: non_empty(self.ip_salt),
+            },
         })
     }
 }
@@ -221,6 +247,41 @@ mod tests {
         assert_eq!(jwt.audience, None);
         assert_eq!(jwt.algorithm, jsonwebtoken::Algorithm::HS256);
         assert!(!format!("{jwt:?}").contains(&secret));
+    }
+
+    #[test]
+    fn rate_limit_variables_are_read_and_checked() {
+        let s = parse(&[]).unwrap().into_settings(vec![]).unwrap();
+        assert_eq!(s.rate_limit.enabled, None);
+        assert_eq!(s.rate_limit.default_requests, 100);
+        assert_eq!(s.rate_limit.default_window, Duration::from_secs(60));
+        let s = parse(&[
+            "--enable-rate-limiting",
+            "true",
+            "--rate-limit-window-ms",
+            "1000",
+            "--rate-limit-max-requests",
+            "5",
+            "--ip-salt",
+            "pepper",
+        ])
+        .unwrap()
+        .into_settings(vec![])
+        .unwrap();
+        assert_eq!(s.rate_limit.enabled, Some(true));
+        assert_eq!(s.rate_limit.default_requests, 5);
+        assert_eq!(s.rate_limit.default_window, Duration::from_secs(1));
+        assert!(!format!("{:?}", s.rate_limit).contains("pepper"));
+        let off = parse(&["--enable-rate-limiting", "false"]).unwrap();
+        assert_eq!(off.enable_rate_limiting, Some(false));
+        for bad in [
+            ["--rate-limit-window-ms", "999"],
+            ["--rate-limit-window-ms", "86400001"],
+            ["--rate-limit-max-requests", "0"],
+            ["--enable-rate-limiting", "maybe"],
+        ] {
+            assert!(parse(&bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub enum GatewayError {
     UnsupportedMediaType,
     /// A validated body that is not a JSON document.
     InvalidJson,
+    /// The caller is over the route's rate limit.
+    RateLimited,
 }
 
 impl GatewayError {
@@ -68,6 +70,7 @@ impl GatewayError {
             Self::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidJson => StatusCode::BAD_REQUEST,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway | Self::AggregateSourceFailed => StatusCode::BAD_GATEWAY,
             Self::WebhookNotDelivered => StatusCode::INTERNAL_SERVER_ERROR,
@@ -94,6 +97,8 @@ impl GatewayError {
             Self::ValidationFailed => "VALIDATION_ERROR",
             Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             Self::InvalidJson => "INVALID_JSON",
+            // The seed's `RateLimitError` code.
+            Self::RateLimited => "RATE_LIMIT_ERROR",
         }
     }
 

@@ -24,6 +24,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod outlier;
 pub mod proxy;
+pub mod ratelimit;
 pub mod retry;
 pub mod rolling;
 pub mod routing;
@@ -104,10 +105,16 @@ impl DataPlane {
             ),
             None => None,
         };
+        let limiter = ratelimit::RateLimiter::new(
+            &settings.rate_limit,
+            shared.clone(),
+            metrics.ratelimit.clone(),
+        );
         let proxy = Arc::new(
             proxy::Proxy::new(runtime.clone(), metrics.clone())
                 .with_verifier(verifier)
-                .with_shared_state(shared),
+                .with_shared_state(shared)
+                .with_rate_limiter(limiter),
         );
         let proxy = tokio::spawn(server::serve(
             listener,

@@ -223,6 +223,8 @@ pub struct Metrics {
     pub sync_seconds: SecondsGauge,
     /// From the start of the data plane to its first config applied.
     pub ready_seconds: SecondsGauge,
+    /// Rate-limit rejections and mode.
+    pub ratelimit: crate::ratelimit::RateLimitMetrics,
     unmatched: Arc<RouteMetrics>,
     cache_requests: Family<CacheLabels, Counter>,
     /// Redis calls of the response cache that failed or timed out.
@@ -361,6 +363,7 @@ impl Metrics {
             "Redis calls of the response cache that failed or timed out (the cache then serves from memory or the upstream)",
             cache_redis_errors.clone(),
         );
+        let ratelimit = crate::ratelimit::RateLimitMetrics::register(&mut registry);
         let empty = Arc::new(String::new());
         let unmatched = Arc::new(RouteMetrics::build(
             &requests,
@@ -388,6 +391,7 @@ impl Metrics {
             apply_seconds,
             sync_seconds,
             ready_seconds,
+            ratelimit,
             unmatched,
             cache_requests,
             cache_redis_errors,

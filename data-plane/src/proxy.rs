@@ -8,6 +8,7 @@ use crate::deadline::{self, Deadline, DEADLINE_HEADER};
 use crate::errors::{GatewayError, X_REQUEST_ID};
 use crate::headers;
 use crate::metrics::{Metrics, UpstreamErrorKind};
+use crate::ratelimit::{RateLimitSettings, RateLimiter};
 use crate::retry::{self, RetryPolicy};
 use crate::rolling::now_ms;
 use crate::runtime::{RouteRuntime, Runtime, ServiceRuntime};
@@ -37,6 +38,8 @@ pub struct Proxy {
     shared: Option<Arc<SharedState>>,
     /// Response cache of the routes with a cache policy.
     cache: Arc<crate::cache::ResponseCache>,
+    /// Rate limits (shared through Redis when configured).
+    limiter: RateLimiter,
 }
 
 /// Where a routed request goes.
@@ -51,13 +54,26 @@ impl Proxy {
     /// A proxy serving from `runtime`'s current snapshot.
     pub fn new(runtime: Arc<Runtime>, metrics: Arc<Metrics>) -> Self {
         let cache = Arc::new(crate::cache::ResponseCache::new(None, &metrics));
+        let limiter = RateLimiter::new(
+            &RateLimitSettings::default(),
+            None,
+            metrics.ratelimit.clone(),
+        );
         Self {
             runtime,
             metrics,
             verifier: None,
             shared: None,
             cache,
+            limiter,
         }
+    }
+
+    /// Decides rate limits with `limiter` (default: route policies only,
+    /// counted in this data plane).
+    pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// Verifies access tokens with `verifier` on routes that require them
@@ -127,38 +143,19 @@ impl Proxy {
                             }
                         }
                     }
-                    if let Some(aggregate) = &route.aggregate {
-                        let snapshot = self.runtime.snapshot();
-                        break 'answer aggregate
-                            .respond(
-                                &snapshot,
-                                &req,
-                                peer,
-                                request_id.as_ref(),
-                                start,
-                                route.timeout,
-                            )
-                            .await;
-                    }
-                    let req =
-                        match crate::validation::check(&route, req, request_id.as_ref(), start)
-                            .await
-                        {
-                            Ok(req) => req,
-                            Err(response) => break 'answer response,
-                        };
-                    if let Some(webhook) = &route.webhook {
-                        break 'answer webhook
-                            .deliver(req, request_id.as_ref(), |req| {
-                                forward(target, req, peer, request_id.as_ref(), start)
-                            })
-                            .await;
-                    }
-                    self.cache
-                        .serve(&route, req, |req| {
-                            forward(target, req, peer, request_id.as_ref(), start)
-                        })
+                    let rate = match self
+                        .limiter
+                        .check(&route, peer, req.headers(), request_id.as_ref())
                         .await
+                    {
+                        Ok(stamp) => stamp,
+                        Err(refused) => break 'answer refused,
+                    };
+                    let mut response = self
+                        .dispatch(target, req, peer, request_id.as_ref(), start)
+                        .await;
+                    rate.apply(response.headers_mut());
+                    response
                 };
                 if let Some(cors) = &route.cors {
                     cors.apply(origin.as_ref(), response.headers_mut());
@@ -176,6 +173,42 @@ impl Proxy {
                 response
             }
         }
+    }
+
+    /// Answers an admitted request on its route: an aggregate, or the
+    /// validated request forwarded (as a webhook delivery, or through the
+    /// response cache).
+    async fn dispatch(
+        &self,
+        target: Target,
+        req: Request<Incoming>,
+        peer: &HeaderValue,
+        request_id: Option<&HeaderValue>,
+        start: Instant,
+    ) -> Response<ProxyBody> {
+        let route = target.route.clone();
+        if let Some(aggregate) = &route.aggregate {
+            let snapshot = self.runtime.snapshot();
+            return aggregate
+                .respond(&snapshot, &req, peer, request_id, start, route.timeout)
+                .await;
+        }
+        let req = match crate::validation::check(&route, req, request_id, start).await {
+            Ok(req) => req,
+            Err(response) => return response,
+        };
+        if let Some(webhook) = &route.webhook {
+            return webhook
+                .deliver(req, request_id, |req| {
+                    forward(target, req, peer, request_id, start)
+                })
+                .await;
+        }
+        self.cache
+            .serve(&route, req, |req| {
+                forward(target, req, peer, request_id, start)
+            })
+            .await
     }
 
     /// Answers a CORS preflight for a route with a CORS policy (routed by

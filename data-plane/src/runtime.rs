@@ -76,6 +76,8 @@ pub struct RouteRuntime {
     pub validation: Option<crate::validation::RouteValidation>,
     /// Response-cache policy, when the route has one.
     pub cache: Option<crate::cache::RouteCache>,
+    /// Rate limit of the route.
+    pub rate_limit: crate::ratelimit::RouteLimit,
     /// Cached metric handles.
     pub metrics: RouteMetrics,
 }
@@ -581,6 +583,7 @@ impl Runtime {
                 validation: crate::validation::RouteValidation::compile(route)
                     .map_err(UpdateError::Validation)?,
                 cache,
+                rate_limit: crate::ratelimit::RouteLimit::of(route),
             };
             routes.push((route, Arc::new(runtime)));
         }

@@ -76,6 +76,8 @@ pub struct Settings {
     pub redis_key_prefix: String,
     /// Bound on one Redis call of the request path.
     pub redis_timeout: Duration,
+    /// Rate limiting (`ENABLE_RATE_LIMITING`, `RATE_LIMIT_*`, `IP_SALT`).
+    pub rate_limit: crate::ratelimit::RateLimitSettings,
 }
 
 impl Default for Settings {
@@ -94,6 +96,7 @@ impl Default for Settings {
             redis_url: None,
             redis_key_prefix: crate::shared_state::DEFAULT_KEY_PREFIX.to_string(),
             redis_timeout: crate::shared_state::DEFAULT_REDIS_TIMEOUT,
+            rate_limit: crate::ratelimit::RateLimitSettings::default(),
         }
     }
 }

@@ -283,6 +283,9 @@ pub struct TokenIssueArgs {
     /// Role of the user.
     #[arg(long, value_name = "ROLE", value_parser = clap::builder::PossibleValuesParser::new(ROLES))]
     pub role: String,
+    /// Rate-limit tier (claim `tier`); omitted: none.
+    #[arg(long, value_name = "TIER", value_parser = clap::builder::PossibleValuesParser::new(gateway_common::config::RATE_LIMIT_TIERS))]
+    pub tier: Option<String>,
     /// Lifetime of the token (e.g. 15m, 1h).
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = gateway_common::duration::parse)]
     pub ttl: Duration,

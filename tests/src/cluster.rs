@@ -252,7 +252,8 @@ impl DataPlaneProc {
         Self::start_with_env(node_id, control_plane_url, redis_url, &[])
     }
 
-    /// [`DataPlaneProc::start`] with extra environment variables.
+    /// [`DataPlaneProc::start`] with extra environment variables (such as
+    /// `JWT_SECRET` or `IP_SALT`).
     pub fn start_with_env(
         node_id: &str,
         control_plane_url: &str,

@@ -115,7 +115,7 @@ pub struct Spec {
 
 /// Environment variables of the gateway that must not leak from the
 /// developer's shell into the processes under test.
-const SCRUBBED_ENV: [&str; 18] = [
+const SCRUBBED_ENV: [&str; 22] = [
     "GW_ADMIN_TOKEN",
     "GW_REGISTRATION_TOKEN",
     "GW_DATAPLANE_TOKEN",
@@ -134,6 +134,10 @@ const SCRUBBED_ENV: [&str; 18] = [
     "CP_KEY_PREFIX",
     "JWT_SECRET",
     "RUST_LOG",
+    "ENABLE_RATE_LIMITING",
+    "RATE_LIMIT_WINDOW_MS",
+    "RATE_LIMIT_MAX_REQUESTS",
+    "IP_SALT",
 ];
 
 impl Spec {

@@ -18,6 +18,9 @@ pub struct Claims {
     pub tenant_id: String,
     /// RBAC role.
     pub role: String,
+    /// Rate-limit tier, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
     /// Always `access`.
     #[serde(rename = "type")]
     pub token_type: &'static str,
@@ -85,6 +88,7 @@ pub fn issue_token(args: &TokenIssueArgs, now: u64) -> anyhow::Result<(String, C
         sub: args.sub.clone(),
         tenant_id: args.tenant.clone(),
         role: args.role.clone(),
+        tier: args.tier.clone(),
         token_type: "access",
         jti: uuid::Uuid::new_v4().to_string(),
         iat: now,
@@ -111,6 +115,7 @@ mod tests {
             sub: "user-1".into(),
             tenant: "tenant-1".into(),
             role: "customer".into(),
+            tier: None,
             ttl: Duration::from_secs(900),
             issuer: "tickettoken".into(),
             audience: "tickettoken-platform".into(),
@@ -138,6 +143,17 @@ mod tests {
         assert_eq!(data.claims["tenant_id"], "tenant-1");
         assert_eq!(data.claims["type"], "access");
         assert_eq!(data.claims["exp"].as_u64().unwrap(), now + 900);
+        assert!(data.claims.get("tier").is_none());
+        let mut premium = args(&secret);
+        premium.tier = Some("premium".into());
+        let (token, _) = issue_token(&premium, now).unwrap();
+        let data = decode::<serde_json::Value>(
+            &token,
+            &DecodingKey::from_secret(secret.as_bytes()),
+            &validation,
+        )
+        .unwrap();
+        assert_eq!(data.claims["tier"], "premium");
     }
 
     #[test]
