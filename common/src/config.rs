@@ -840,6 +840,11 @@ pub struct AuthConfig {
     /// one segment and `**` across segments.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub public_paths: Vec<String>,
+    /// Whether an API key (`X-API-Key`, created with `gwctl apikey
+    /// create`) is accepted in place of a bearer token (default false).
+    /// The key's tenant and scopes become the identity headers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub api_keys: bool,
 }
 
 /// Longest public path pattern.
@@ -850,6 +855,11 @@ impl AuthConfig {
         if !self.required && !self.public_paths.is_empty() {
             errors.push(format!(
                 "{at}.public_paths: only meaningful when required is true"
+            ));
+        }
+        if !self.required && self.api_keys {
+            errors.push(format!(
+                "{at}.api_keys: only meaningful when required is true"
             ));
         }
         for (i, p) in self.public_paths.iter().enumerate() {
@@ -1925,7 +1935,33 @@ routes:
         assert!(auth.required);
         assert_eq!(auth.public_paths.len(), 5);
         assert!(!config.routes[1].auth.as_ref().unwrap().required);
+        assert!(!auth.api_keys);
         assert_eq!(GatewayConfig::from_json(&config.to_json()).unwrap(), config);
+    }
+
+    #[test]
+    fn api_keys_need_a_required_auth_policy() {
+        let doc = r#"
+version: 1
+services: [ { name: api } ]
+routes:
+  - { name: partner, match: { path_prefix: /partner }, service: api, auth: { api_keys: true } }
+"#;
+        let config = GatewayConfig::load(doc.as_bytes()).unwrap();
+        assert!(config.routes[0].auth.as_ref().unwrap().api_keys);
+        assert_eq!(GatewayConfig::from_json(&config.to_json()).unwrap(), config);
+        let errors = invalid(
+            r#"
+version: 1
+services: [ { name: api } ]
+routes:
+  - { name: b, match: { path_prefix: /b }, service: api, auth: { required: false, api_keys: true } }
+"#,
+        );
+        assert!(
+            errors.contains("routes[0].auth.api_keys: only meaningful when required is true"),
+            "{errors}"
+        );
     }
 
     #[test]
@@ -2239,6 +2275,10 @@ routes:
         assert_eq!(limit("auth-login").key, RateLimitKey::Ip);
         assert!(!limit("stripe-webhook").enabled);
         assert!(config.routes.iter().all(|r| r.rate_limit.is_some()));
+        let partner = config.routes.iter().find(|r| r.name == "partner-events");
+        assert!(partner
+            .and_then(|r| r.auth.as_ref())
+            .is_some_and(|a| a.api_keys));
     }
 
     #[test]

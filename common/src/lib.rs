@@ -12,12 +12,15 @@
 //!   and how schemas are compiled.
 //! * [`cache`]: the response cache's key, Redis layout and invalidation
 //!   patterns, shared by the data planes and the control plane.
+//! * [`credentials`]: revoked tokens and API keys in Redis and the push
+//!   channel that carries their changes to the data planes.
 //! * [`duration`]: human-friendly durations (`250ms`, `5s`, `1m`) in configs.
 //! * [`process`]: a process's default identity (`hostname-pid`) and logging.
 
 pub mod aggregation;
 pub mod cache;
 pub mod config;
+pub mod credentials;
 pub mod duration;
 pub mod process;
 pub mod registration;

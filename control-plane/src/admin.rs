@@ -396,6 +396,39 @@ impl Inner {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn create_api_key(
+        &self,
+        request: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        let result = crate::apikeys::create(self.inner.store.as_ref(), request.into_inner()).await;
+        self.inner
+            .metrics
+            .observe("Admin/CreateApiKey", result)
+            .map(Response::new)
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        let result = crate::apikeys::revoke(self.inner.store.as_ref(), request.into_inner()).await;
+        self.inner
+            .metrics
+            .observe("Admin/RevokeApiKey", result)
+            .map(Response::new)
+    }
+
+    async fn list_api_keys(
+        &self,
+        _request: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let result = crate::apikeys::list(self.inner.store.as_ref()).await;
+        self.inner
+            .metrics
+            .observe("Admin/ListApiKeys", result)
+            .map(Response::new)
+    }
+
     async fn invalidate_cache(
         &self,
         request: Request<pb::InvalidateCacheRequest>,

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod apikeys;
 pub mod auth;
 pub mod cli;
 pub mod discovery;

@@ -164,6 +164,10 @@ pub enum AuthError {
     BadSubject,
     /// The route requires a token but the data plane has no `JWT_SECRET`.
     NotConfigured,
+    /// The token was revoked (logout, refresh-token reuse).
+    Revoked,
+    /// An `X-API-Key` that is unknown or revoked.
+    InvalidApiKey,
 }
 
 impl AuthError {
@@ -180,6 +184,8 @@ impl AuthError {
             Self::MissingTenant => "Invalid token - missing tenant context",
             Self::BadSubject => "Invalid token subject",
             Self::NotConfigured => "Authentication is not configured on this gateway",
+            Self::Revoked => "Token has been revoked",
+            Self::InvalidApiKey => "Invalid API key",
         }
     }
 
@@ -196,6 +202,8 @@ impl AuthError {
             Self::MissingTenant => "token_missing_tenant",
             Self::BadSubject => "bad_subject",
             Self::NotConfigured => "auth_not_configured",
+            Self::Revoked => "revoked_token",
+            Self::InvalidApiKey => "invalid_api_key",
         }
     }
 
@@ -204,7 +212,11 @@ impl AuthError {
         match self {
             Self::Missing | Self::Expired | Self::NotYetValid => "low",
             Self::NotConfigured => "critical",
-            Self::WrongType | Self::MissingTenant | Self::Invalid => "high",
+            Self::WrongType
+            | Self::MissingTenant
+            | Self::Invalid
+            | Self::Revoked
+            | Self::InvalidApiKey => "high",
             Self::WrongIssuer | Self::WrongAudience | Self::BadSubject => "medium",
         }
     }

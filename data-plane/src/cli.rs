@@ -82,6 +82,32 @@ pub struct Cli {
     #[arg(long, env = "JWT_AUDIENCE", value_name = "AUDIENCE")]
     pub jwt_audience: Option<String>,
 
+    /// Secret of refresh tokens (at least 32 bytes, not JWT_SECRET); set, the
+    /// gateway answers the refresh and logout endpoints itself (needs Redis).
+    #[arg(
+        long,
+        env = "JWT_REFRESH_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_refresh_secret: Option<String>,
+
+    /// Lifetime of the access tokens the refresh endpoint issues.
+    #[arg(long, env = "JWT_EXPIRES_IN", value_name = "DURATION", default_value = "15m", value_parser = gateway_common::duration::parse)]
+    pub jwt_expires_in: Duration,
+
+    /// Lifetime of the refresh tokens the refresh endpoint issues.
+    #[arg(long, env = "JWT_REFRESH_EXPIRES_IN", value_name = "DURATION", default_value = "7d", value_parser = gateway_common::duration::parse)]
+    pub jwt_refresh_expires_in: Duration,
+
+    /// Path of the refresh endpoint (POST), answered before routing.
+    #[arg(long, env = "GW_AUTH_REFRESH_PATH", value_name = "PATH", default_value = crate::session::DEFAULT_REFRESH_PATH)]
+    pub auth_refresh_path: String,
+
+    /// Path of the logout endpoint (POST), answered before routing.
+    #[arg(long, env = "GW_AUTH_LOGOUT_PATH", value_name = "PATH", default_value = crate::session::DEFAULT_LOGOUT_PATH)]
+    pub auth_logout_path: String,
+
     /// Worker threads of the async runtime [default: number of usable CPUs].
     #[arg(long, env = "GW_WORKER_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
@@ -167,6 +193,18 @@ impl Cli {
             issuer: non_empty(self.jwt_issuer),
             audience: non_empty(self.jwt_audience),
         });
+        let session = non_empty(self.jwt_refresh_secret).map(|refresh_secret| {
+            crate::session::SessionSettings {
+                refresh_secret,
+                access_ttl: self.jwt_expires_in,
+                refresh_ttl: self.jwt_refresh_expires_in,
+                refresh_path: self.auth_refresh_path,
+                logout_path: self.auth_logout_path,
+            }
+        });
+        if let Some(session) = &session {
+            settings::check_session(session, jwt.as_ref().map(|j| j.secret.as_str()))?;
+        }
         let listen = match (self.listen, self.port) {
             (Some(addr), _) => addr,
             (None, Some(port)) => SocketAddr::from(([0, 0, 0, 0], port)),
@@ -195,6 +233,7 @@ impl Cli {
                 default_window: Duration::from_millis(self.rate_limit_window_ms),
                 ip_salt: non_empty(self.ip_salt),
             },
+            session,
         })
     }
 }
@@ -281,6 +320,60 @@ mod tests {
             ["--enable-rate-limiting", "maybe"],
         ] {
             assert!(parse(&bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn refresh_settings_are_read_and_checked() {
+        let access = "a".repeat(32);
+        let refresh = "r".repeat(32);
+        let s = parse(&["--jwt-secret", &access, "--jwt-refresh-secret", &refresh])
+            .unwrap()
+            .into_settings(vec![])
+            .unwrap();
+        let session = s.session.unwrap();
+        assert_eq!(session.access_ttl, Duration::from_secs(900));
+        assert_eq!(session.refresh_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(session.refresh_path, "/auth/refresh");
+        assert_eq!(session.logout_path, "/auth/logout");
+        assert!(!format!("{session:?}").contains(&refresh));
+        assert!(parse(&[])
+            .unwrap()
+            .into_settings(vec![])
+            .unwrap()
+            .session
+            .is_none());
+        for bad in [
+            vec!["--jwt-secret", &access, "--jwt-refresh-secret", "short"],
+            vec!["--jwt-refresh-secret", &refresh],
+            vec!["--jwt-secret", &access, "--jwt-refresh-secret", &access],
+            vec![
+                "--jwt-secret",
+                &access,
+                "--jwt-refresh-secret",
+                &refresh,
+                "--auth-refresh-path",
+                "auth/x",
+            ],
+            vec![
+                "--jwt-secret",
+                &access,
+                "--jwt-refresh-secret",
+                &refresh,
+                "--auth-logout-path",
+                "/auth/refresh",
+            ],
+            vec![
+                "--jwt-secret",
+                &access,
+                "--jwt-refresh-secret",
+                &refresh,
+                "--jwt-expires-in",
+                "0s",
+            ],
+        ] {
+            let result = parse(&bad).unwrap().into_settings(vec![]);
+            assert!(result.is_err(), "{bad:?} accepted");
         }
     }
 

@@ -51,6 +51,9 @@ pub enum GatewayError {
     InvalidJson,
     /// The caller is over the route's rate limit.
     RateLimited,
+    /// A store the answer depends on (Redis, for token refresh and
+    /// logout) is not reachable.
+    ServiceUnavailable,
 }
 
 impl GatewayError {
@@ -60,9 +63,10 @@ impl GatewayError {
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NoHealthyInstance | Self::UpstreamUnavailable | Self::CircuitOpen => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoHealthyInstance
+            | Self::UpstreamUnavailable
+            | Self::CircuitOpen
+            | Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -99,6 +103,8 @@ impl GatewayError {
             Self::InvalidJson => "INVALID_JSON",
             // The seed's `RateLimitError` code.
             Self::RateLimited => "RATE_LIMIT_ERROR",
+            // The seed's `ServiceUnavailableError` code.
+            Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
         }
     }
 

@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod cache;
 pub mod cli;
 pub mod cors;
+pub mod credentials;
 pub mod deadline;
 pub mod discovery;
 pub mod errors;
@@ -31,6 +32,7 @@ pub mod routing;
 pub mod runtime;
 pub mod security;
 pub mod server;
+pub mod session;
 pub mod settings;
 pub mod shared_state;
 pub mod shutdown;
@@ -110,9 +112,26 @@ impl DataPlane {
             shared.clone(),
             metrics.ratelimit.clone(),
         );
+        let credentials = shared.clone().map(credentials::Credentials::start);
+        let sessions = match (&settings.session, &settings.jwt, &verifier) {
+            (Some(session), Some(jwt), Some(access)) => Some(Arc::new(session::Sessions::new(
+                session.clone(),
+                jwt,
+                access.clone(),
+                shared.clone(),
+                credentials
+                    .clone()
+                    .unwrap_or_else(credentials::Credentials::new),
+            ))),
+            _ => None,
+        };
+        if sessions.is_some() && shared.is_none() {
+            tracing::warn!("JWT_REFRESH_SECRET is set without REDIS_URL: the refresh and logout endpoints answer 503");
+        }
         let proxy = Arc::new(
             proxy::Proxy::new(runtime.clone(), metrics.clone())
                 .with_verifier(verifier)
+                .with_credentials(credentials, sessions)
                 .with_shared_state(shared)
                 .with_rate_limiter(limiter),
         );

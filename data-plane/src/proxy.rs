@@ -1,6 +1,6 @@
 //! The proxy handler: route, pick an instance, forward, stream back.
 
-use crate::auth::{AuthError, Identity, Verifier};
+use crate::auth::{AuthError, Verifier};
 use crate::balancer::Endpoint;
 use crate::body::{ClientBody, LimitedBody, ProxyBody};
 use crate::breaker::{self, Permit, Rejected};
@@ -40,6 +40,10 @@ pub struct Proxy {
     cache: Arc<crate::cache::ResponseCache>,
     /// Rate limits (shared through Redis when configured).
     limiter: RateLimiter,
+    /// Revoked tokens and API keys (fed from Redis when configured).
+    credentials: Option<Arc<crate::credentials::Credentials>>,
+    /// The refresh and logout endpoints, when configured.
+    sessions: Option<Arc<crate::session::Sessions>>,
 }
 
 /// Where a routed request goes.
@@ -66,7 +70,21 @@ impl Proxy {
             shared: None,
             cache,
             limiter,
+            credentials: None,
+            sessions: None,
         }
+    }
+
+    /// Refuses revoked tokens and accepts API keys from `credentials`, and
+    /// answers the refresh and logout endpoints with `sessions`.
+    pub fn with_credentials(
+        mut self,
+        credentials: Option<Arc<crate::credentials::Credentials>>,
+        sessions: Option<Arc<crate::session::Sessions>>,
+    ) -> Self {
+        self.credentials = credentials;
+        self.sessions = sessions;
+        self
     }
 
     /// Decides rate limits with `limiter` (default: route policies only,
@@ -123,6 +141,12 @@ impl Proxy {
                 .record(&method, response.status(), start.elapsed());
             return response;
         }
+        if let Some(sessions) = &self.sessions {
+            req = match sessions.serve(req, peer, request_id.as_ref()).await {
+                Ok(response) => return response,
+                Err(req) => req,
+            };
+        }
         if let Some(response) = self.preflight(&req, request_id.as_ref()) {
             return response;
         }
@@ -138,7 +162,7 @@ impl Proxy {
                     if let Some(auth) = &route.auth {
                         if !auth.public_paths.matches(req.uri().path()) {
                             match self.authenticate(&route, peer, &req, request_id.as_ref()) {
-                                Ok(identity) => identity.apply(req.headers_mut()),
+                                Ok(caller) => caller.apply(req.headers_mut()),
                                 Err(error) => break 'answer error.response(request_id.as_ref()),
                             }
                         }
@@ -252,11 +276,13 @@ impl Proxy {
         peer: &HeaderValue,
         req: &Request<Incoming>,
         request_id: Option<&HeaderValue>,
-    ) -> Result<Identity, AuthError> {
-        let result = match &self.verifier {
-            Some(verifier) => verifier.authenticate(req.headers()),
-            None => Err(AuthError::NotConfigured),
-        };
+    ) -> Result<crate::credentials::Caller, AuthError> {
+        let result = crate::credentials::identify(
+            self.verifier.as_deref(),
+            self.credentials.as_deref(),
+            route.auth.as_ref().is_some_and(|a| a.api_keys),
+            req.headers(),
+        );
         result.inspect_err(|error| {
             crate::security_event!(
                 "authentication_failed",

@@ -87,6 +87,8 @@ pub struct RouteRuntime {
 pub struct RouteAuth {
     /// Paths that need no token.
     pub public_paths: crate::security::PublicPaths,
+    /// Whether an `X-API-Key` is accepted in place of a token.
+    pub api_keys: bool,
 }
 
 /// A service as the proxy uses it.
@@ -573,6 +575,7 @@ impl Runtime {
                     .filter(|a| a.required)
                     .map(|a| RouteAuth {
                         public_paths: crate::security::PublicPaths::new(&a.public_paths),
+                        api_keys: a.api_keys,
                     }),
                 cors: route.cors.as_ref().map(crate::cors::Cors::from_config),
                 aggregate,

@@ -380,6 +380,9 @@ fn is_client_forbidden(name: &HeaderName) -> bool {
     n.starts_with("x-internal-")
         || IDENTITY_HEADERS.iter().any(|h| h == name)
         || CLIENT_FORBIDDEN.iter().any(|h| h == name)
+        || crate::credentials::API_KEY_IDENTITY_HEADERS
+            .iter()
+            .any(|h| h == name)
 }
 
 /// Removes `x-internal-*` headers from an upstream response. Nothing is

@@ -78,6 +78,9 @@ pub struct Settings {
     pub redis_timeout: Duration,
     /// Rate limiting (`ENABLE_RATE_LIMITING`, `RATE_LIMIT_*`, `IP_SALT`).
     pub rate_limit: crate::ratelimit::RateLimitSettings,
+    /// The refresh and logout endpoints (`JWT_REFRESH_SECRET` and
+    /// friends); `None`: not served (their paths route as any other).
+    pub session: Option<crate::session::SessionSettings>,
 }
 
 impl Default for Settings {
@@ -97,6 +100,7 @@ impl Default for Settings {
             redis_key_prefix: crate::shared_state::DEFAULT_KEY_PREFIX.to_string(),
             redis_timeout: crate::shared_state::DEFAULT_REDIS_TIMEOUT,
             rate_limit: crate::ratelimit::RateLimitSettings::default(),
+            session: None,
         }
     }
 }
@@ -138,6 +142,9 @@ pub enum SettingsError {
     /// A listen address could not be read.
     #[error("{0:?} is neither an address (HOST:PORT) nor a port number")]
     BadListenAddress(String),
+    /// `JWT_REFRESH_SECRET` is set but cannot be used.
+    #[error("{0}")]
+    BadRefreshSettings(String),
 }
 
 /// Refuses a `JWT_SECRET` shorter than [`MIN_JWT_SECRET_BYTES`]; unset is fine.
@@ -146,6 +153,50 @@ pub fn check_jwt_secret(secret: Option<&str>) -> Result<(), SettingsError> {
         Some(s) if s.len() < MIN_JWT_SECRET_BYTES => Err(SettingsError::WeakJwtSecret(s.len())),
         _ => Ok(()),
     }
+}
+
+/// Checks the refresh settings: a secret of at least
+/// [`MIN_JWT_SECRET_BYTES`] that is not `JWT_SECRET` (which must be set, to
+/// sign the access tokens), endpoint paths that are plain absolute paths,
+/// and non-zero lifetimes.
+pub fn check_session(
+    session: &crate::session::SessionSettings,
+    jwt_secret: Option<&str>,
+) -> Result<(), SettingsError> {
+    let bad = |m: String| Err(SettingsError::BadRefreshSettings(m));
+    let secret = &session.refresh_secret;
+    if secret.len() < MIN_JWT_SECRET_BYTES {
+        return bad(format!("JWT_REFRESH_SECRET is {} bytes long; it must be at least {MIN_JWT_SECRET_BYTES} bytes (256 bits)", secret.len()));
+    }
+    match jwt_secret {
+        None => {
+            return bad(
+                "JWT_REFRESH_SECRET needs JWT_SECRET (to sign the access tokens it issues)".into(),
+            )
+        }
+        Some(access) if access == secret => {
+            return bad("JWT_REFRESH_SECRET must differ from JWT_SECRET".into())
+        }
+        Some(_) => {}
+    }
+    if session.access_ttl.is_zero() || session.refresh_ttl.is_zero() {
+        return bad("JWT_EXPIRES_IN and JWT_REFRESH_EXPIRES_IN must be longer than zero".into());
+    }
+    for (var, path) in [
+        ("GW_AUTH_REFRESH_PATH", &session.refresh_path),
+        ("GW_AUTH_LOGOUT_PATH", &session.logout_path),
+    ] {
+        if let Err(e) = gateway_common::config::check_public_path(path) {
+            return bad(format!("{var} {path:?} {e}"));
+        }
+        if path.contains('*') || path.ends_with('/') {
+            return bad(format!("{var} {path:?} must be one exact path"));
+        }
+    }
+    if session.refresh_path == session.logout_path {
+        return bad("GW_AUTH_REFRESH_PATH and GW_AUTH_LOGOUT_PATH must differ".into());
+    }
+    Ok(())
 }
 
 /// Reads `HOST:PORT`, or a bare port number meaning `0.0.0.0:PORT`.

@@ -56,6 +56,8 @@ pub enum Command {
     Breaker(BreakerArgs),
     /// Invalidate the shared response cache or show its statistics (needs a control plane with Redis).
     Cache(CacheArgs),
+    /// Create, list and revoke API keys of partner routes (needs a control plane with Redis).
+    Apikey(ApiKeyArgs),
     /// Development access tokens.
     Token(TokenArgs),
     /// Run a whole gateway in this process: control plane, echo upstream and one data plane.
@@ -190,6 +192,39 @@ pub enum CacheAction {
     },
     /// Live entries, hits and misses summed over every data plane, memory use.
     Stats,
+}
+
+/// Flags of `apikey`.
+#[derive(Debug, Args)]
+pub struct ApiKeyArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ApiKeyAction,
+}
+
+/// `apikey create|list|revoke`.
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyAction {
+    /// Create a key; it is shown once (only its SHA-256 is stored).
+    Create {
+        /// Tenant the key acts for (x-tenant-id upstream).
+        #[arg(long, value_name = "TENANT")]
+        tenant: String,
+        /// Scopes granted, comma-separated (x-api-key-scopes upstream).
+        #[arg(long, value_name = "SCOPE,...", value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// A label for people.
+        #[arg(long, value_name = "NAME", default_value = "")]
+        name: String,
+    },
+    /// List the keys (ids, tenants, scopes; never a key).
+    List,
+    /// Revoke a key on every data plane.
+    Revoke {
+        /// The key's id (ak_...).
+        #[arg(value_name = "ID")]
+        id: String,
+    },
 }
 
 /// Flags of `breaker`.

@@ -323,6 +323,11 @@ impl DataPlaneProc {
         dp
     }
 
+    /// Everything it has logged so far.
+    pub fn log(&self) -> String {
+        self.proc.log()
+    }
+
     /// The text of its `/metrics`.
     pub fn metrics(&self) -> String {
         http::get(self.admin, "/metrics")

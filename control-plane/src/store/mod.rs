@@ -434,7 +434,34 @@ pub trait Store: Send + Sync + 'static {
     async fn cache_stats(&self) -> Result<CacheStats, StoreError> {
         Err(StoreError::Unsupported(NO_SHARED_CACHE.into()))
     }
+
+    /// Stores an API key's record under the SHA-256 of the key and pushes
+    /// it to the data planes.
+    async fn create_api_key(
+        &self,
+        _hash: &str,
+        _record: &gateway_common::credentials::ApiKeyRecord,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported(NO_SHARED_CREDENTIALS.into()))
+    }
+
+    /// Removes the API key `id` and pushes its revocation; answers its record.
+    async fn revoke_api_key(
+        &self,
+        _id: &str,
+    ) -> Result<gateway_common::credentials::ApiKeyRecord, StoreError> {
+        Err(StoreError::Unsupported(NO_SHARED_CREDENTIALS.into()))
+    }
+
+    /// Every API key's record (never a key).
+    async fn list_api_keys(
+        &self,
+    ) -> Result<Vec<gateway_common::credentials::ApiKeyRecord>, StoreError> {
+        Err(StoreError::Unsupported(NO_SHARED_CREDENTIALS.into()))
+    }
 }
+
+const NO_SHARED_CREDENTIALS: &str = "API keys reach the data planes through Redis, and this control plane runs with the in-memory store: start it with REDIS_URL";
 
 const NO_SHARED_CACHE: &str = "the response cache lives in Redis, and this control plane runs with the in-memory store: start it with REDIS_URL (the data planes' in-memory layers expire on their own within seconds)";
 

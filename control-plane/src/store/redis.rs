@@ -15,6 +15,7 @@ use super::{
 };
 use async_trait::async_trait;
 use gateway_common::cache::CachePattern;
+use gateway_common::credentials::ApiKeyRecord;
 use gateway_common::registration::{Health, Instance, InstanceSpec, InstanceState};
 use gateway_common::GatewayConfig;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -33,6 +34,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts at applying a read-modify-write config change racing other writers.
 const CONFIG_CAS_ATTEMPTS: usize = 8;
 
+mod apikeys;
 mod cache;
 
 /// Fully prefixed key names.
@@ -758,6 +760,18 @@ impl Store for RedisStore {
 
     async fn cache_stats(&self) -> Result<CacheStats, StoreError> {
         self.cached_stats().await
+    }
+
+    async fn create_api_key(&self, hash: &str, record: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.add_api_key(hash, record).await
+    }
+
+    async fn revoke_api_key(&self, id: &str) -> Result<ApiKeyRecord, StoreError> {
+        self.remove_api_key(id).await
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.all_api_keys().await
     }
 }
 

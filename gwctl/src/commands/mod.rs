@@ -1,5 +1,6 @@
 //! One module per verb; [`run`] dispatches the parsed command line.
 
+mod apikey;
 mod apply;
 mod breaker;
 mod cache;
@@ -45,6 +46,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topology(args) => topology::run(&ctx, args).await,
         Command::Breaker(args) => breaker::run(&ctx, args).await,
         Command::Cache(args) => cache::run(&ctx, args).await,
+        Command::Apikey(args) => apikey::run(&ctx, args).await,
         Command::Token(args) => token::run(&ctx, args),
         Command::Dev(args) => crate::dev::run(args).await,
     }
