@@ -1,5 +1,6 @@
-//! The admin listener: liveness, readiness (a config is applied and the
-//! data plane is not draining) and Prometheus metrics.
+//! The admin listener: liveness, readiness (a config is applied, the
+//! revocation set is loaded or its grace period is over, and the data plane
+//! is not draining) and Prometheus metrics.
 
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
@@ -20,6 +21,9 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// True once shutdown has begun.
     pub stopping: watch::Receiver<bool>,
+    /// Revocations and API keys, when fed from Redis: not ready until
+    /// loaded once (or their grace period is over).
+    pub credentials: Option<Arc<crate::credentials::Credentials>>,
 }
 
 /// The admin routes.
@@ -39,6 +43,12 @@ async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
     let (epoch, version) = state.runtime.version();
     let (status, text) = if *state.stopping.borrow() {
         (StatusCode::SERVICE_UNAVAILABLE, "stopping")
+    } else if !state
+        .credentials
+        .as_ref()
+        .is_none_or(|c| c.ready_for_traffic())
+    {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading revocations")
     } else if state.runtime.is_ready() {
         (StatusCode::OK, "ready")
     } else {

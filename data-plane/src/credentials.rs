@@ -18,13 +18,17 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_stream::StreamExt as _;
 
 /// Pause before subscribing again after the channel was lost.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(200);
 /// How often expired revocations are dropped from memory.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How long a starting data plane reports not ready while it has not
+/// loaded the revocations yet: long enough for a reachable Redis, short
+/// enough that a Redis outage does not keep new data planes out of service.
+pub const LOAD_GRACE: Duration = Duration::from_secs(5);
 
 /// `x-api-key-id`: the id of the API key that authenticated the request.
 pub const X_API_KEY_ID: HeaderName = HeaderName::from_static("x-api-key-id");
@@ -238,18 +242,37 @@ impl Revoked {
 }
 
 /// Revoked tokens and API keys, in memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Credentials {
     revoked: RwLock<Revoked>,
     /// SHA-256 (hex) of a key -> its identity.
     keys: RwLock<HashMap<String, Arc<ApiKeyIdentity>>>,
     synced: AtomicBool,
+    created: Instant,
+}
+
+impl Default for Credentials {
+    fn default() -> Self {
+        Self {
+            revoked: RwLock::default(),
+            keys: RwLock::default(),
+            synced: AtomicBool::new(false),
+            created: Instant::now(),
+        }
+    }
 }
 
 impl Credentials {
     /// Empty sets, fed by nothing (no Redis).
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Whether the data plane may take traffic as far as credentials go:
+    /// loaded once, or not loaded within [`LOAD_GRACE`] (Redis away: serve
+    /// without known revocations rather than not at all).
+    pub fn ready_for_traffic(&self) -> bool {
+        self.is_synced() || self.created.elapsed() >= LOAD_GRACE
     }
 
     /// Empty sets fed from `shared`: starts the subscriber. Must be called
@@ -360,14 +383,15 @@ async fn sync(shared: Arc<SharedState>, credentials: std::sync::Weak<Credentials
             let Some(target) = credentials.upgrade() else {
                 return Ok(());
             };
-            let (r, k) = (revoked.len(), keys.len());
-            target.replace(revoked, keys);
-            drop(target);
+            // Logged before taking effect, so that the line is there once
+            // readiness reports it.
             tracing::info!(
-                revocations = r,
-                api_keys = k,
+                revocations = revoked.len(),
+                api_keys = keys.len(),
                 "credentials: revocations and API keys loaded; listening for changes"
             );
+            target.replace(revoked, keys);
+            drop(target);
             warned = false;
             let mut messages = pubsub.on_message();
             while let Some(message) = messages.next().await {
@@ -532,6 +556,15 @@ mod tests {
         assert_eq!(t.jti.as_deref(), Some("j"));
         assert_eq!(t.family.as_deref(), Some("f"));
         assert_eq!(TokenRef::of("nope"), None);
+    }
+
+    #[test]
+    fn ready_once_loaded() {
+        let c = Credentials::default();
+        assert!(!c.ready_for_traffic());
+        c.replace(Revoked::default(), HashMap::new());
+        assert!(c.is_synced());
+        assert!(c.ready_for_traffic());
     }
 
     #[test]

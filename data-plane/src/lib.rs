@@ -131,7 +131,7 @@ impl DataPlane {
         let proxy = Arc::new(
             proxy::Proxy::new(runtime.clone(), metrics.clone())
                 .with_verifier(verifier)
-                .with_credentials(credentials, sessions)
+                .with_credentials(credentials.clone(), sessions)
                 .with_shared_state(shared)
                 .with_rate_limiter(limiter),
         );
@@ -151,6 +151,7 @@ impl DataPlane {
                 runtime: runtime.clone(),
                 metrics: metrics.clone(),
                 stopping: stop_rx.clone(),
+                credentials: credentials.clone(),
             },
             admin_stop_rx,
         ));

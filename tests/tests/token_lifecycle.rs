@@ -113,6 +113,12 @@ impl Fleet {
         let mut dp =
             DataPlaneProc::start_with_env(node, &self.cp.url(), Some(&self.redis.url()), &DP_ENV);
         dp.wait_ready();
+        // Ready means the revocations and API keys are loaded.
+        assert!(
+            dp.log()
+                .contains("credentials: revocations and API keys loaded"),
+            "{node} ready before loading the credentials"
+        );
         let probe = access_token("probe", Some(&format!("probe-{node}")), now());
         wait_until(&format!("{node} to route /api"), PROPAGATION, || match get(
             &dp,
@@ -121,17 +127,6 @@ impl Fleet {
         ) {
             r if r.status == 200 => Ok(()),
             r => Err(format!("{} {}", r.status, r.text())),
-        });
-        // The credentials are loaded once Redis answered the subscriber.
-        wait_until(&format!("{node} to load credentials"), PROPAGATION, || {
-            if dp
-                .log()
-                .contains("credentials: revocations and API keys loaded")
-            {
-                Ok(())
-            } else {
-                Err("not yet".to_string())
-            }
         });
         self.dps.push(dp);
         self.dps.len() - 1
