@@ -277,6 +277,22 @@ fn refresh_rotates_and_reuse_revokes_the_family() {
     let r = refresh_token(dp, &login_refresh_token("user-8", "other"));
     assert_eq!(r.status, 200, "{}", r.text());
 
+    // Two concurrent uses of one token: exactly one rotates, the other is
+    // reuse, and the winner's new token dies with the family.
+    let contested = login_refresh_token("user-9", "race");
+    let answers: Vec<HttpResponse> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| refresh_token(dp, &contested)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 401], "{statuses:?}");
+    let winner = answers.iter().find(|r| r.status == 200).unwrap().json();
+    let r = refresh_token(dp, winner["refreshToken"].as_str().unwrap());
+    assert_eq!(r.status, 401, "{}", r.text());
+
     // Unhappy paths.
     assert_error(
         &refresh_token(dp, "not-a-jwt"),
