@@ -310,11 +310,6 @@ impl Credentials {
         self.keys.read().get(&hash).cloned()
     }
 
-    /// Number of revocations and API keys held.
-    pub fn sizes(&self) -> (usize, usize) {
-        (self.revoked.read().len(), self.keys.read().len())
-    }
-
     fn apply(&self, push: Push) {
         match push {
             Push::Revoked { revocation, until } => self.revoke_locally(revocation, until),
