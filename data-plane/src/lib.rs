@@ -34,6 +34,7 @@ pub mod server;
 pub mod settings;
 pub mod shared_state;
 pub mod shutdown;
+mod spans;
 pub mod standalone;
 pub mod upstream;
 pub mod validation;
