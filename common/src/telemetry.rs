@@ -61,21 +61,28 @@ impl TelemetrySettings {
     /// The settings for a process named `default_service`, or `None` when
     /// no OTLP endpoint is configured (tracing off).
     pub fn from_env(default_service: &str) -> Result<Option<Self>, TelemetryError> {
-        Self::from_lookup(default_service, |name| std::env::var(name).ok())
+        let var =
+            |value: Result<String, std::env::VarError>| value.ok().filter(|v| !v.trim().is_empty());
+        Self::from_vars(
+            default_service,
+            OtelVars {
+                endpoint: var(std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+                    .or(var(std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))),
+                service_name: var(std::env::var("OTEL_SERVICE_NAME")),
+                sampler: var(std::env::var("OTEL_TRACES_SAMPLER")),
+                sampler_arg: var(std::env::var("OTEL_TRACES_SAMPLER_ARG")),
+            },
+        )
     }
 
-    fn from_lookup(
-        default_service: &str,
-        var: impl Fn(&str) -> Option<String>,
-    ) -> Result<Option<Self>, TelemetryError> {
-        let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
-        if set("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
-            && set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
-        {
+    fn from_vars(default_service: &str, vars: OtelVars) -> Result<Option<Self>, TelemetryError> {
+        if vars.endpoint.is_none() {
             return Ok(None);
         }
-        let service_name = set("OTEL_SERVICE_NAME").unwrap_or_else(|| default_service.to_string());
-        let ratio = match (set("OTEL_TRACES_SAMPLER"), set("OTEL_TRACES_SAMPLER_ARG")) {
+        let service_name = vars
+            .service_name
+            .unwrap_or_else(|| default_service.to_string());
+        let ratio = match (vars.sampler, vars.sampler_arg) {
             (None, Some(arg)) => match arg.trim().parse::<f64>() {
                 Ok(r) if (0.0..=1.0).contains(&r) => Some(r),
                 _ => return Err(TelemetryError::SamplerRatio(arg)),
@@ -87,6 +94,17 @@ impl TelemetrySettings {
             ratio,
         }))
     }
+}
+
+/// The `OTEL_*` variables read here (set and not blank); the exporter and
+/// the SDK read their own (`OTEL_EXPORTER_OTLP_*`, `OTEL_BSP_*`, ...).
+#[derive(Debug, Default)]
+struct OtelVars {
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    endpoint: Option<String>,
+    service_name: Option<String>,
+    sampler: Option<String>,
+    sampler_arg: Option<String>,
 }
 
 /// The installed tracer, to flush at exit.
@@ -221,11 +239,22 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> Result<Option<TelemetrySettings>, TelemetryError> {
-        let vars: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        TelemetrySettings::from_lookup("data-plane", |name| vars.get(name).cloned())
+        let vars: HashMap<&str, &str> = vars.iter().copied().collect();
+        let get = |name: &str| {
+            vars.get(name)
+                .map(|v| v.to_string())
+                .filter(|v| !v.trim().is_empty())
+        };
+        TelemetrySettings::from_vars(
+            "data-plane",
+            OtelVars {
+                endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .or(get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
+                service_name: get("OTEL_SERVICE_NAME"),
+                sampler: get("OTEL_TRACES_SAMPLER"),
+                sampler_arg: get("OTEL_TRACES_SAMPLER_ARG"),
+            },
+        )
     }
 
     #[test]
