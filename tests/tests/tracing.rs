@@ -281,7 +281,7 @@ fn a_request_is_traced_from_the_client_to_the_upstream() {
 }
 
 #[test]
-fn aggregate_sources_and_failed_attempts_are_spans_and_tracing_off_passes_traceparent_on() {
+fn sources_failed_attempts_and_refusals_are_spans_and_tracing_off_passes_traceparent_on() {
     let _test = start_test();
     let receiver = Receiver::default();
     let (_runtime, endpoint) = receiver.start();
@@ -305,6 +305,7 @@ routes:
         - {{ name: second, service: src, path: "/two/{{id}}", required: true }}
   - {{ name: plain, match: {{ path_prefix: /plain }}, service: src }}
   - {{ name: broken, match: {{ path_prefix: /broken }}, service: down }}
+  - {{ name: secured, match: {{ path_prefix: /secured }}, service: src, auth: {{}} }}
 "#,
             upstream.url()
         ),
@@ -352,6 +353,27 @@ routes:
     });
     assert_eq!(server.attr("http.response.status_code"), "503");
     assert!(server.error, "{server:?}");
+
+    // A refused authentication is an error span under the request's.
+    let (traceparent, trace_id, _) = client_traceparent();
+    let r = get_with(&dp, "/secured/x", &[("traceparent", &traceparent)]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    let auth = receiver.wait_for("the authentication span", |s| {
+        s.trace_id == trace_id && s.name == "authentication"
+    });
+    assert!(auth.error, "{auth:?}");
+    assert_eq!(auth.attr("error.type"), "auth_not_configured");
+    let server = receiver.wait_for("the refused request's server span", |s| {
+        s.trace_id == trace_id && s.span_id == auth.parent_id
+    });
+    assert_eq!(server.attr("http.response.status_code"), "401");
+    assert!(
+        receiver
+            .spans()
+            .iter()
+            .all(|s| s.trace_id != trace_id || s.name != "upstream attempt"),
+        "a refused request went upstream"
+    );
 
     // Without OTLP settings, the client's trace context goes upstream as is.
     let mut plain = DataPlaneProc::standalone("dp-plain", &config);
@@ -414,4 +436,57 @@ fn an_unusable_sampler_ratio_is_refused_at_start() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("OTEL_TRACES_SAMPLER_ARG"), "{stderr}");
+}
+
+#[test]
+fn each_retry_is_an_attempt_span_with_its_number() {
+    let _test = start_test();
+    let receiver = Receiver::default();
+    let (_runtime, endpoint) = receiver.start();
+    let flaky = Upstream::start("flaky");
+    flaky.set_fail(503);
+    let config = write_temp_file(
+        "retries.yaml",
+        &format!(
+            r#"
+version: 1
+services:
+  - name: flaky
+    instances: ["{}"]
+    retry: {{ max_attempts: 2, base_delay: 1ms, max_delay: 2ms, retry_on: [503] }}
+routes:
+  - {{ name: flaky, match: {{ path_prefix: /flaky }}, service: flaky }}
+"#,
+            flaky.url()
+        ),
+    );
+    let env = otel_env(&endpoint, "dp-retries");
+    let mut dp = DataPlaneProc::standalone_with_env("dp-retries", &config, &borrowed(&env));
+    dp.wait_ready();
+    let (traceparent, trace_id, _) = client_traceparent();
+    let r = get_with(&dp, "/flaky/x", &[("traceparent", &traceparent)]);
+    assert_eq!(r.status, 503, "{}", r.text());
+    let server = receiver.wait_for("the server span", |s| {
+        s.trace_id == trace_id && s.name == "GET flaky"
+    });
+    let attempts = wait_until("both attempt spans", EXPORTED, || {
+        let mut attempts: Vec<Recorded> = receiver
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == trace_id && s.name == "upstream attempt")
+            .collect();
+        attempts.sort_by(|a, b| a.attr("gateway.attempt").cmp(b.attr("gateway.attempt")));
+        match attempts.len() {
+            2 => Ok(attempts),
+            n => Err(format!("{n} attempt spans")),
+        }
+    });
+    for (attempt, number) in attempts.iter().zip(["1", "2"]) {
+        assert_eq!(attempt.attr("gateway.attempt"), number);
+        assert_eq!(attempt.parent_id, server.span_id, "{attempt:?}");
+        assert_eq!(attempt.attr("http.response.status_code"), "503");
+        assert!(attempt.error, "{attempt:?}");
+    }
+    assert_ne!(attempts[0].span_id, attempts[1].span_id);
+    let _ = std::fs::remove_file(config);
 }
