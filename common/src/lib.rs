@@ -26,5 +26,6 @@ pub mod process;
 pub mod registration;
 pub mod request_schema;
 pub mod routing;
+pub mod telemetry;
 
 pub use config::{ConfigError, GatewayConfig};

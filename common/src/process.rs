@@ -1,7 +1,12 @@
 //! What every gateway process does the same way at start: its default
 //! identity and its logging.
 
+use crate::telemetry::{Telemetry, TelemetryError, TelemetrySettings};
 use std::fmt;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// `hostname-pid`: the default replica id of a control plane and node id of
 /// a data plane. `fallback` names the host when no hostname can be read.
@@ -51,44 +56,87 @@ pub enum LoggingError {
     /// A global subscriber was already installed.
     #[error("cannot install the logger: {0}")]
     Install(String),
+    /// The OpenTelemetry settings (`OTEL_*`) are not usable.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
 }
 
 /// Installs the global tracing subscriber: `level` is a level (`info`) or a
 /// filter (`control_plane=debug,info`).
 pub fn init_logging(level: &str, format: LogFormat, target: LogTarget) -> Result<(), LoggingError> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(level).map_err(|e| LoggingError::Level {
-            level: level.to_string(),
-            reason: e.to_string(),
-        })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let installed = match (format, target) {
-        (LogFormat::Json, LogTarget::Stdout) => {
-            json(builder).with_writer(std::io::stdout).try_init()
-        }
-        (LogFormat::Json, LogTarget::Stderr) => {
-            json(builder).with_writer(std::io::stderr).try_init()
-        }
-        (LogFormat::Pretty, LogTarget::Stdout) => builder.with_writer(std::io::stdout).try_init(),
-        (LogFormat::Pretty, LogTarget::Stderr) => builder.with_writer(std::io::stderr).try_init(),
-    };
-    installed.map_err(|e| LoggingError::Install(e.to_string()))
+    install(level, format, target, None).map(|_| ())
 }
 
-type FmtBuilder = tracing_subscriber::fmt::SubscriberBuilder<
-    tracing_subscriber::fmt::format::DefaultFields,
-    tracing_subscriber::fmt::format::Format,
-    tracing_subscriber::EnvFilter,
->;
+/// Installs the global tracing subscriber as [`init_logging`] does and,
+/// when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the OpenTelemetry layer that
+/// exports spans over OTLP (service name `OTEL_SERVICE_NAME`, else
+/// `service`). Must be called inside a tokio runtime; await
+/// [`Telemetry::shutdown`] at exit to flush the last spans.
+pub fn init_logging_and_tracing(
+    level: &str,
+    format: LogFormat,
+    target: LogTarget,
+    service: &str,
+) -> Result<Telemetry, LoggingError> {
+    let settings = TelemetrySettings::from_env(service)?;
+    install(level, format, target, settings.as_ref())
+}
 
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+fn install(
+    level: &str,
+    format: LogFormat,
+    target: LogTarget,
+    tracing: Option<&TelemetrySettings>,
+) -> Result<Telemetry, LoggingError> {
+    let filter = EnvFilter::try_new(level).map_err(|e| LoggingError::Level {
+        level: level.to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut layers = vec![log_layer(format, target).with_filter(filter).boxed()];
+    let telemetry = match tracing {
+        Some(settings) => {
+            let (layer, telemetry) = crate::telemetry::layer(settings)?;
+            // Spans of every level that is not chatty: the gateway's own
+            // request and RPC spans, and the events logged inside them.
+            layers.push(layer.with_filter(LevelFilter::INFO).boxed());
+            telemetry
+        }
+        None => Telemetry::default(),
+    };
+    tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .map_err(|e| LoggingError::Install(e.to_string()))?;
+    Ok(telemetry)
+}
+
+fn log_layer(format: LogFormat, target: LogTarget) -> BoxedLayer {
+    let layer = tracing_subscriber::fmt::layer();
+    match (format, target) {
+        (LogFormat::Json, LogTarget::Stdout) => json(layer).with_writer(std::io::stdout).boxed(),
+        (LogFormat::Json, LogTarget::Stderr) => json(layer).with_writer(std::io::stderr).boxed(),
+        (LogFormat::Pretty, LogTarget::Stdout) => layer.with_writer(std::io::stdout).boxed(),
+        (LogFormat::Pretty, LogTarget::Stderr) => layer.with_writer(std::io::stderr).boxed(),
+    }
+}
+
+/// One JSON object per line with the event's fields at the top level; the
+/// spans an event is in (when tracing is on) are left out so that lines
+/// keep one shape.
 fn json(
-    builder: FmtBuilder,
-) -> tracing_subscriber::fmt::SubscriberBuilder<
+    layer: tracing_subscriber::fmt::Layer<Registry>,
+) -> tracing_subscriber::fmt::Layer<
+    Registry,
     tracing_subscriber::fmt::format::JsonFields,
     tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json>,
-    tracing_subscriber::EnvFilter,
 > {
-    builder.json().flatten_event(true).with_current_span(false)
+    layer
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
 }
 
 impl fmt::Display for LogFormat {

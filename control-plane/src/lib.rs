@@ -23,6 +23,7 @@ pub mod leader;
 pub mod leases;
 pub mod metrics;
 pub mod registry;
+pub mod rpc_spans;
 pub mod server;
 pub mod settings;
 pub mod store;

@@ -3,7 +3,7 @@
 use clap::Parser;
 use control_plane::cli::Cli;
 use control_plane::ControlPlane;
-use gateway_common::process::{init_logging, LogTarget};
+use gateway_common::process::{init_logging_and_tracing, LogTarget};
 use std::process::ExitCode;
 
 async fn terminated() {
@@ -57,11 +57,21 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = init_logging(&cli.log_level, cli.log_format, LogTarget::Stdout) {
-        eprintln!("control-plane: {e:#}");
-        return ExitCode::from(2);
-    }
-    match run(cli).await {
+    let telemetry = match init_logging_and_tracing(
+        &cli.log_level,
+        cli.log_format,
+        LogTarget::Stdout,
+        "control-plane",
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("control-plane: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let ran = run(cli).await;
+    telemetry.shutdown().await;
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("control-plane: {e:#}");

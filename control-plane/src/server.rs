@@ -304,7 +304,9 @@ impl Drop for ControlPlane {
     }
 }
 
-type GrpcRouter = tonic::transport::server::Router;
+type GrpcRouter = tonic::transport::server::Router<
+    tower::layer::util::Stack<crate::rpc_spans::RpcSpansLayer, tower::layer::util::Identity>,
+>;
 
 fn grpc_server(
     settings: &Settings,
@@ -354,6 +356,7 @@ fn grpc_server(
     Ok(tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .layer(crate::rpc_spans::RpcSpansLayer)
         .add_service(health)
         .add_service(reflection)
         .add_service(registry)

@@ -31,6 +31,7 @@ use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 /// Time given beyond the longest source timeout to merge the answers.
 pub const MERGE_ALLOWANCE: Duration = Duration::from_millis(100);
@@ -186,15 +187,19 @@ impl Aggregate {
                     let begun = Instant::now();
                     let at = deadline.at().min(begun + source.timeout);
                     let budget = at.saturating_duration_since(begun);
+                    let span = crate::spans::source(&source.name, &source.service);
                     let result = match path {
                         Some(path) => {
-                            fetch(snapshot, source, path, headers, peer, at, budget).await
+                            fetch(snapshot, source, path, headers, peer, at, budget)
+                                .instrument(span.clone())
+                                .await
                         }
                         None => Err(SourceFailure::Shape(
                             "its path is not a valid URI path".into(),
                         )),
                     };
                     let result = result.and_then(|value| source.transform(value, now));
+                    crate::spans::source_done(&span, &result);
                     (
                         i,
                         SourceResult {
@@ -486,6 +491,7 @@ async fn fetch(
         DEADLINE_HEADER,
         deadline::header_value(at.saturating_duration_since(Instant::now())),
     );
+    crate::spans::inject_current(endpoint, &mut headers);
     *request.headers_mut() = headers;
     let guard = endpoint.load.begin();
     let sent_at = Clock::start(service);

@@ -36,6 +36,7 @@ pub mod session;
 pub mod settings;
 pub mod shared_state;
 pub mod shutdown;
+mod spans;
 pub mod standalone;
 pub mod upstream;
 pub mod validation;

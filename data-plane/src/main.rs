@@ -3,7 +3,7 @@
 use clap::Parser;
 use data_plane::cli::Cli;
 use data_plane::{settings, shutdown, DataPlane, Settings};
-use gateway_common::process::{init_logging, LogTarget};
+use gateway_common::process::{init_logging_and_tracing, LogTarget};
 use std::process::ExitCode;
 
 /// mimalloc's per-thread free lists serve the proxy's many short-lived
@@ -34,11 +34,30 @@ fn main() -> ExitCode {
         // preconditions.
         unsafe { libmimalloc_sys::mi_collect(true) }
     });
-    if let Err(e) = init_logging(&cli.log_level, cli.log_format, LogTarget::Stdout) {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
-    }
-    let workers = cli.worker_threads.map(usize::from);
+    let runtime = match build_runtime(cli.worker_threads.map(usize::from)) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The OTLP exporter's gRPC channel runs on this runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        init_logging_and_tracing(
+            &cli.log_level,
+            cli.log_format,
+            LogTarget::Stdout,
+            "data-plane",
+        )
+    };
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let settings = match cli.into_settings(settings::service_urls_from_env()) {
         Ok(settings) => settings,
         Err(e) => {
@@ -47,14 +66,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match build_runtime(workers) {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(settings)) {
+    let ran = runtime.block_on(async {
+        let ran = run(settings).await;
+        telemetry.shutdown().await;
+        ran
+    });
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "data plane failed");

@@ -126,11 +126,14 @@ impl Proxy {
     }
 
     /// Handles one request from a client at `peer` (its IP as a header value).
-    pub async fn handle(
-        &self,
-        peer: &HeaderValue,
-        mut req: Request<Incoming>,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(&self, peer: &HeaderValue, req: Request<Incoming>) -> Response<ProxyBody> {
+        match crate::spans::request(&req) {
+            None => self.answer(peer, req).await,
+            Some(span) => crate::spans::traced(span, self.answer(peer, req)).await,
+        }
+    }
+
+    async fn answer(&self, peer: &HeaderValue, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let start = Instant::now();
         let method = req.method().clone();
         let request_id = req.headers().get(X_REQUEST_ID).cloned();
@@ -277,6 +280,7 @@ impl Proxy {
         req: &Request<Incoming>,
         request_id: Option<&HeaderValue>,
     ) -> Result<crate::credentials::Caller, AuthError> {
+        let _span = crate::spans::authentication(route);
         let result = crate::credentials::identify(
             self.verifier.as_deref(),
             self.credentials.as_deref(),
@@ -284,6 +288,7 @@ impl Proxy {
             req.headers(),
         );
         result.inspect_err(|error| {
+            crate::spans::refused(error.reason());
             crate::security_event!(
                 "authentication_failed",
                 error.severity(),
@@ -299,10 +304,12 @@ impl Proxy {
     }
 
     fn route(&self, req: &Request<Incoming>) -> Result<Target, (GatewayError, String)> {
+        let span = crate::spans::RouteMatch::enter(req.method());
         let snapshot = self.runtime.load();
         match snapshot.router.lookup(req) {
             Lookup::Found(found) => {
                 let route = found.value.clone();
+                span.matched(&route);
                 let path = route.rewrite.apply(found.remainder, &found.params);
                 let service = snapshot.services[route.service].clone();
                 Ok(Target {
@@ -615,6 +622,7 @@ async fn forward_once(
         DEADLINE_HEADER,
         deadline::header_value(deadline.remaining()),
     );
+    let span = crate::spans::attempt(&service.name, endpoint, 1, &mut parts.headers);
     let guard = endpoint.load.begin();
     let upstream_req = Request::from_parts(parts, body.into_upstream(route.body_limit));
     // The clock is read only when a breaker or outlier detector needs it.
@@ -622,6 +630,7 @@ async fn forward_once(
     let exchange = upstream::send(&endpoint.pool, service.config.connect_timeout, upstream_req);
     match tokio::time::timeout_at(deadline.at(), exchange).await {
         Ok(Ok((response, conn))) => {
+            crate::spans::answered(&span, response.status());
             let outcome = if response.status().is_server_error() {
                 Outcome::Failure
             } else {
@@ -634,12 +643,14 @@ async fn forward_once(
         }
         Ok(Err(err)) => {
             drop(guard);
+            crate::spans::send_failed(&span, &err);
             let (response, outcome) = send_failed(&err, route, service, endpoint, request_id);
             record_outcome(service, endpoint, permit, outcome, sent_at.elapsed());
             response
         }
         Err(_elapsed) => {
             drop(guard);
+            crate::spans::failed(&span, UpstreamErrorKind::Timeout.as_str());
             record_outcome(
                 service,
                 endpoint,
@@ -727,8 +738,14 @@ async fn forward_with_retries(
             Some(t) => deadline.at().min(now + t),
             None => deadline.at(),
         };
-        let upstream_req =
+        let mut upstream_req =
             request.attempt(&endpoint, attempt_deadline.saturating_duration_since(now));
+        let span = crate::spans::attempt(
+            &service.name,
+            &endpoint,
+            attempt,
+            upstream_req.headers_mut(),
+        );
         let guard = endpoint.load.begin();
         let sent_at = Clock::start(service);
         let exchange = upstream::send(&endpoint.pool, service.config.connect_timeout, upstream_req);
@@ -736,6 +753,7 @@ async fn forward_with_retries(
         {
             Ok(Ok((response, conn))) => {
                 let status = response.status();
+                crate::spans::answered(&span, status);
                 let outcome = if status.is_server_error() {
                     Outcome::Failure
                 } else {
@@ -749,6 +767,7 @@ async fn forward_with_retries(
             }
             Ok(Err(err)) => {
                 drop(guard);
+                crate::spans::send_failed(&span, &err);
                 let (response, outcome) = send_failed(&err, route, service, &endpoint, request_id);
                 record_outcome(service, &endpoint, permit, outcome, sent_at.elapsed());
                 let retryable = match upstream::classify(&err) {
@@ -764,6 +783,7 @@ async fn forward_with_retries(
             }
             Err(_elapsed) => {
                 drop(guard);
+                crate::spans::failed(&span, UpstreamErrorKind::Timeout.as_str());
                 record_outcome(
                     service,
                     &endpoint,
