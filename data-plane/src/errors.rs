@@ -51,6 +51,12 @@ pub enum GatewayError {
     InvalidJson,
     /// The caller is over the route's rate limit.
     RateLimited,
+    /// An authenticated caller without the permission, venue access or an
+    /// enabled account the route needs.
+    Forbidden,
+    /// A service the authorisation depends on (venue access, user
+    /// details) cannot answer: refused rather than allowed.
+    AuthorizationUnavailable,
 }
 
 impl GatewayError {
@@ -71,6 +77,8 @@ impl GatewayError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidJson => StatusCode::BAD_REQUEST,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::AuthorizationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway | Self::AggregateSourceFailed => StatusCode::BAD_GATEWAY,
             Self::WebhookNotDelivered => StatusCode::INTERNAL_SERVER_ERROR,
@@ -99,6 +107,9 @@ impl GatewayError {
             Self::InvalidJson => "INVALID_JSON",
             // The seed's `RateLimitError` code.
             Self::RateLimited => "RATE_LIMIT_ERROR",
+            // The seed's `AuthorizationError` and `ServiceUnavailableError`.
+            Self::Forbidden => "AUTHORIZATION_ERROR",
+            Self::AuthorizationUnavailable => "SERVICE_UNAVAILABLE",
         }
     }
 

@@ -40,6 +40,8 @@ pub struct Proxy {
     cache: Arc<crate::cache::ResponseCache>,
     /// Rate limits (shared through Redis when configured).
     limiter: RateLimiter,
+    /// Permissions, venue scoping and user details of authenticated callers.
+    authorizer: crate::authorization::Authorizer,
 }
 
 /// Where a routed request goes.
@@ -66,6 +68,7 @@ impl Proxy {
             shared: None,
             cache,
             limiter,
+            authorizer: crate::authorization::Authorizer::new(None),
         }
     }
 
@@ -93,6 +96,7 @@ impl Proxy {
                 &self.metrics,
             ));
         }
+        self.authorizer = crate::authorization::Authorizer::new(shared.clone());
         self.shared = shared;
         self
     }
@@ -137,9 +141,27 @@ impl Proxy {
                 let mut response = 'answer: {
                     if let Some(auth) = &route.auth {
                         if !auth.public_paths.matches(req.uri().path()) {
-                            match self.authenticate(&route, peer, &req, request_id.as_ref()) {
+                            let identity =
+                                match self.authenticate(&route, peer, &req, request_id.as_ref()) {
+                                    Ok(identity) => identity,
+                                    Err(error) => {
+                                        break 'answer error.response(request_id.as_ref())
+                                    }
+                                };
+                            match self
+                                .authorizer
+                                .authorize(
+                                    &self.runtime,
+                                    &route,
+                                    identity,
+                                    &req,
+                                    peer,
+                                    request_id.as_ref(),
+                                )
+                                .await
+                            {
                                 Ok(identity) => identity.apply(req.headers_mut()),
-                                Err(error) => break 'answer error.response(request_id.as_ref()),
+                                Err(refused) => break 'answer refused,
                             }
                         }
                     }

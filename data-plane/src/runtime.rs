@@ -87,6 +87,8 @@ pub struct RouteRuntime {
 pub struct RouteAuth {
     /// Paths that need no token.
     pub public_paths: crate::security::PublicPaths,
+    /// Permission, venue scoping and user details, when the route has any.
+    pub authz: Option<Arc<crate::authorization::RouteAuthz>>,
 }
 
 /// A service as the proxy uses it.
@@ -573,6 +575,7 @@ impl Runtime {
                     .filter(|a| a.required)
                     .map(|a| RouteAuth {
                         public_paths: crate::security::PublicPaths::new(&a.public_paths),
+                        authz: crate::authorization::RouteAuthz::from_config(route, a),
                     }),
                 cors: route.cors.as_ref().map(crate::cors::Cors::from_config),
                 aggregate,
