@@ -119,12 +119,14 @@ impl Requirement {
         })
     }
 
-    /// The permission `method` needs, if any.
+    /// The permission `method` needs, if any. HEAD reads what GET reads,
+    /// so it needs GET's unless it is named itself.
     pub fn for_method(&self, method: &str) -> Option<&str> {
-        self.per_method
-            .get(method)
-            .or(self.default.as_ref())
-            .map(String::as_str)
+        let named = match (self.per_method.get(method), method) {
+            (None, "HEAD") => self.per_method.get("GET"),
+            (named, _) => named,
+        };
+        named.or(self.default.as_ref()).map(String::as_str)
     }
 }
 
@@ -199,6 +201,13 @@ mod tests {
         assert_eq!(req.for_method("GET"), Some("events:view"));
         assert_eq!(req.for_method("POST"), Some("events:create"));
         assert_eq!(req.owner_param.as_deref(), Some("userId"));
+        let read: AuthConfig = serde_json::from_value(serde_json::json!({
+            "permissions": { "GET": "events:view", "POST": "events:create" }
+        }))
+        .unwrap();
+        let req = Requirement::from_config(&read).unwrap();
+        assert_eq!(req.for_method("HEAD"), Some("events:view"));
+        assert_eq!(req.for_method("DELETE"), None);
         let only_post: AuthConfig = serde_json::from_value(serde_json::json!({
             "permissions": { "POST": "events:create" }
         }))

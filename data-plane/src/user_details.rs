@@ -95,21 +95,21 @@ impl UserDirectory {
         lookup_at: &LookupConfig,
         sub: &str,
     ) -> Result<Arc<UserDetails>, UserDetailsError> {
-        if let Some(found) = self.memory.get(sub).await {
-            return Ok(found);
-        }
-        if let Some(found) = self.read_shared(sub).await {
-            let found = Arc::new(found);
-            self.memory.insert(sub.to_owned(), found.clone()).await;
-            return Ok(found);
-        }
-        let path = lookup::fill(&lookup_at.path, "", sub);
-        let (status, body) = lookup::get(snapshot, &lookup_at.service, &path).await?;
-        let details = parse(status, &body, sub)?;
-        self.write_shared(sub, &body).await;
-        let details = Arc::new(details);
-        self.memory.insert(sub.to_owned(), details.clone()).await;
-        Ok(details)
+        // Concurrent misses of one user share one Redis read and one
+        // lookup; failures (unknown users included) are not kept.
+        self.memory
+            .try_get_with(sub.to_owned(), async {
+                if let Some(found) = self.read_shared(sub).await {
+                    return Ok(Arc::new(found));
+                }
+                let path = lookup::fill(&lookup_at.path, "", sub);
+                let (status, body) = lookup::get(snapshot, &lookup_at.service, &path).await?;
+                let details = parse(status, &body, sub)?;
+                self.write_shared(sub, &body).await;
+                Ok::<_, UserDetailsError>(Arc::new(details))
+            })
+            .await
+            .map_err(|e: Arc<UserDetailsError>| (*e).clone())
     }
 
     fn key(state: &SharedState, sub: &str) -> String {

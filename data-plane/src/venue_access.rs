@@ -62,19 +62,20 @@ impl VenueAccess {
         permission: &str,
     ) -> Result<bool, VenueAccessError> {
         let key = (user.to_owned(), venue.to_owned(), permission.to_owned());
-        if let Some(allowed) = self.cache.get(&key).await {
-            return Ok(allowed);
-        }
-        let path = format!(
-            "{}?userId={}&permission={}",
-            lookup::fill(&lookup_at.path, venue, user),
-            lookup::encode_segment(user),
-            lookup::encode_segment(permission)
-        );
-        let (status, body) = lookup::get(snapshot, &lookup_at.service, &path).await?;
-        let allowed = decide(status, &body)?;
-        self.cache.insert(key, allowed).await;
-        Ok(allowed)
+        // Concurrent misses of one key share one lookup; failures are not kept.
+        self.cache
+            .try_get_with(key, async {
+                let path = format!(
+                    "{}?userId={}&permission={}",
+                    lookup::fill(&lookup_at.path, venue, user),
+                    lookup::encode_segment(user),
+                    lookup::encode_segment(permission)
+                );
+                let (status, body) = lookup::get(snapshot, &lookup_at.service, &path).await?;
+                decide(status, &body)
+            })
+            .await
+            .map_err(|e| (*e).clone())
     }
 }
 

@@ -360,6 +360,22 @@ fn user_details_come_from_the_auth_service_through_redis() {
     // Cached: the auth service is not asked again.
     assert_eq!(send_as(&p, "GET", "/api/v1/me", &active, &[]).status, 200);
     assert_eq!(p.auth.served(), 1);
+    // Concurrent first requests of one user share one lookup.
+    p.auth.respond(
+        "/api/v1/users/u-burst",
+        &json!({ "id": "u-burst", "role": "customer" }),
+    );
+    p.auth.set_delay(300);
+    let burst = token("u-burst", "customer", None);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| send_as(&p, "GET", "/api/v1/me", &burst, &[]).status))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    p.auth.set_delay(0);
+    assert_eq!(statuses, vec![200; 8]);
+    assert_eq!(p.auth.served(), 2);
     // So the admin token is a customer here: no reports:export.
     let r = send_as(&p, "GET", "/api/v1/admin-reports", &active, &[]);
     assert_forbidden(&r, "Insufficient permissions: reports:export required");
