@@ -297,3 +297,40 @@ fn unavailable(service: &str, request_id: Option<&HeaderValue>) -> Response<Prox
 fn request_id_str(id: Option<&HeaderValue>) -> &str {
     id.and_then(|v| v.to_str().ok()).unwrap_or("")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(yaml_auth: serde_json::Value, path: &str) -> Option<Arc<RouteAuthz>> {
+        let route: RouteConfig = serde_json::from_value(serde_json::json!({
+            "name": "r", "service": "s", "match": { "path": path }, "auth": yaml_auth,
+        }))
+        .unwrap();
+        RouteAuthz::from_config(&route, route.auth.as_ref().unwrap())
+    }
+
+    #[test]
+    fn only_routes_with_something_to_authorise_get_a_policy() {
+        assert!(route(serde_json::json!({}), "/a").is_none());
+        assert!(route(serde_json::json!({ "user_details": true }), "/a").is_some());
+        assert!(route(serde_json::json!({ "permission": "a:b" }), "/a").is_some());
+    }
+
+    #[test]
+    fn path_parameters_are_read_from_the_matched_path() {
+        let policy = route(
+            serde_json::json!({ "permission": "tickets:view", "owner_param": "userId" }),
+            "/api/v1/users/{userId}/venues/{venueId}/tickets",
+        )
+        .unwrap();
+        let path = "/api/v1/users/u-1/venues/v-9/tickets";
+        assert_eq!(policy.param(path, "userId"), Some("u-1"));
+        assert_eq!(policy.param(path, "venueId"), Some("v-9"));
+        assert_eq!(policy.param(path, "eventId"), None);
+        assert_eq!(
+            policy.param("/api/v1/users//venues/v/tickets", "userId"),
+            None
+        );
+    }
+}
