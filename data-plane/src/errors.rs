@@ -54,6 +54,12 @@ pub enum GatewayError {
     /// A store the answer depends on (Redis, for token refresh and
     /// logout) is not reachable.
     ServiceUnavailable,
+    /// An authenticated caller without the permission, venue access or an
+    /// enabled account the route needs.
+    Forbidden,
+    /// A service the authorisation depends on (venue access, user
+    /// details) cannot answer: refused rather than allowed.
+    AuthorizationUnavailable,
 }
 
 impl GatewayError {
@@ -75,6 +81,8 @@ impl GatewayError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidJson => StatusCode::BAD_REQUEST,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::AuthorizationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway | Self::AggregateSourceFailed => StatusCode::BAD_GATEWAY,
             Self::WebhookNotDelivered => StatusCode::INTERNAL_SERVER_ERROR,
@@ -105,6 +113,9 @@ impl GatewayError {
             Self::RateLimited => "RATE_LIMIT_ERROR",
             // The seed's `ServiceUnavailableError` code.
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            // The seed's `AuthorizationError` and `ServiceUnavailableError`.
+            Self::Forbidden => "AUTHORIZATION_ERROR",
+            Self::AuthorizationUnavailable => "SERVICE_UNAVAILABLE",
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Proxy {
     credentials: Option<Arc<crate::credentials::Credentials>>,
     /// The refresh and logout endpoints, when configured.
     sessions: Option<Arc<crate::session::Sessions>>,
+    /// Permissions, venue scoping and user details of authenticated callers.
+    authorizer: crate::authorization::Authorizer,
 }
 
 /// Where a routed request goes.
@@ -72,6 +74,7 @@ impl Proxy {
             limiter,
             credentials: None,
             sessions: None,
+            authorizer: crate::authorization::Authorizer::new(None),
         }
     }
 
@@ -111,6 +114,7 @@ impl Proxy {
                 &self.metrics,
             ));
         }
+        self.authorizer = crate::authorization::Authorizer::new(shared.clone());
         self.shared = shared;
         self
     }
@@ -164,9 +168,27 @@ impl Proxy {
                 let mut response = 'answer: {
                     if let Some(auth) = &route.auth {
                         if !auth.public_paths.matches(req.uri().path()) {
-                            match self.authenticate(&route, peer, &req, request_id.as_ref()) {
+                            let caller =
+                                match self.authenticate(&route, peer, &req, request_id.as_ref()) {
+                                    Ok(caller) => caller,
+                                    Err(error) => {
+                                        break 'answer error.response(request_id.as_ref())
+                                    }
+                                };
+                            match self
+                                .authorizer
+                                .authorize_caller(
+                                    &self.runtime,
+                                    &route,
+                                    caller,
+                                    &req,
+                                    peer,
+                                    request_id.as_ref(),
+                                )
+                                .await
+                            {
                                 Ok(caller) => caller.apply(req.headers_mut()),
-                                Err(error) => break 'answer error.response(request_id.as_ref()),
+                                Err(refused) => break 'answer refused,
                             }
                         }
                     }

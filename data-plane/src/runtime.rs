@@ -89,6 +89,8 @@ pub struct RouteAuth {
     pub public_paths: crate::security::PublicPaths,
     /// Whether an `X-API-Key` is accepted in place of a token.
     pub api_keys: bool,
+    /// Permission, venue scoping and user details, when the route has any.
+    pub authz: Option<Arc<crate::authorization::RouteAuthz>>,
 }
 
 /// A service as the proxy uses it.
@@ -576,6 +578,7 @@ impl Runtime {
                     .map(|a| RouteAuth {
                         public_paths: crate::security::PublicPaths::new(&a.public_paths),
                         api_keys: a.api_keys,
+                        authz: crate::authorization::RouteAuthz::from_config(route, a),
                     }),
                 cors: route.cors.as_ref().map(crate::cors::Cors::from_config),
                 aggregate,
