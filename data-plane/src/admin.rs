@@ -1,6 +1,8 @@
 //! The admin listener: liveness, readiness (a config is applied and the
-//! data plane is not draining) and Prometheus metrics.
+//! data plane is not draining), the health report of its dependencies
+//! (`/health`, see [`crate::health`]) and Prometheus metrics.
 
+use crate::health::{HealthSources, Status};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use axum::extract::State;
@@ -20,15 +22,28 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// True once shutdown has begun.
     pub stopping: watch::Receiver<bool>,
+    /// What `/health` reports on.
+    pub health: HealthSources,
 }
 
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+async fn health(State(state): State<AdminState>) -> impl IntoResponse {
+    let stopping = *state.stopping.borrow();
+    let report = state.health.report(stopping).await;
+    let code = match report.status {
+        Status::Error => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::OK,
+    };
+    (code, Json(report))
 }
 
 async fn live() -> impl IntoResponse {

@@ -78,6 +78,8 @@ pub struct Settings {
     pub redis_timeout: Duration,
     /// Rate limiting (`ENABLE_RATE_LIMITING`, `RATE_LIMIT_*`, `IP_SALT`).
     pub rate_limit: crate::ratelimit::RateLimitSettings,
+    /// One access-log line per request (`GW_ACCESS_LOG`).
+    pub access_log: bool,
 }
 
 impl Default for Settings {
@@ -97,6 +99,7 @@ impl Default for Settings {
             redis_key_prefix: crate::shared_state::DEFAULT_KEY_PREFIX.to_string(),
             redis_timeout: crate::shared_state::DEFAULT_REDIS_TIMEOUT,
             rate_limit: crate::ratelimit::RateLimitSettings::default(),
+            access_log: true,
         }
     }
 }
