@@ -1,7 +1,9 @@
 //! The admin listener: liveness, readiness (a config is applied, the
 //! revocation set is loaded or its grace period is over, and the data plane
-//! is not draining) and Prometheus metrics.
+//! is not draining), the health report of its dependencies (`/health`, see
+//! [`crate::health`]) and Prometheus metrics.
 
+use crate::health::{HealthSources, Status};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use axum::extract::State;
@@ -24,15 +26,28 @@ pub struct AdminState {
     /// Revocations and API keys, when fed from Redis: not ready until
     /// loaded once (or their grace period is over).
     pub credentials: Option<Arc<crate::credentials::Credentials>>,
+    /// What `/health` reports on.
+    pub health: HealthSources,
 }
 
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+async fn health(State(state): State<AdminState>) -> impl IntoResponse {
+    let stopping = *state.stopping.borrow();
+    let report = state.health.report(stopping).await;
+    let code = match report.status {
+        Status::Error => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::OK,
+    };
+    (code, Json(report))
 }
 
 async fn live() -> impl IntoResponse {

@@ -495,6 +495,7 @@ async fn fetch(
     *request.headers_mut() = headers;
     let guard = endpoint.load.begin();
     let sent_at = Clock::start(service);
+    service.errors.attempt();
     let exchange = async {
         let (response, conn) =
             upstream::send(&endpoint.pool, service.config.connect_timeout, request)

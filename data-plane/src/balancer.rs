@@ -398,6 +398,11 @@ impl Balancer {
         self.healthy.as_ref().map_or(&[], |p| &p.endpoints)
     }
 
+    /// Non-draining instances, healthy or not.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
     /// The outlier detector of the service, if it has one.
     pub fn outlier(&self) -> Option<&Arc<OutlierDetector>> {
         self.outlier.as_ref()

@@ -147,6 +147,12 @@ pub struct Cli {
     #[arg(long, env = "IP_SALT", value_name = "SALT", hide_env_values = true)]
     pub ip_salt: Option<String>,
 
+    /// One access-log line per request (tracing target `access`, level
+    /// info): method, path, route, service, instance, status, latency,
+    /// request id, tenant.
+    #[arg(long, env = "GW_ACCESS_LOG", value_name = "BOOL", default_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub access_log: bool,
+
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, env = "LOG_LEVEL", value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -234,6 +240,7 @@ impl Cli {
                 ip_salt: non_empty(self.ip_salt),
             },
             session,
+            access_log: self.access_log,
         })
     }
 }

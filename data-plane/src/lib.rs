@@ -6,6 +6,7 @@
 //! [`DataPlane::start`] runs it inside the caller's tokio runtime, so the
 //! `data-plane` binary and `gwctl dev` share one implementation.
 
+pub mod access_log;
 pub mod admin;
 pub mod aggregate;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod deadline;
 pub mod discovery;
 pub mod errors;
 pub mod headers;
+pub mod health;
 pub mod layers;
 pub mod lookup;
 pub mod maglev;
@@ -102,6 +104,7 @@ impl DataPlane {
             .jwt
             .as_ref()
             .map(|jwt| Arc::new(auth::Verifier::new(jwt)));
+        let started = std::time::Instant::now();
         let shared = match &settings.redis_url {
             Some(url) => Some(
                 shared_state::SharedState::start(
@@ -134,12 +137,20 @@ impl DataPlane {
         if sessions.is_some() && shared.is_none() {
             tracing::warn!("JWT_REFRESH_SECRET is set without REDIS_URL: the refresh and logout endpoints answer 503");
         }
+        let health = health::HealthSources {
+            runtime: runtime.clone(),
+            metrics: metrics.clone(),
+            shared: shared.clone(),
+            standalone: settings.config_file.is_some(),
+            started,
+        };
         let proxy = Arc::new(
             proxy::Proxy::new(runtime.clone(), metrics.clone())
                 .with_verifier(verifier)
                 .with_credentials(credentials.clone(), sessions)
                 .with_shared_state(shared)
-                .with_rate_limiter(limiter),
+                .with_rate_limiter(limiter)
+                .with_access_log(access_log::AccessLog::new(settings.access_log)),
         );
         let proxy = tokio::spawn(server::serve(
             listener,
@@ -158,6 +169,7 @@ impl DataPlane {
                 metrics: metrics.clone(),
                 stopping: stop_rx.clone(),
                 credentials: credentials.clone(),
+                health,
             },
             admin_stop_rx,
         ));

@@ -203,6 +203,9 @@ pub struct Metrics {
     retries: Family<ServiceLabels, Counter>,
     retry_budget_exhausted: Family<ServiceLabels, Counter>,
     ejections: Family<ServiceLabels, Counter>,
+    upstream_attempts: Family<ServiceLabels, Counter>,
+    /// Client connections open on the public listener.
+    pub open_connections: Gauge,
     /// Requests being handled.
     pub in_flight: Gauge,
     /// Version of the config applied last.
@@ -260,6 +263,18 @@ impl Metrics {
         let retries = Family::<ServiceLabels, Counter>::default();
         let retry_budget_exhausted = Family::<ServiceLabels, Counter>::default();
         let ejections = Family::<ServiceLabels, Counter>::default();
+        let upstream_attempts = Family::<ServiceLabels, Counter>::default();
+        let open_connections = Gauge::default();
+        registry.register(
+            "upstream_attempts",
+            "Exchanges sent to instances (first attempts and retries), by service",
+            upstream_attempts.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections open on the public listener",
+            open_connections.clone(),
+        );
         registry.register(
             "circuit_breaker_state",
             "Circuit-breaker state by service: 0 closed, 1 open, 2 half-open",
@@ -382,6 +397,8 @@ impl Metrics {
             retries,
             retry_budget_exhausted,
             ejections,
+            upstream_attempts,
+            open_connections,
             in_flight,
             config_version,
             instances,
@@ -435,7 +452,13 @@ impl Metrics {
                 })
                 .clone()
         });
-        UpstreamErrorMetrics { counters }
+        let attempts = self
+            .upstream_attempts
+            .get_or_create(&ServiceLabels {
+                service: service.clone(),
+            })
+            .clone();
+        UpstreamErrorMetrics { counters, attempts }
     }
 
     /// Handles of a service's circuit breaker.
@@ -604,13 +627,20 @@ impl RouteMetrics {
     }
 }
 
-/// Upstream error counters of one service.
+/// Upstream attempt and error counters of one service.
 #[derive(Debug, Clone)]
 pub struct UpstreamErrorMetrics {
     counters: [Counter; UpstreamErrorKind::ALL.len()],
+    attempts: Counter,
 }
 
 impl UpstreamErrorMetrics {
+    /// Counts one exchange sent to an instance (first attempts, retries and
+    /// aggregate sources alike).
+    pub fn attempt(&self) {
+        self.attempts.inc();
+    }
+
     /// Counts one failure.
     pub fn count(&self, kind: UpstreamErrorKind) {
         let slot = UpstreamErrorKind::ALL

@@ -1,5 +1,6 @@
 //! The proxy handler: route, pick an instance, forward, stream back.
 
+use crate::access_log::{self, AccessLog};
 use crate::auth::{AuthError, Verifier};
 use crate::balancer::Endpoint;
 use crate::body::{ClientBody, LimitedBody, ProxyBody};
@@ -46,6 +47,8 @@ pub struct Proxy {
     sessions: Option<Arc<crate::session::Sessions>>,
     /// Permissions, venue scoping and user details of authenticated callers.
     authorizer: crate::authorization::Authorizer,
+    /// Whether each request gets an access-log line.
+    access_log: AccessLog,
 }
 
 /// Where a routed request goes.
@@ -75,7 +78,14 @@ impl Proxy {
             credentials: None,
             sessions: None,
             authorizer: crate::authorization::Authorizer::new(None),
+            access_log: AccessLog::default(),
         }
+    }
+
+    /// Writes (or not) one access-log line per request.
+    pub fn with_access_log(mut self, access_log: AccessLog) -> Self {
+        self.access_log = access_log;
+        self
     }
 
     /// Refuses revoked tokens and accepts API keys from `credentials`, and
@@ -131,14 +141,25 @@ impl Proxy {
 
     /// Handles one request from a client at `peer` (its IP as a header value).
     pub async fn handle(&self, peer: &HeaderValue, req: Request<Incoming>) -> Response<ProxyBody> {
-        match crate::spans::request(&req) {
-            None => self.answer(peer, req).await,
-            Some(span) => crate::spans::traced(span, self.answer(peer, req)).await,
+        let start = Instant::now();
+        let mut log = self.access_log.begin(&req, start);
+        let response = match crate::spans::request(&req) {
+            None => self.answer(peer, req, start, &mut log).await,
+            Some(span) => crate::spans::traced(span, self.answer(peer, req, start, &mut log)).await,
+        };
+        if let Some(log) = log {
+            log.finish(&response);
         }
+        response
     }
 
-    async fn answer(&self, peer: &HeaderValue, mut req: Request<Incoming>) -> Response<ProxyBody> {
-        let start = Instant::now();
+    async fn answer(
+        &self,
+        peer: &HeaderValue,
+        mut req: Request<Incoming>,
+        start: Instant,
+        log: &mut Option<access_log::Pending>,
+    ) -> Response<ProxyBody> {
         let method = req.method().clone();
         let request_id = req.headers().get(X_REQUEST_ID).cloned();
         if let Err((error, message)) = screen(peer, &mut req, request_id.as_ref()) {
@@ -160,6 +181,7 @@ impl Proxy {
         match self.route(&req) {
             Ok(target) => {
                 let route = target.route.clone();
+                access_log::note_route(log, &route);
                 // Only routes with a CORS policy look at the origin.
                 let origin = route
                     .cors
@@ -192,6 +214,7 @@ impl Proxy {
                             }
                         }
                     }
+                    access_log::note_identity(log, req.headers());
                     let rate = match self
                         .limiter
                         .check(&route, peer, req.headers(), request_id.as_ref())
@@ -649,6 +672,7 @@ async fn forward_once(
     let upstream_req = Request::from_parts(parts, body.into_upstream(route.body_limit));
     // The clock is read only when a breaker or outlier detector needs it.
     let sent_at = Clock::start(service);
+    service.errors.attempt();
     let exchange = upstream::send(&endpoint.pool, service.config.connect_timeout, upstream_req);
     match tokio::time::timeout_at(deadline.at(), exchange).await {
         Ok(Ok((response, conn))) => {
@@ -661,7 +685,9 @@ async fn forward_once(
             record_outcome(service, endpoint, permit, outcome, sent_at.elapsed());
             let (mut parts, body) = response.into_parts();
             headers::prepare_response(&mut parts.headers);
-            Response::from_parts(parts, ProxyBody::upstream(body, conn, guard))
+            let mut response = Response::from_parts(parts, ProxyBody::upstream(body, conn, guard));
+            access_log::mark_instance(&mut response, &endpoint.authority);
+            response
         }
         Ok(Err(err)) => {
             drop(guard);
@@ -770,6 +796,7 @@ async fn forward_with_retries(
         );
         let guard = endpoint.load.begin();
         let sent_at = Clock::start(service);
+        service.errors.attempt();
         let exchange = upstream::send(&endpoint.pool, service.config.connect_timeout, upstream_req);
         let (response, retryable) = match tokio::time::timeout_at(attempt_deadline, exchange).await
         {
@@ -784,7 +811,9 @@ async fn forward_with_retries(
                 record_outcome(service, &endpoint, permit, outcome, sent_at.elapsed());
                 let (mut parts, body) = response.into_parts();
                 headers::prepare_response(&mut parts.headers);
-                let response = Response::from_parts(parts, ProxyBody::upstream(body, conn, guard));
+                let mut response =
+                    Response::from_parts(parts, ProxyBody::upstream(body, conn, guard));
+                access_log::mark_instance(&mut response, &endpoint.authority);
                 (response, policy.on.status(status.as_u16()))
             }
             Ok(Err(err)) => {
@@ -852,7 +881,9 @@ fn timed_out(
         timeout_ms = budget.as_millis() as u64,
         "upstream did not answer in time"
     );
-    upstream_error(UpstreamErrorKind::Timeout, service, budget, request_id)
+    let mut response = upstream_error(UpstreamErrorKind::Timeout, service, budget, request_id);
+    access_log::mark_instance(&mut response, &endpoint.authority);
+    response
 }
 
 /// The answer to a failed exchange (the body limit, or an upstream failure
@@ -875,10 +906,9 @@ fn send_failed(
                 error = %error_chain(err),
                 "upstream request failed"
             );
-            (
-                upstream_error(kind, service, route.timeout, request_id),
-                Outcome::Failure,
-            )
+            let mut response = upstream_error(kind, service, route.timeout, request_id);
+            access_log::mark_instance(&mut response, &endpoint.authority);
+            (response, Outcome::Failure)
         }
     }
 }

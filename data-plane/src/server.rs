@@ -44,6 +44,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let in_flight = proxy.metrics().in_flight.clone();
+    let open_connections = proxy.metrics().open_connections.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -55,7 +56,9 @@ pub async fn serve(
                         .service(proxy::service(proxy.clone(), peer_value(peer.ip())));
                     let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
                     let conn = graceful.watch(conn);
+                    let open = ConnectionGauge::open(&open_connections);
                     connections.spawn(async move {
+                        let _open = open;
                         if let Err(e) = conn.await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
@@ -86,4 +89,21 @@ pub async fn serve(
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
+}
+
+/// Counts one open client connection until dropped (also when the
+/// connection's task is aborted at the end of the grace period).
+struct ConnectionGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl ConnectionGauge {
+    fn open(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

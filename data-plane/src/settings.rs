@@ -81,6 +81,8 @@ pub struct Settings {
     /// The refresh and logout endpoints (`JWT_REFRESH_SECRET` and
     /// friends); `None`: not served (their paths route as any other).
     pub session: Option<crate::session::SessionSettings>,
+    /// One access-log line per request (`GW_ACCESS_LOG`).
+    pub access_log: bool,
 }
 
 impl Default for Settings {
@@ -101,6 +103,7 @@ impl Default for Settings {
             redis_timeout: crate::shared_state::DEFAULT_REDIS_TIMEOUT,
             rate_limit: crate::ratelimit::RateLimitSettings::default(),
             session: None,
+            access_log: true,
         }
     }
 }

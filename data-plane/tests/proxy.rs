@@ -425,8 +425,31 @@ async fn admin_endpoints_report_readiness_and_metrics() {
         r#"gateway_request_duration_seconds_count{route="keep",service="echo"} 1"#,
         "gateway_config_version 1",
         "gateway_control_plane_connected 0",
+        r#"gateway_upstream_attempts_total{service="echo"} 1"#,
+        // The client connections of the requests above are closed.
+        "gateway_open_connections 0",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    // Every family the operator dashboards rely on is exposed, with or
+    // without series yet.
+    for family in [
+        "gateway_requests counter",
+        "gateway_request_duration_seconds histogram",
+        "gateway_upstream_attempts counter",
+        "gateway_retries counter",
+        "gateway_upstream_errors counter",
+        "gateway_circuit_breaker_state gauge",
+        "gateway_ratelimit_rejected counter",
+        "gateway_cache_requests counter",
+        "gateway_open_connections gauge",
+        "gateway_in_flight_requests gauge",
+        "gateway_config_version gauge",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family}")),
+            "missing family {family} in\n{text}"
+        );
     }
     plane.shutdown().await;
 }

@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod grpc;
+pub mod help;
 pub mod http;
 pub mod procs;
 

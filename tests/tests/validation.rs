@@ -9,10 +9,30 @@ use gateway_tests::cluster::{
     start_test, write_temp_file, ControlPlaneProc, DataPlaneProc, Tokens, Upstream,
 };
 use gateway_tests::http::{self, HttpResponse, DEFAULT_TIMEOUT};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::path::Path;
 
 const UUID4: &str = "3f1c2a9e-8b7d-4c21-9f3e-2a1b0c9d8e7f";
+const JWT_SECRET: &str = "validation-test-secret-of-32-bytes!";
+
+/// A valid access token for the data plane started with `JWT_SECRET`.
+fn token() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({
+        "sub": "user-42", "tenant_id": "tenant-a", "type": "access", "role": "customer",
+        "iat": now, "exp": now + 900,
+    });
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
 
 fn tickettoken() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/tickettoken.yaml");
@@ -56,10 +76,9 @@ fn send(
     content_type: Option<&str>,
     body: &[u8],
 ) -> HttpResponse {
-    let headers: Vec<(&str, &str)> = content_type
-        .map(|c| ("content-type", c))
-        .into_iter()
-        .collect();
+    let bearer = format!("Bearer {}", token());
+    let mut headers: Vec<(&str, &str)> = vec![("authorization", &bearer)];
+    headers.extend(content_type.map(|c| ("content-type", c)));
     http::request(dp.listen, method, path, &headers, body, DEFAULT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
@@ -118,7 +137,34 @@ fn the_shipped_schemas_guard_a_real_data_plane() {
     let _guard = start_test();
     let upstream = Upstream::start("platform");
     let path = write_temp_file("validation.json", &platform_config(&upstream));
-    let dp = DataPlaneProc::standalone("validation", &path);
+    let dp = DataPlaneProc::standalone_with_env("validation", &path, &[("JWT_SECRET", JWT_SECRET)]);
+
+    // The platform's writes need a token, its public listings do not.
+    let anonymous = |method: &str, path: &str| {
+        http::request(dp.listen, method, path, &[], b"", DEFAULT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    };
+    let before = upstream.served();
+    for (method, path) in [
+        ("POST", "/api/v1/venues"),
+        ("POST", "/api/v1/tickets/purchase"),
+        ("GET", "/api/v1/payments/x"),
+        ("GET", "/api/v1/auth/me"),
+    ] {
+        let response = anonymous(method, path);
+        assert_eq!(response.status, 401, "{method} {path}: {}", response.text());
+    }
+    assert_eq!(upstream.served(), before);
+    for (method, path) in [
+        ("GET", "/api/v1/venues"),
+        ("GET", "/api/v1/events?page=1"),
+        ("GET", "/api/v1/payments/health"),
+        ("POST", "/api/v1/auth/refresh"),
+        ("GET", "/api/v1/search?q=rock"),
+    ] {
+        let response = anonymous(method, path);
+        assert_eq!(response.status, 200, "{method} {path}: {}", response.text());
+    }
 
     // 422 with the failing fields; nothing reaches the upstream.
     let before = upstream.served();

@@ -86,7 +86,10 @@ fn create_venue() {
         "contactPhone": "+15551234567",
         "tier": "premium"
     });
-    assert_eq!(body("venues", Method::POST, good.clone()).unwrap(), None);
+    assert_eq!(
+        body("venue-create", Method::POST, good.clone()).unwrap(),
+        None
+    );
     let bad = json!({
         "name": "MH",
         "address": {"street": "1 Road", "city": "Town"},
@@ -96,7 +99,7 @@ fn create_venue() {
         "tier": "gold"
     });
     assert_eq!(
-        fields("venues", Method::POST, bad),
+        fields("venue-create", Method::POST, bad),
         [
             "address.country",
             "address.postalCode",
@@ -109,7 +112,7 @@ fn create_venue() {
         ]
     );
     assert_eq!(
-        fields("venues", Method::POST, json!({})),
+        fields("venue-create", Method::POST, json!({})),
         ["address", "capacity", "contactEmail", "name"]
     );
 }
@@ -141,7 +144,7 @@ fn create_event() {
         "category": "concert",
         "ticketTiers": [{"name": "GA", "price": 49.99, "quantity": 100}]
     });
-    assert_eq!(body("events", Method::POST, good).unwrap(), None);
+    assert_eq!(body("event-create", Method::POST, good).unwrap(), None);
     let bad = json!({
         "venueId": UUID1,
         "name": "Concert",
@@ -150,7 +153,7 @@ fn create_event() {
         "ticketTiers": [{"name": "GA", "price": -1, "quantity": 0}, {"price": 10.001, "quantity": 1}]
     });
     assert_eq!(
-        fields("events", Method::POST, bad),
+        fields("event-create", Method::POST, bad),
         [
             "category",
             "startDate",
@@ -163,7 +166,7 @@ fn create_event() {
     );
     assert_eq!(
         fields(
-            "events",
+            "event-create",
             Method::POST,
             json!({"venueId": UUID4, "name": "Concert", "startDate": "2030-05-01T20:00:00Z", "category": "other", "ticketTiers": []})
         ),
@@ -246,7 +249,7 @@ fn ticket_validation() {
 fn marketplace_listings_and_purchase() {
     assert_eq!(
         body(
-            "marketplace-listings",
+            "marketplace-listing-create",
             Method::POST,
             json!({"ticketId": UUID4, "price": 75.25, "expiresAt": "2030-01-01T00:00:00.000Z"})
         )
@@ -255,7 +258,7 @@ fn marketplace_listings_and_purchase() {
     );
     assert_eq!(
         fields(
-            "marketplace-listings",
+            "marketplace-listing-create",
             Method::POST,
             json!({"ticketId": "nope", "price": 0, "expiresAt": "tomorrow"})
         ),
