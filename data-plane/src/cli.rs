@@ -82,6 +82,31 @@ pub struct Cli {
     #[arg(long, env = "JWT_AUDIENCE", value_name = "AUDIENCE")]
     pub jwt_audience: Option<String>,
 
+    /// JWKS URL of the public keys of RS*/PS*/ES256/ES384 access tokens
+    /// (http only); may be set together with JWT_SECRET.
+    #[arg(long, env = "JWT_JWKS_URL", value_name = "URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// Period between two fetches of the JWKS (shortened by the answer's
+    /// Cache-Control max-age).
+    #[arg(long, env = "JWT_JWKS_REFRESH", value_name = "DURATION", default_value = "5m", value_parser = gateway_common::duration::parse)]
+    pub jwt_jwks_refresh: Duration,
+
+    /// Shortest period between two fetches of the JWKS: retry delay after
+    /// a failure and rate limit of fetches caused by unknown `kid`s.
+    #[arg(long, env = "JWT_JWKS_MIN_REFRESH", value_name = "DURATION", default_value = "30s", value_parser = gateway_common::duration::parse)]
+    pub jwt_jwks_min_refresh: Duration,
+
+    /// Address ranges (CIDR, comma-separated) of proxies in front of the
+    /// gateway whose X-Forwarded-For is believed; empty: nobody's.
+    #[arg(
+        long,
+        env = "GW_TRUSTED_PROXIES",
+        value_name = "CIDRS",
+        default_value = ""
+    )]
+    pub trusted_proxies: String,
+
     /// Worker threads of the async runtime [default: number of usable CPUs].
     #[arg(long, env = "GW_WORKER_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
@@ -161,11 +186,29 @@ impl Cli {
         let algorithm = crate::auth::parse_algorithm(&self.jwt_algorithm)
             .map_err(SettingsError::BadJwtAlgorithm)?;
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        let issuer = non_empty(self.jwt_issuer);
+        let audience = non_empty(self.jwt_audience);
+        let jwks = match non_empty(self.jwt_jwks_url) {
+            Some(url) => Some(crate::jwks::JwksSettings {
+                url: crate::jwks::parse_url(&url).map_err(SettingsError::BadJwksUrl)?,
+                refresh: self.jwt_jwks_refresh.max(self.jwt_jwks_min_refresh),
+                min_refresh: self.jwt_jwks_min_refresh,
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+            }),
+            None => None,
+        };
+        let trusted_proxies =
+            self.trusted_proxies
+                .parse()
+                .map_err(|e: crate::forwarded::BadCidr| {
+                    SettingsError::BadTrustedProxies(e.to_string())
+                })?;
         let jwt = non_empty(self.jwt_secret).map(|secret| crate::auth::JwtSettings {
             secret,
             algorithm,
-            issuer: non_empty(self.jwt_issuer),
-            audience: non_empty(self.jwt_audience),
+            issuer,
+            audience,
         });
         let listen = match (self.listen, self.port) {
             (Some(addr), _) => addr,
@@ -186,6 +229,8 @@ impl Cli {
             header_read_timeout: self.header_read_timeout,
             service_urls,
             jwt,
+            jwks,
+            trusted_proxies,
             redis_url: non_empty(self.redis_url),
             redis_key_prefix: self.redis_key_prefix,
             redis_timeout: self.redis_timeout,

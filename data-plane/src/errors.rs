@@ -51,6 +51,9 @@ pub enum GatewayError {
     InvalidJson,
     /// The caller is over the route's rate limit.
     RateLimited,
+    /// Credentials cannot be checked right now (signing keys not loaded,
+    /// a signature secret missing on this data plane).
+    AuthUnavailable,
 }
 
 impl GatewayError {
@@ -60,9 +63,10 @@ impl GatewayError {
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NoHealthyInstance | Self::UpstreamUnavailable | Self::CircuitOpen => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoHealthyInstance
+            | Self::UpstreamUnavailable
+            | Self::CircuitOpen
+            | Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -99,6 +103,7 @@ impl GatewayError {
             Self::InvalidJson => "INVALID_JSON",
             // The seed's `RateLimitError` code.
             Self::RateLimited => "RATE_LIMIT_ERROR",
+            Self::AuthUnavailable => "AUTHENTICATION_UNAVAILABLE",
         }
     }
 

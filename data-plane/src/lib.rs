@@ -18,7 +18,9 @@ pub mod cors;
 pub mod deadline;
 pub mod discovery;
 pub mod errors;
+pub mod forwarded;
 pub mod headers;
+pub mod jwks;
 pub mod layers;
 pub mod maglev;
 pub mod metrics;
@@ -34,6 +36,7 @@ pub mod server;
 pub mod settings;
 pub mod shared_state;
 pub mod shutdown;
+pub mod signature;
 pub mod standalone;
 pub mod upstream;
 pub mod validation;
@@ -90,10 +93,9 @@ impl DataPlane {
         let admin_addr = admin_listener.local_addr()?;
 
         let (shutdown, stop_rx) = ShutdownHandle::new();
-        let verifier = settings
-            .jwt
-            .as_ref()
-            .map(|jwt| Arc::new(auth::Verifier::new(jwt)));
+        let jwks = settings.jwks.clone().map(jwks::JwksKeys::start);
+        let verifier = (settings.jwt.is_some() || jwks.is_some())
+            .then(|| Arc::new(auth::Verifier::build(settings.jwt.as_ref(), jwks)));
         let shared = match &settings.redis_url {
             Some(url) => Some(
                 shared_state::SharedState::start(
@@ -113,6 +115,7 @@ impl DataPlane {
         let proxy = Arc::new(
             proxy::Proxy::new(runtime.clone(), metrics.clone())
                 .with_verifier(verifier)
+                .with_trusted_proxies(settings.trusted_proxies.clone())
                 .with_shared_state(shared)
                 .with_rate_limiter(limiter),
         );

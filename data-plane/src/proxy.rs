@@ -40,6 +40,8 @@ pub struct Proxy {
     cache: Arc<crate::cache::ResponseCache>,
     /// Rate limits (shared through Redis when configured).
     limiter: RateLimiter,
+    /// Peers whose `X-Forwarded-For` is believed.
+    trusted_proxies: crate::forwarded::TrustedProxies,
 }
 
 /// Where a routed request goes.
@@ -66,7 +68,15 @@ impl Proxy {
             shared: None,
             cache,
             limiter,
+            trusted_proxies: Default::default(),
         }
+    }
+
+    /// Believes the `X-Forwarded-For` of peers in `trusted` (default:
+    /// nobody's).
+    pub fn with_trusted_proxies(mut self, trusted: crate::forwarded::TrustedProxies) -> Self {
+        self.trusted_proxies = trusted;
+        self
     }
 
     /// Decides rate limits with `limiter` (default: route policies only,
@@ -126,6 +136,7 @@ impl Proxy {
         if let Some(response) = self.preflight(&req, request_id.as_ref()) {
             return response;
         }
+        let client = self.trusted_proxies.resolve(peer, &mut req);
         match self.route(&req) {
             Ok(target) => {
                 let route = target.route.clone();
@@ -137,7 +148,7 @@ impl Proxy {
                 let mut response = 'answer: {
                     if let Some(auth) = &route.auth {
                         if !auth.public_paths.matches(req.uri().path()) {
-                            match self.authenticate(&route, peer, &req, request_id.as_ref()) {
+                            match self.authenticate(&route, &client, &req, request_id.as_ref()) {
                                 Ok(identity) => identity.apply(req.headers_mut()),
                                 Err(error) => break 'answer error.response(request_id.as_ref()),
                             }
@@ -145,7 +156,7 @@ impl Proxy {
                     }
                     let rate = match self
                         .limiter
-                        .check(&route, peer, req.headers(), request_id.as_ref())
+                        .check(&route, &client, req.headers(), request_id.as_ref())
                         .await
                     {
                         Ok(stamp) => stamp,
@@ -193,7 +204,11 @@ impl Proxy {
                 .respond(&snapshot, &req, peer, request_id, start, route.timeout)
                 .await;
         }
-        let req = match crate::validation::check(&route, req, request_id, start).await {
+        let checked = match &route.signature {
+            Some(signature) => signature.check(&route, req, request_id, start).await,
+            None => crate::validation::check(&route, req, request_id, start).await,
+        };
+        let req = match checked {
             Ok(req) => req,
             Err(response) => return response,
         };
