@@ -6,12 +6,10 @@
 //! security log. An untrusted peer's `X-Forwarded-For` is never believed
 //! (anyone can send one); it is still passed on, with the peer appended.
 
+use crate::headers::X_FORWARDED_FOR;
 use crate::security::X_ORIGINAL_IP;
 use http::{HeaderMap, HeaderValue, Request};
 use std::net::IpAddr;
-
-/// `X-Forwarded-For`.
-const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 /// An address range in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`, or a
 /// bare address meaning that one address).

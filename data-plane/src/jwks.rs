@@ -395,9 +395,9 @@ fn parse_key(value: serde_json::Value) -> Result<(String, PublicKey), String> {
     let alg = match jwk.alg.as_deref() {
         None => None,
         Some(name) => Some(
-            ALGORITHMS
-                .into_iter()
-                .find(|a| format!("{a:?}") == name)
+            name.parse::<Algorithm>()
+                .ok()
+                .filter(|a| ALGORITHMS.contains(a))
                 .ok_or_else(|| format!("key {kid}: alg {name} is not accepted"))?,
         ),
     };
