@@ -295,6 +295,43 @@ mod tests {
     }
 
     #[test]
+    fn jwks_and_trusted_proxies_are_read_and_checked() {
+        let s = parse(&[
+            "--jwt-jwks-url",
+            "http://idp:8080/jwks",
+            "--jwt-issuer",
+            "idp",
+            "--jwt-jwks-min-refresh",
+            "10s",
+            "--trusted-proxies",
+            "10.0.0.0/8, 127.0.0.1",
+        ])
+        .unwrap()
+        .into_settings(vec![])
+        .unwrap();
+        assert!(s.jwt.is_none());
+        let jwks = s.jwks.unwrap();
+        assert_eq!(jwks.url, "http://idp:8080/jwks");
+        assert_eq!(jwks.issuer.as_deref(), Some("idp"));
+        assert_eq!(jwks.refresh, Duration::from_secs(300));
+        assert_eq!(jwks.min_refresh, Duration::from_secs(10));
+        assert!(s.trusted_proxies.trusts("10.1.2.3".parse().unwrap()));
+        assert!(!s.trusted_proxies.trusts("127.0.0.2".parse().unwrap()));
+        let defaults = parse(&[]).unwrap().into_settings(vec![]).unwrap();
+        assert!(defaults.jwks.is_none());
+        assert!(defaults.trusted_proxies.is_empty());
+        for bad in [
+            &["--jwt-jwks-url", "https://idp/jwks"][..],
+            &["--jwt-jwks-url", "idp/jwks"],
+            &["--trusted-proxies", "10.0.0.0/33"],
+            &["--trusted-proxies", "everyone"],
+        ] {
+            let refused = parse(bad).unwrap().into_settings(vec![]);
+            assert!(refused.is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
     fn rate_limit_variables_are_read_and_checked() {
         let s = parse(&[]).unwrap().into_settings(vec![]).unwrap();
         assert_eq!(s.rate_limit.enabled, None);
