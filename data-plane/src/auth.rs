@@ -1,17 +1,28 @@
 //! Access-token authentication: HS256/384/512 JWTs signed with
-//! `JWT_SECRET`, checked for signature, `exp`/`nbf` (with a small leeway),
-//! `iss` and `aud` when configured, `type == "access"` and a `tenant_id`.
+//! `JWT_SECRET`, and/or RS*/PS*/ES256/ES384 JWTs whose public keys come from
+//! a JWKS URL (`jwks`), checked for signature, `exp`/`nbf` (with a small
+//! leeway), `iss` and `aud` when configured, `type == "access"` and a
+//! `tenant_id`.
 //!
-//! The key and the validation rules are built once at startup; verifying a
-//! token costs one HMAC, two base64 decodes and one JSON parse.
+//! Key selection is by the token's `alg`, and each algorithm has exactly
+//! one possible key source: the HMAC algorithm configured with
+//! `JWT_SECRET`, or an asymmetric one with the JWKS key of the token's
+//! `kid` whose type (and `alg`, when the key names one) fits. An HS token
+//! is never checked against a public key (the classic confusion attack),
+//! nor an RS/ES token against the secret; `alg: none` is not an algorithm.
+//!
+//! The keys and the validation rules are built once at startup; verifying a
+//! token costs one signature check, two base64 decodes and two JSON parses.
 
 use crate::body::ProxyBody;
 use crate::errors::GatewayError;
+use crate::jwks::{JwksKeys, KeyError, PublicKey};
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+use std::sync::Arc;
 
 /// Clock skew allowed on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
@@ -77,16 +88,24 @@ pub fn parse_algorithm(text: &str) -> Result<Algorithm, String> {
     }
 }
 
-/// Verifies access tokens; built once from [`JwtSettings`].
+/// Verifies access tokens; built once from [`JwtSettings`] and/or a JWKS
+/// key set.
 pub struct Verifier {
-    key: DecodingKey,
-    validation: Validation,
+    /// The `JWT_SECRET` key and its one algorithm, when set.
+    hmac: Option<(Algorithm, DecodingKey)>,
+    /// Public keys from the JWKS URL, when set.
+    jwks: Option<Arc<JwksKeys>>,
+    /// The rules, one per accepted algorithm (jsonwebtoken wants the
+    /// algorithm list to fit the key).
+    validations: Vec<(Algorithm, Validation)>,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let algorithms: Vec<_> = self.validations.iter().map(|(a, _)| *a).collect();
         f.debug_struct("Verifier")
-            .field("algorithms", &self.validation.algorithms)
+            .field("algorithms", &algorithms)
+            .field("jwks", &self.jwks)
             .finish_non_exhaustive()
     }
 }
@@ -168,6 +187,10 @@ pub enum AuthError {
     Revoked,
     /// An `X-API-Key` that is unknown or revoked.
     InvalidApiKey,
+    /// The token names a `kid` the key set does not have (yet).
+    UnknownKey,
+    /// The token needs the JWKS keys and none could be fetched yet (503).
+    KeysUnavailable,
 }
 
 impl AuthError {
@@ -186,6 +209,8 @@ impl AuthError {
             Self::NotConfigured => "Authentication is not configured on this gateway",
             Self::Revoked => "Token has been revoked",
             Self::InvalidApiKey => "Invalid API key",
+            Self::UnknownKey => "Invalid token - unknown signing key",
+            Self::KeysUnavailable => "Token signing keys are not available; try again later",
         }
     }
 
@@ -204,6 +229,8 @@ impl AuthError {
             Self::NotConfigured => "auth_not_configured",
             Self::Revoked => "revoked_token",
             Self::InvalidApiKey => "invalid_api_key",
+            Self::UnknownKey => "unknown_signing_key",
+            Self::KeysUnavailable => "signing_keys_unavailable",
         }
     }
 
@@ -211,7 +238,8 @@ impl AuthError {
     pub fn severity(self) -> &'static str {
         match self {
             Self::Missing | Self::Expired | Self::NotYetValid => "low",
-            Self::NotConfigured => "critical",
+            Self::NotConfigured | Self::KeysUnavailable => "critical",
+            Self::UnknownKey => "medium",
             Self::WrongType
             | Self::MissingTenant
             | Self::Invalid
@@ -225,6 +253,14 @@ impl AuthError {
     /// `WWW-Authenticate: Bearer` challenge (RFC 6750: without an error
     /// code when no token was sent).
     pub fn response(self, request_id: Option<&HeaderValue>) -> Response<ProxyBody> {
+        if self == Self::KeysUnavailable {
+            // The gateway's problem, not the client's: 503, retry soon.
+            let mut response = GatewayError::AuthUnavailable.response(self.message(), request_id);
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return response;
+        }
         let mut response = GatewayError::Unauthenticated.response(self.message(), request_id);
         let challenge = match self {
             Self::Missing => HeaderValue::from_static("Bearer realm=\"gateway\""),
@@ -243,32 +279,58 @@ impl AuthError {
 }
 
 impl Verifier {
-    /// Builds the key and the rules once.
+    /// Builds the HMAC key and the rules once.
     pub fn new(settings: &JwtSettings) -> Self {
-        let mut validation = Validation::new(settings.algorithm);
-        validation.algorithms = vec![settings.algorithm];
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        let mut required = vec!["exp"];
-        match &settings.issuer {
-            Some(iss) => {
-                validation.set_issuer(&[iss]);
-                required.push("iss");
-            }
-            None => validation.iss = None,
+        Self::build(Some(settings), None)
+    }
+
+    /// A verifier of HMAC tokens (`hmac`, when given) and of asymmetric
+    /// tokens with the keys of `jwks` (when given). `iss`/`aud` come from
+    /// `hmac`, else from the JWKS settings.
+    pub fn build(hmac: Option<&JwtSettings>, jwks: Option<Arc<JwksKeys>>) -> Self {
+        let (issuer, audience) = match (hmac, &jwks) {
+            (Some(s), _) => (s.issuer.clone(), s.audience.clone()),
+            (None, Some(j)) => (j.settings().issuer.clone(), j.settings().audience.clone()),
+            (None, None) => (None, None),
+        };
+        let mut algorithms: Vec<Algorithm> = hmac.iter().map(|s| s.algorithm).collect();
+        if jwks.is_some() {
+            algorithms.extend(crate::jwks::ALGORITHMS);
         }
-        match &settings.audience {
-            Some(aud) => {
-                validation.set_audience(&[aud]);
-                required.push("aud");
-            }
-            None => validation.validate_aud = false,
-        }
-        validation.set_required_spec_claims(&required);
+        let validations = algorithms
+            .into_iter()
+            .map(|alg| (alg, validation(alg, issuer.as_deref(), audience.as_deref())))
+            .collect();
         Self {
-            key: DecodingKey::from_secret(settings.secret.as_bytes()),
-            validation,
+            hmac: hmac.map(|s| (s.algorithm, DecodingKey::from_secret(s.secret.as_bytes()))),
+            jwks,
+            validations,
+        }
+    }
+
+    /// The key and rules for a token signed with `alg` and naming `kid`.
+    fn select(
+        &self,
+        alg: Algorithm,
+        kid: Option<&str>,
+    ) -> Result<(KeyRef<'_>, &Validation), AuthError> {
+        let validation = self
+            .validations
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, v)| v)
+            .ok_or(AuthError::Invalid)?;
+        if let Some((hmac_alg, key)) = &self.hmac {
+            if *hmac_alg == alg {
+                return Ok((KeyRef::Borrowed(key), validation));
+            }
+        }
+        let jwks = self.jwks.as_ref().ok_or(AuthError::Invalid)?;
+        match jwks.select(kid, alg) {
+            Ok(key) => Ok((KeyRef::Shared(key), validation)),
+            Err(KeyError::Unavailable) => Err(AuthError::KeysUnavailable),
+            Err(KeyError::UnknownKeyId) => Err(AuthError::UnknownKey),
+            Err(KeyError::NoKeyId | KeyError::WrongAlgorithm) => Err(AuthError::Invalid),
         }
     }
 
@@ -280,19 +342,26 @@ impl Verifier {
 
     /// Verifies one compact JWT.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
-                ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::WrongIssuer,
-                ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
-                    AuthError::WrongAudience
+        // The header is read first only to pick the key; decode reads and
+        // checks it again against the key's rules.
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        let (key, validation) = self.select(header.alg, header.kid.as_deref())?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key.get(), validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                    ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                    ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                    ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => {
+                        AuthError::WrongIssuer
+                    }
+                    ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
+                        AuthError::WrongAudience
+                    }
+                    _ => AuthError::Invalid,
                 }
-                _ => AuthError::Invalid,
-            },
-        )?;
+            })?;
         let claims = data.claims;
         if claims.token_type.as_deref() != Some("access") {
             return Err(AuthError::WrongType);
@@ -340,6 +409,47 @@ impl Verifier {
             tier,
         })
     }
+}
+
+/// A key owned by the verifier, or one of the current JWKS set.
+enum KeyRef<'a> {
+    Borrowed(&'a DecodingKey),
+    Shared(Arc<PublicKey>),
+}
+
+impl KeyRef<'_> {
+    fn get(&self) -> &DecodingKey {
+        match self {
+            KeyRef::Borrowed(key) => key,
+            KeyRef::Shared(public) => &public.key,
+        }
+    }
+}
+
+/// The rules of tokens signed with `alg`.
+fn validation(alg: Algorithm, issuer: Option<&str>, audience: Option<&str>) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.algorithms = vec![alg];
+    validation.leeway = LEEWAY_SECS;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    let mut required = vec!["exp"];
+    match issuer {
+        Some(iss) => {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        None => validation.iss = None,
+    }
+    match audience {
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    validation.set_required_spec_claims(&required);
+    validation
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header (scheme in any case).
@@ -541,5 +651,180 @@ mod tests {
         assert_eq!(parse_algorithm("HS256").unwrap(), Algorithm::HS256);
         assert!(parse_algorithm("RS256").is_err());
         assert!(parse_algorithm("none").is_err());
+    }
+
+    mod asymmetric {
+        use super::*;
+        use crate::jwks::{JwksKeys, JwksSettings};
+        use base64::Engine;
+        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+        const RSA_PEM: &str = include_str!("../../tests/fixtures/test-only-rsa-private.pem");
+        const RSA_PUBLIC_PEM: &str = include_str!("../../tests/fixtures/test-only-rsa-public.pem");
+        const RSA_JWK: &str = include_str!("../../tests/fixtures/test-only-rsa-public.jwk.json");
+
+        fn b64(bytes: &[u8]) -> String {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        }
+
+        /// A fresh P-256 key: its signing key and its JWK.
+        fn ec_key(kid: &str) -> (EncodingKey, serde_json::Value) {
+            let rng = ring::rand::SystemRandom::new();
+            let pkcs8 =
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+            let pair =
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                    .unwrap();
+            let point = pair.public_key().as_ref();
+            let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+                "x": b64(&point[1..33]), "y": b64(&point[33..65])});
+            (EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+        }
+
+        fn rsa_jwk(kid: &str) -> serde_json::Value {
+            let mut jwk: serde_json::Value = serde_json::from_str(RSA_JWK).unwrap();
+            jwk["kid"] = json!(kid);
+            jwk["alg"] = json!("RS256");
+            jwk
+        }
+
+        fn keys(jwks: &[serde_json::Value]) -> Arc<JwksKeys> {
+            let set = JwksKeys::new(JwksSettings {
+                url: "http://127.0.0.1:1/jwks".parse().unwrap(),
+                refresh: crate::jwks::DEFAULT_REFRESH,
+                min_refresh: crate::jwks::DEFAULT_MIN_REFRESH,
+                issuer: Some("tickettoken".into()),
+                audience: Some("tickettoken-platform".into()),
+            });
+            set.install(json!({ "keys": jwks }).to_string().as_bytes())
+                .unwrap();
+            set
+        }
+
+        fn signed(alg: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
+            let mut header = Header::new(alg);
+            header.kid = kid.map(String::from);
+            encode(&header, &claims(), key).unwrap()
+        }
+
+        fn rsa() -> EncodingKey {
+            EncodingKey::from_rsa_pem(RSA_PEM.as_bytes()).unwrap()
+        }
+
+        #[test]
+        fn rs256_and_es256_tokens_are_verified_by_kid() {
+            let (ec, ec_jwk) = ec_key("ec-1");
+            let v = Verifier::build(None, Some(keys(&[rsa_jwk("rsa-1"), ec_jwk])));
+            let id = v
+                .verify(&signed(Algorithm::RS256, Some("rsa-1"), &rsa()))
+                .unwrap();
+            assert_eq!(id.tenant_id, "t-1");
+            assert!(v
+                .verify(&signed(Algorithm::ES256, Some("ec-1"), &ec))
+                .is_ok());
+            // The right key under the wrong kid, or the wrong algorithm.
+            assert_eq!(
+                v.verify(&signed(Algorithm::RS256, Some("ec-1"), &rsa())),
+                Err(AuthError::Invalid)
+            );
+            assert_eq!(
+                v.verify(&signed(Algorithm::PS256, Some("rsa-1"), &rsa())),
+                Err(AuthError::Invalid)
+            );
+            assert_eq!(
+                v.verify(&signed(Algorithm::RS256, None, &rsa())),
+                Err(AuthError::Invalid)
+            );
+            assert_eq!(
+                v.verify(&signed(Algorithm::RS256, Some("rsa-2"), &rsa())),
+                Err(AuthError::UnknownKey)
+            );
+            // Another EC key under a known kid.
+            let (other, _) = ec_key("ec-1");
+            assert_eq!(
+                v.verify(&signed(Algorithm::ES256, Some("ec-1"), &other)),
+                Err(AuthError::Invalid)
+            );
+        }
+
+        #[test]
+        fn algorithm_confusion_is_refused() {
+            let set = keys(&[rsa_jwk("rsa-1")]);
+            // HS256 with the public key as the HMAC secret, in every form.
+            let forged = |secret: &[u8], kid: Option<&str>| {
+                signed(Algorithm::HS256, kid, &EncodingKey::from_secret(secret))
+            };
+            let jwk_n = rsa_jwk("rsa-1")["n"].as_str().unwrap().to_string();
+            let jwks_only = Verifier::build(None, Some(set.clone()));
+            let mixed = Verifier::build(Some(&settings()), Some(set));
+            for v in [&jwks_only, &mixed] {
+                for secret in [RSA_PUBLIC_PEM.as_bytes(), jwk_n.as_bytes()] {
+                    for kid in [None, Some("rsa-1")] {
+                        assert_eq!(v.verify(&forged(secret, kid)), Err(AuthError::Invalid));
+                    }
+                }
+            }
+            // With JWKS only, no HS token at all, even one with the secret.
+            assert_eq!(
+                jwks_only.verify(&sign(&claims(), Algorithm::HS256, SECRET)),
+                Err(AuthError::Invalid)
+            );
+            // Both configured: each algorithm keeps its own key source.
+            assert!(mixed
+                .verify(&sign(&claims(), Algorithm::HS256, SECRET))
+                .is_ok());
+            assert!(mixed
+                .verify(&signed(Algorithm::RS256, Some("rsa-1"), &rsa()))
+                .is_ok());
+            // HMAC only: asymmetric tokens are refused.
+            let hmac_only = Verifier::new(&settings());
+            assert_eq!(
+                hmac_only.verify(&signed(Algorithm::RS256, Some("rsa-1"), &rsa())),
+                Err(AuthError::Invalid)
+            );
+        }
+
+        #[test]
+        fn none_and_tampered_tokens_are_refused() {
+            let v = Verifier::build(None, Some(keys(&[rsa_jwk("rsa-1")])));
+            let good = signed(Algorithm::RS256, Some("rsa-1"), &rsa());
+            let parts: Vec<&str> = good.split('.').collect();
+            let none_header = b64(json!({"alg": "none", "kid": "rsa-1"})
+                .to_string()
+                .as_bytes());
+            assert_eq!(
+                v.verify(&format!("{none_header}.{}.", parts[1])),
+                Err(AuthError::Invalid)
+            );
+            let mut c = claims();
+            c["tenant_id"] = json!("t-2");
+            let tampered = format!(
+                "{}.{}.{}",
+                parts[0],
+                b64(c.to_string().as_bytes()),
+                parts[2]
+            );
+            assert_eq!(v.verify(&tampered), Err(AuthError::Invalid));
+        }
+
+        #[test]
+        fn tokens_wait_for_a_first_key_set() {
+            let set = JwksKeys::new(JwksSettings {
+                url: "http://127.0.0.1:1/jwks".parse().unwrap(),
+                refresh: crate::jwks::DEFAULT_REFRESH,
+                min_refresh: crate::jwks::DEFAULT_MIN_REFRESH,
+                issuer: None,
+                audience: None,
+            });
+            let v = Verifier::build(None, Some(set));
+            let token = signed(Algorithm::RS256, Some("rsa-1"), &rsa());
+            assert_eq!(v.verify(&token), Err(AuthError::KeysUnavailable));
+            let response = AuthError::KeysUnavailable.response(None);
+            assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                AuthError::UnknownKey.response(None).status(),
+                http::StatusCode::UNAUTHORIZED
+            );
+        }
     }
 }

@@ -95,7 +95,9 @@ pub enum HashOn {
     /// The `sub` claim of the bearer token (read, not verified: it only
     /// chooses an instance).
     JwtSub,
-    /// The client's IP address (of the connection, never `X-Forwarded-For`).
+    /// The client's IP address: the gateway's `x-original-ip` (the
+    /// connection's peer, or the client behind a trusted proxy), never the
+    /// client's own `X-Forwarded-For`.
     ClientIp,
 }
 
@@ -123,7 +125,14 @@ impl HashOn {
         let hash = |bytes: &[u8]| hash64(bytes, 0);
         match self {
             HashOn::Header(name) => headers.get(name).map(|v| hash(v.as_bytes())),
-            HashOn::ClientIp => Some(hash(peer.as_bytes())),
+            // The client's own x-original-ip was removed on arrival; this
+            // one is the address `forwarded` resolved.
+            HashOn::ClientIp => Some(hash(
+                headers
+                    .get(crate::security::X_ORIGINAL_IP)
+                    .unwrap_or(peer)
+                    .as_bytes(),
+            )),
             HashOn::Cookie(name) => headers
                 .get_all(COOKIE)
                 .iter()
@@ -666,6 +675,10 @@ pub(crate) mod tests {
         assert_eq!(key("cookie:session", &h), Some(hash64(b"s-42", 0)));
         assert_eq!(key("jwt-sub", &h), Some(hash64(b"user-9", 0)));
         assert_eq!(key("client-ip", &h), Some(hash64(b"10.0.0.7", 0)));
+        // Behind a trusted proxy: the resolved client address.
+        let mut behind = h.clone();
+        behind.insert("x-original-ip", HeaderValue::from_static("203.0.113.9"));
+        assert_eq!(key("client-ip", &behind), Some(hash64(b"203.0.113.9", 0)));
         assert_eq!(key("header:x-missing", &h), None);
         assert_eq!(key("cookie:none", &h), None);
         h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer not-a-jwt"));

@@ -108,6 +108,31 @@ pub struct Cli {
     #[arg(long, env = "GW_AUTH_LOGOUT_PATH", value_name = "PATH", default_value = crate::session::DEFAULT_LOGOUT_PATH)]
     pub auth_logout_path: String,
 
+    /// JWKS URL of the public keys of RS*/PS*/ES256/ES384 access tokens
+    /// (http only); may be set together with JWT_SECRET.
+    #[arg(long, env = "JWT_JWKS_URL", value_name = "URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// Period between two fetches of the JWKS (shortened by the answer's
+    /// Cache-Control max-age).
+    #[arg(long, env = "JWT_JWKS_REFRESH", value_name = "DURATION", default_value = "5m", value_parser = gateway_common::duration::parse)]
+    pub jwt_jwks_refresh: Duration,
+
+    /// Shortest period between two fetches of the JWKS: retry delay after
+    /// a failure and rate limit of fetches caused by unknown `kid`s.
+    #[arg(long, env = "JWT_JWKS_MIN_REFRESH", value_name = "DURATION", default_value = "30s", value_parser = gateway_common::duration::parse)]
+    pub jwt_jwks_min_refresh: Duration,
+
+    /// Address ranges (CIDR, comma-separated) of proxies in front of the
+    /// gateway whose X-Forwarded-For is believed; empty: nobody's.
+    #[arg(
+        long,
+        env = "GW_TRUSTED_PROXIES",
+        value_name = "CIDRS",
+        default_value = ""
+    )]
+    pub trusted_proxies: String,
+
     /// Worker threads of the async runtime [default: number of usable CPUs].
     #[arg(long, env = "GW_WORKER_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
@@ -193,11 +218,29 @@ impl Cli {
         let algorithm = crate::auth::parse_algorithm(&self.jwt_algorithm)
             .map_err(SettingsError::BadJwtAlgorithm)?;
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        let issuer = non_empty(self.jwt_issuer);
+        let audience = non_empty(self.jwt_audience);
+        let jwks = match non_empty(self.jwt_jwks_url) {
+            Some(url) => Some(crate::jwks::JwksSettings {
+                url: crate::jwks::parse_url(&url).map_err(SettingsError::BadJwksUrl)?,
+                refresh: self.jwt_jwks_refresh.max(self.jwt_jwks_min_refresh),
+                min_refresh: self.jwt_jwks_min_refresh,
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+            }),
+            None => None,
+        };
+        let trusted_proxies =
+            self.trusted_proxies
+                .parse()
+                .map_err(|e: crate::forwarded::BadCidr| {
+                    SettingsError::BadTrustedProxies(e.to_string())
+                })?;
         let jwt = non_empty(self.jwt_secret).map(|secret| crate::auth::JwtSettings {
             secret,
             algorithm,
-            issuer: non_empty(self.jwt_issuer),
-            audience: non_empty(self.jwt_audience),
+            issuer,
+            audience,
         });
         let session = non_empty(self.jwt_refresh_secret).map(|refresh_secret| {
             crate::session::SessionSettings {
@@ -230,6 +273,8 @@ impl Cli {
             header_read_timeout: self.header_read_timeout,
             service_urls,
             jwt,
+            jwks,
+            trusted_proxies,
             redis_url: non_empty(self.redis_url),
             redis_key_prefix: self.redis_key_prefix,
             redis_timeout: self.redis_timeout,
@@ -293,6 +338,43 @@ mod tests {
         assert_eq!(jwt.audience, None);
         assert_eq!(jwt.algorithm, jsonwebtoken::Algorithm::HS256);
         assert!(!format!("{jwt:?}").contains(&secret));
+    }
+
+    #[test]
+    fn jwks_and_trusted_proxies_are_read_and_checked() {
+        let s = parse(&[
+            "--jwt-jwks-url",
+            "http://idp:8080/jwks",
+            "--jwt-issuer",
+            "idp",
+            "--jwt-jwks-min-refresh",
+            "10s",
+            "--trusted-proxies",
+            "10.0.0.0/8, 127.0.0.1",
+        ])
+        .unwrap()
+        .into_settings(vec![])
+        .unwrap();
+        assert!(s.jwt.is_none());
+        let jwks = s.jwks.unwrap();
+        assert_eq!(jwks.url, "http://idp:8080/jwks");
+        assert_eq!(jwks.issuer.as_deref(), Some("idp"));
+        assert_eq!(jwks.refresh, Duration::from_secs(300));
+        assert_eq!(jwks.min_refresh, Duration::from_secs(10));
+        assert!(s.trusted_proxies.trusts("10.1.2.3".parse().unwrap()));
+        assert!(!s.trusted_proxies.trusts("127.0.0.2".parse().unwrap()));
+        let defaults = parse(&[]).unwrap().into_settings(vec![]).unwrap();
+        assert!(defaults.jwks.is_none());
+        assert!(defaults.trusted_proxies.is_empty());
+        for bad in [
+            &["--jwt-jwks-url", "https://idp/jwks"][..],
+            &["--jwt-jwks-url", "idp/jwks"],
+            &["--trusted-proxies", "10.0.0.0/33"],
+            &["--trusted-proxies", "everyone"],
+        ] {
+            let refused = parse(bad).unwrap().into_settings(vec![]);
+            assert!(refused.is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub enum GatewayError {
     /// A service the authorisation depends on (venue access, user
     /// details) cannot answer: refused rather than allowed.
     AuthorizationUnavailable,
+    /// Credentials cannot be checked right now (signing keys not loaded,
+    /// a signature secret missing on this data plane).
+    AuthUnavailable,
 }
 
 impl GatewayError {
@@ -72,7 +75,9 @@ impl GatewayError {
             Self::NoHealthyInstance
             | Self::UpstreamUnavailable
             | Self::CircuitOpen
-            | Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::ServiceUnavailable
+            | Self::AuthUnavailable
+            | Self::AuthorizationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -82,7 +87,6 @@ impl GatewayError {
             Self::InvalidJson => StatusCode::BAD_REQUEST,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::AuthorizationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway | Self::AggregateSourceFailed => StatusCode::BAD_GATEWAY,
             Self::WebhookNotDelivered => StatusCode::INTERNAL_SERVER_ERROR,
@@ -116,6 +120,7 @@ impl GatewayError {
             // The seed's `AuthorizationError` and `ServiceUnavailableError`.
             Self::Forbidden => "AUTHORIZATION_ERROR",
             Self::AuthorizationUnavailable => "SERVICE_UNAVAILABLE",
+            Self::AuthUnavailable => "AUTHENTICATION_UNAVAILABLE",
         }
     }
 

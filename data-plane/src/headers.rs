@@ -127,7 +127,11 @@ pub fn prepare_request(
         crate::security::X_GATEWAY_FORWARDED,
         HeaderValue::from_static("true"),
     );
-    headers.insert(crate::security::X_ORIGINAL_IP, peer.clone());
+    // Set beforehand to the resolved client address (trusted proxies);
+    // a client's own copy was removed on arrival.
+    if !headers.contains_key(crate::security::X_ORIGINAL_IP) {
+        headers.insert(crate::security::X_ORIGINAL_IP, peer.clone());
+    }
     match host {
         Some(host) => {
             headers.insert(X_FORWARDED_HOST, host);

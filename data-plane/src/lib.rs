@@ -21,8 +21,10 @@ pub mod credentials;
 pub mod deadline;
 pub mod discovery;
 pub mod errors;
+pub mod forwarded;
 pub mod headers;
 pub mod health;
+pub mod jwks;
 pub mod layers;
 pub mod lookup;
 pub mod maglev;
@@ -41,6 +43,7 @@ pub mod session;
 pub mod settings;
 pub mod shared_state;
 pub mod shutdown;
+pub mod signature;
 mod spans;
 pub mod standalone;
 pub mod upstream;
@@ -100,10 +103,9 @@ impl DataPlane {
         let admin_addr = admin_listener.local_addr()?;
 
         let (shutdown, stop_rx) = ShutdownHandle::new();
-        let verifier = settings
-            .jwt
-            .as_ref()
-            .map(|jwt| Arc::new(auth::Verifier::new(jwt)));
+        let jwks = settings.jwks.clone().map(jwks::JwksKeys::start);
+        let verifier = (settings.jwt.is_some() || jwks.is_some())
+            .then(|| Arc::new(auth::Verifier::build(settings.jwt.as_ref(), jwks)));
         let started = std::time::Instant::now();
         let shared = match &settings.redis_url {
             Some(url) => Some(
@@ -148,6 +150,7 @@ impl DataPlane {
             proxy::Proxy::new(runtime.clone(), metrics.clone())
                 .with_verifier(verifier)
                 .with_credentials(credentials.clone(), sessions)
+                .with_trusted_proxies(settings.trusted_proxies.clone())
                 .with_shared_state(shared)
                 .with_rate_limiter(limiter)
                 .with_access_log(access_log::AccessLog::new(settings.access_log)),

@@ -49,6 +49,8 @@ pub struct Proxy {
     authorizer: crate::authorization::Authorizer,
     /// Whether each request gets an access-log line.
     access_log: AccessLog,
+    /// Peers whose `X-Forwarded-For` is believed.
+    trusted_proxies: crate::forwarded::TrustedProxies,
 }
 
 /// Where a routed request goes.
@@ -79,6 +81,7 @@ impl Proxy {
             sessions: None,
             authorizer: crate::authorization::Authorizer::new(None),
             access_log: AccessLog::default(),
+            trusted_proxies: Default::default(),
         }
     }
 
@@ -97,6 +100,13 @@ impl Proxy {
     ) -> Self {
         self.credentials = credentials;
         self.sessions = sessions;
+        self
+    }
+
+    /// Believes the `X-Forwarded-For` of peers in `trusted` (default:
+    /// nobody's).
+    pub fn with_trusted_proxies(mut self, trusted: crate::forwarded::TrustedProxies) -> Self {
+        self.trusted_proxies = trusted;
         self
     }
 
@@ -178,6 +188,7 @@ impl Proxy {
         if let Some(response) = self.preflight(&req, request_id.as_ref()) {
             return response;
         }
+        let client = self.trusted_proxies.resolve(peer, &mut req);
         match self.route(&req) {
             Ok(target) => {
                 let route = target.route.clone();
@@ -191,7 +202,8 @@ impl Proxy {
                     if let Some(auth) = &route.auth {
                         if !auth.public_paths.matches(req.uri().path()) {
                             let caller =
-                                match self.authenticate(&route, peer, &req, request_id.as_ref()) {
+                                match self.authenticate(&route, &client, &req, request_id.as_ref())
+                                {
                                     Ok(caller) => caller,
                                     Err(error) => {
                                         break 'answer error.response(request_id.as_ref())
@@ -204,7 +216,7 @@ impl Proxy {
                                     &route,
                                     caller,
                                     &req,
-                                    peer,
+                                    &client,
                                     request_id.as_ref(),
                                 )
                                 .await
@@ -217,7 +229,7 @@ impl Proxy {
                     access_log::note_identity(log, req.headers());
                     let rate = match self
                         .limiter
-                        .check(&route, peer, req.headers(), request_id.as_ref())
+                        .check(&route, &client, req.headers(), request_id.as_ref())
                         .await
                     {
                         Ok(stamp) => stamp,
@@ -265,7 +277,11 @@ impl Proxy {
                 .respond(&snapshot, &req, peer, request_id, start, route.timeout)
                 .await;
         }
-        let req = match crate::validation::check(&route, req, request_id, start).await {
+        let checked = match &route.signature {
+            Some(signature) => signature.check(&route, req, request_id, start).await,
+            None => crate::validation::check(&route, req, request_id, start).await,
+        };
+        let req = match checked {
             Ok(req) => req,
             Err(response) => return response,
         };

@@ -78,6 +78,8 @@ pub struct RouteRuntime {
     pub cache: Option<crate::cache::RouteCache>,
     /// Rate limit of the route.
     pub rate_limit: crate::ratelimit::RouteLimit,
+    /// HMAC request signatures, when the route requires them.
+    pub signature: Option<crate::signature::RouteSignature>,
     /// Cached metric handles.
     pub metrics: RouteMetrics,
 }
@@ -590,6 +592,10 @@ impl Runtime {
                     .map_err(UpdateError::Validation)?,
                 cache,
                 rate_limit: crate::ratelimit::RouteLimit::of(route),
+                signature: route
+                    .signature
+                    .as_ref()
+                    .map(|config| crate::signature::RouteSignature::compile(&route.name, config)),
             };
             routes.push((route, Arc::new(runtime)));
         }

@@ -69,6 +69,12 @@ pub struct Settings {
     /// Access-token verification (`JWT_*`); `None`: routes that require a
     /// token answer 401 to every request.
     pub jwt: Option<crate::auth::JwtSettings>,
+    /// Public keys of asymmetric access tokens (`JWT_JWKS_URL`), fetched
+    /// and refreshed in the background; may be set with `jwt` (each
+    /// algorithm has one key source).
+    pub jwks: Option<crate::jwks::JwksSettings>,
+    /// Peers whose `X-Forwarded-For` is believed (`GW_TRUSTED_PROXIES`).
+    pub trusted_proxies: crate::forwarded::TrustedProxies,
     /// Redis shared by the data planes (rate limits, response cache);
     /// `None`: every data plane keeps its own.
     pub redis_url: Option<String>,
@@ -98,6 +104,8 @@ impl Default for Settings {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             service_urls: Vec::new(),
             jwt: None,
+            jwks: None,
+            trusted_proxies: Default::default(),
             redis_url: None,
             redis_key_prefix: crate::shared_state::DEFAULT_KEY_PREFIX.to_string(),
             redis_timeout: crate::shared_state::DEFAULT_REDIS_TIMEOUT,
@@ -142,6 +150,12 @@ pub enum SettingsError {
     /// `JWT_ALGORITHM` names an algorithm the gateway does not verify.
     #[error("{0}")]
     BadJwtAlgorithm(String),
+    /// `JWT_JWKS_URL` is not a usable URL.
+    #[error("{0}")]
+    BadJwksUrl(String),
+    /// `GW_TRUSTED_PROXIES` is not a list of address ranges.
+    #[error("GW_TRUSTED_PROXIES: {0}")]
+    BadTrustedProxies(String),
     /// A listen address could not be read.
     #[error("{0:?} is neither an address (HOST:PORT) nor a port number")]
     BadListenAddress(String),
