@@ -3,7 +3,9 @@
 
 use crate::telemetry::{Telemetry, TelemetryError, TelemetrySettings};
 use std::fmt;
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -64,14 +66,16 @@ pub enum LoggingError {
 /// Installs the global tracing subscriber: `level` is a level (`info`) or a
 /// filter (`control_plane=debug,info`).
 pub fn init_logging(level: &str, format: LogFormat, target: LogTarget) -> Result<(), LoggingError> {
-    install(level, format, target, None).map(|_| ())
+    install(level, format, target, None, false).map(|_| ())
 }
 
 /// Installs the global tracing subscriber as [`init_logging`] does and,
 /// when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the OpenTelemetry layer that
 /// exports spans over OTLP (service name `OTEL_SERVICE_NAME`, else
-/// `service`). Must be called inside a tokio runtime; await
-/// [`Telemetry::shutdown`] at exit to flush the last spans.
+/// `service`). Log lines are written by a thread of their own, batched
+/// into few writes while they come fast, so a request never waits on
+/// standard output. Must be called inside a tokio runtime; await
+/// [`Telemetry::shutdown`] at exit to flush the last spans and lines.
 pub fn init_logging_and_tracing(
     level: &str,
     format: LogFormat,
@@ -79,7 +83,7 @@ pub fn init_logging_and_tracing(
     service: &str,
 ) -> Result<Telemetry, LoggingError> {
     let settings = TelemetrySettings::from_env(service)?;
-    install(level, format, target, settings.as_ref())
+    install(level, format, target, settings.as_ref(), true)
 }
 
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
@@ -89,13 +93,15 @@ fn install(
     format: LogFormat,
     target: LogTarget,
     tracing: Option<&TelemetrySettings>,
+    batched: bool,
 ) -> Result<Telemetry, LoggingError> {
     let filter = EnvFilter::try_new(level).map_err(|e| LoggingError::Level {
         level: level.to_string(),
         reason: e.to_string(),
     })?;
-    let mut layers = vec![log_layer(format, target).with_filter(filter).boxed()];
-    let telemetry = match tracing {
+    let (writer, guard) = log_writer(target, batched);
+    let mut layers = vec![log_layer(format, writer).with_filter(filter).boxed()];
+    let mut telemetry = match tracing {
         Some(settings) => {
             let (layer, telemetry) = crate::telemetry::layer(settings)?;
             // Spans of every level that is not chatty: the gateway's own
@@ -105,6 +111,7 @@ fn install(
         }
         None => Telemetry::default(),
     };
+    telemetry.keep_log_writer(guard);
     tracing_subscriber::registry()
         .with(layers)
         .try_init()
@@ -112,13 +119,33 @@ fn install(
     Ok(telemetry)
 }
 
-fn log_layer(format: LogFormat, target: LogTarget) -> BoxedLayer {
+/// Where the log layer writes: the stream itself, or (`batched`) a writer
+/// thread with a 64 KiB buffer that it flushes whenever its queue is empty.
+/// The queue never drops a line (security events must not be lost): when
+/// it is full, logging waits, as a direct write would.
+fn log_writer(target: LogTarget, batched: bool) -> (BoxMakeWriter, Option<WorkerGuard>) {
+    if !batched {
+        return match target {
+            LogTarget::Stdout => (BoxMakeWriter::new(std::io::stdout), None),
+            LogTarget::Stderr => (BoxMakeWriter::new(std::io::stderr), None),
+        };
+    }
+    let stream: Box<dyn std::io::Write + Send> = match target {
+        LogTarget::Stdout => Box::new(std::io::stdout()),
+        LogTarget::Stderr => Box::new(std::io::stderr()),
+    };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, stream));
+    (BoxMakeWriter::new(writer), Some(guard))
+}
+
+fn log_layer(format: LogFormat, writer: BoxMakeWriter) -> BoxedLayer {
     let layer = tracing_subscriber::fmt::layer();
-    match (format, target) {
-        (LogFormat::Json, LogTarget::Stdout) => json(layer).with_writer(std::io::stdout).boxed(),
-        (LogFormat::Json, LogTarget::Stderr) => json(layer).with_writer(std::io::stderr).boxed(),
-        (LogFormat::Pretty, LogTarget::Stdout) => layer.with_writer(std::io::stdout).boxed(),
-        (LogFormat::Pretty, LogTarget::Stderr) => layer.with_writer(std::io::stderr).boxed(),
+    match format {
+        LogFormat::Json => json(layer).with_writer(writer).boxed(),
+        LogFormat::Pretty => layer.with_writer(writer).boxed(),
     }
 }
 

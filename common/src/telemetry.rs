@@ -112,9 +112,19 @@ struct OtelVars {
 #[must_use = "spans still queued are lost unless `shutdown` is awaited"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// The log writer thread's guard: dropping it writes the last lines.
+    log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl Telemetry {
+    /// Keeps the log writer thread's guard until shutdown.
+    pub(crate) fn keep_log_writer(
+        &mut self,
+        guard: Option<tracing_appender::non_blocking::WorkerGuard>,
+    ) {
+        self.log_writer = guard;
+    }
+
     /// Whether spans are exported.
     pub fn is_on(&self) -> bool {
         self.provider.is_some()
@@ -123,6 +133,7 @@ impl Telemetry {
     /// Exports the spans still queued and stops the exporter. The export
     /// runs on a blocking thread so that the runtime (which drives the
     /// gRPC connection) keeps running meanwhile, even a single-threaded one.
+    /// Log lines still queued are written when this returns.
     pub async fn shutdown(mut self) {
         let Some(provider) = self.provider.take() else {
             return;
@@ -179,6 +190,7 @@ where
         layer,
         Telemetry {
             provider: Some(provider),
+            log_writer: None,
         },
     ))
 }
