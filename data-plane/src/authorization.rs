@@ -117,7 +117,18 @@ impl Authorizer {
                 .await
                 .map(Caller::Token),
             Caller::ApiKey(key) => {
-                match refuse_key(route, &key, req.method().as_str(), peer, request_id) {
+                let policy = route.auth.as_ref().and_then(|a| a.authz.as_deref());
+                let refused = policy.and_then(|policy| {
+                    refuse_key(
+                        policy,
+                        &route.name,
+                        &key,
+                        req.method().as_str(),
+                        peer,
+                        request_id,
+                    )
+                });
+                match refused {
                     Some(refused) => Err(refused),
                     None => Ok(Caller::ApiKey(key)),
                 }
@@ -330,13 +341,13 @@ fn request_id_str(id: Option<&HeaderValue>) -> &str {
 /// (ownership never applies: a key is no user), and routes needing user
 /// details refuse keys.
 fn refuse_key(
-    route: &RouteRuntime,
+    policy: &RouteAuthz,
+    route: &str,
     key: &ApiKeyIdentity,
     method: &str,
     peer: &HeaderValue,
     request_id: Option<&HeaderValue>,
 ) -> Option<Response<ProxyBody>> {
-    let policy = route.auth.as_ref().and_then(|a| a.authz.as_deref())?;
     let scopes: Vec<&str> = key
         .scopes
         .as_ref()
@@ -364,7 +375,7 @@ fn refuse_key(
         "unauthorized_access_attempt",
         "medium",
         api_key_id = key.id.to_str().unwrap_or(""),
-        route = %route.name,
+        route,
         ip = peer.to_str().unwrap_or(""),
         request_id = request_id_str(request_id),
         "authorization failed: API key without the scope the route needs"
@@ -406,5 +417,33 @@ mod tests {
             policy.param("/api/v1/users//venues/v/tickets", "userId"),
             None
         );
+    }
+
+    fn key(scopes: Option<&str>) -> ApiKeyIdentity {
+        ApiKeyIdentity {
+            id: HeaderValue::from_static("k-1"),
+            tenant: HeaderValue::from_static("t-1"),
+            scopes: scopes.map(|s| HeaderValue::from_str(s).unwrap()),
+        }
+    }
+
+    #[test]
+    fn api_keys_are_authorised_by_their_scopes() {
+        let peer = HeaderValue::from_static("127.0.0.1");
+        let policy = route(
+            serde_json::json!({ "permissions": { "GET": "events:view", "POST": "events:create" } }),
+            "/e",
+        )
+        .unwrap();
+        let allowed =
+            |scopes, method| refuse_key(&policy, "r", &key(scopes), method, &peer, None).is_none();
+        assert!(allowed(Some("events:view"), "GET"));
+        assert!(allowed(Some("tickets:view, events:*"), "POST"));
+        assert!(!allowed(Some("events:view"), "POST"));
+        assert!(!allowed(None, "GET"));
+        let refused = refuse_key(&policy, "r", &key(Some("x:y")), "GET", &peer, None).unwrap();
+        assert_eq!(refused.status(), http::StatusCode::FORBIDDEN);
+        let details = route(serde_json::json!({ "user_details": true }), "/u").unwrap();
+        assert!(refuse_key(&details, "r", &key(Some("*")), "GET", &peer, None).is_some());
     }
 }
