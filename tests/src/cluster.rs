@@ -356,6 +356,26 @@ impl DataPlaneProc {
         http::get(self.listen, path)
     }
 
+    /// `METHOD path` with `headers` and `body` through the data plane
+    /// (10 s timeout); panics, naming the data plane, when no answer comes.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HttpResponse {
+        http::request(
+            self.listen,
+            method,
+            path,
+            headers,
+            body,
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("{method} {path} through {}: {e}", self.node_id))
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         self.proc.kill();

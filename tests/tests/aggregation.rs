@@ -3,7 +3,6 @@
 
 use gateway_tests::cluster::{start_test, write_temp_file, DataPlaneProc, Upstream};
 use gateway_tests::free_port;
-use gateway_tests::http::{self, HttpResponse};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -114,24 +113,6 @@ fn token() -> String {
     .unwrap()
 }
 
-fn send(
-    dp: &DataPlaneProc,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> HttpResponse {
-    http::request(
-        dp.listen,
-        method,
-        path,
-        headers,
-        body,
-        Duration::from_secs(10),
-    )
-    .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
 fn ids(list: &Value) -> Vec<i64> {
     list.as_array()
         .unwrap_or_else(|| panic!("not a list: {list}"))
@@ -167,8 +148,7 @@ fn aggregate_merges_transforms_falls_back_and_passes_the_identity() {
     let bearer = format!("Bearer {}", token());
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let started = Instant::now();
-    let r = send(
-        &p.dp,
+    let r = p.dp.send(
         "GET",
         "/api/v1/dashboard/42?page=2",
         &[
@@ -223,11 +203,10 @@ fn aggregate_merges_transforms_falls_back_and_passes_the_identity() {
     assert!(headers["x-request-deadline-ms"].as_str().is_some());
 
     // The route's auth policy applies to the aggregate as to any route.
-    let r = send(&p.dp, "GET", "/api/v1/dashboard/42", &[], b"");
+    let r = p.dp.send("GET", "/api/v1/dashboard/42", &[], b"");
     assert_eq!(r.status, 401, "{}", r.text());
     // Only GET is aggregated.
-    let r = send(
-        &p.dp,
+    let r = p.dp.send(
         "POST",
         "/api/v1/dashboard/42",
         &[("authorization", &bearer)],
@@ -237,8 +216,7 @@ fn aggregate_merges_transforms_falls_back_and_passes_the_identity() {
 
     // An optional source that fails outright also falls back.
     p.nft.set_fail(503);
-    let r = send(
-        &p.dp,
+    let r = p.dp.send(
         "GET",
         "/api/v1/dashboard/42",
         &[("authorization", &bearer)],
@@ -252,8 +230,7 @@ fn aggregate_merges_transforms_falls_back_and_passes_the_identity() {
 fn a_failing_required_source_fails_the_request_naming_it() {
     let _guard = start_test();
     let p = platform();
-    let r = send(
-        &p.dp,
+    let r = p.dp.send(
         "GET",
         "/api/v1/events/7/details",
         &[("x-request-id", "req-broken")],
@@ -268,7 +245,7 @@ fn a_failing_required_source_fails_the_request_naming_it() {
         "Required source 'venue' failed: connection refused"
     );
 
-    let r = send(&p.dp, "GET", "/api/v1/failing/7", &[], b"");
+    let r = p.dp.send("GET", "/api/v1/failing/7", &[], b"");
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(
         r.json()["message"],
@@ -279,7 +256,7 @@ fn a_failing_required_source_fails_the_request_naming_it() {
     // slow one is not waited for.
     p.event.set_delay(5000);
     let started = Instant::now();
-    let r = send(&p.dp, "GET", "/api/v1/events/7/details", &[], b"");
+    let r = p.dp.send("GET", "/api/v1/events/7/details", &[], b"");
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(
         started.elapsed() < Duration::from_secs(1),
@@ -295,7 +272,7 @@ fn a_failing_required_source_fails_the_request_naming_it() {
     let bearer = format!("Bearer {}", token());
     let auth = [("authorization", bearer.as_str())];
     p.event.set_delay(0);
-    let r = send(&p.dp, "GET", "/api/v1/dashboard/42", &auth, b"");
+    let r = p.dp.send("GET", "/api/v1/dashboard/42", &auth, b"");
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(
         r.json()["message"],
@@ -307,7 +284,7 @@ fn a_failing_required_source_fails_the_request_naming_it() {
     p.ticket.respond("/users/42/tickets", &json!([]));
     p.event.set_delay(5000);
     let started = Instant::now();
-    let r = send(&p.dp, "GET", "/api/v1/dashboard/42", &auth, b"");
+    let r = p.dp.send("GET", "/api/v1/dashboard/42", &auth, b"");
     assert_eq!(r.status, 502, "{}", r.text());
     let took = started.elapsed();
     assert!(
@@ -354,7 +331,7 @@ fn stripe_webhooks_reach_the_service_byte_for_byte_and_failures_are_500() {
         ("stripe-webhook-id", "wh_123"),
         ("content-type", "application/json; charset=utf-8"),
     ];
-    let r = send(&p.dp, "POST", "/webhooks/stripe", &headers, payload);
+    let r = p.dp.send("POST", "/webhooks/stripe", &headers, payload);
     assert_eq!(r.status, 200, "{}", r.text());
     let echo = r.json();
     assert_eq!(echo["name"], "payment");
@@ -372,8 +349,7 @@ fn stripe_webhooks_reach_the_service_byte_for_byte_and_failures_are_500() {
     // A signature over other bytes does not verify upstream (the check
     // above can fail).
     let wrong = stripe_signature(now_secs(), b"{}");
-    let r = send(
-        &p.dp,
+    let r = p.dp.send(
         "POST",
         "/webhooks/stripe",
         &[("stripe-signature", &wrong)],
@@ -383,24 +359,24 @@ fn stripe_webhooks_reach_the_service_byte_for_byte_and_failures_are_500() {
 
     // Unsigned: refused at the edge, never reaches the service.
     let before = p.payment.served();
-    let r = send(&p.dp, "POST", "/webhooks/stripe", &[], payload);
+    let r = p.dp.send("POST", "/webhooks/stripe", &[], payload);
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(p.payment.served(), before);
 
     // The service unreachable: 500 so that Stripe retries.
-    let r = send(&p.dp, "POST", "/down/webhooks/stripe", &headers, payload);
+    let r =
+        p.dp.send("POST", "/down/webhooks/stripe", &headers, payload);
     assert_eq!(r.status, 500, "{}", r.text());
     assert_eq!(r.json()["code"], "WEBHOOK_NOT_DELIVERED");
 
     // The service's own answers pass through as they are.
     p.payment.set_fail(400);
-    let r = send(&p.dp, "POST", "/webhooks/stripe", &headers, payload);
+    let r = p.dp.send("POST", "/webhooks/stripe", &headers, payload);
     assert_eq!(r.status, 400);
     p.payment.set_fail(0);
 
     // Other providers: passthrough under /webhooks.
-    let r = send(
-        &p.dp,
+    let r = p.dp.send(
         "POST",
         "/webhooks/paypal/events",
         &[("paypal-transmission-sig", "sig")],

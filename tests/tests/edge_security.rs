@@ -7,7 +7,7 @@
 use base64::Engine;
 use gateway_tests::cluster::{start_test, wait_until, write_temp_file, DataPlaneProc, Upstream};
 use gateway_tests::free_port;
-use gateway_tests::http::{self, HttpResponse};
+use gateway_tests::http::HttpResponse;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
@@ -17,7 +17,6 @@ const RSA_PEM: &str = include_str!("../fixtures/test-only-rsa-private.pem");
 const RSA_PUBLIC_PEM: &str = include_str!("../fixtures/test-only-rsa-public.pem");
 const RSA_JWK: &str = include_str!("../fixtures/test-only-rsa-public.jwk.json");
 const PARTNER_SECRET: &str = "partner-x-shared-secret-of-32-bytes!!";
-const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn now() -> u64 {
     SystemTime::now()
@@ -104,20 +103,9 @@ fn start_dp(name: &str, upstream: &Upstream, env: &[(&str, &str)]) -> DataPlaneP
     DataPlaneProc::standalone_with_env(name, &file, env)
 }
 
-fn send(
-    dp: &DataPlaneProc,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> HttpResponse {
-    http::request(dp.listen, method, path, headers, body, TIMEOUT)
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
 fn bearer(dp: &DataPlaneProc, token: &str) -> HttpResponse {
     let auth = format!("Bearer {token}");
-    send(dp, "GET", "/api/me", &[("authorization", &auth)], b"")
+    dp.send("GET", "/api/me", &[("authorization", &auth)], b"")
 }
 
 /// A JWKS endpoint: `test-upstream` answering `/jwks` with `keys`.
@@ -239,8 +227,8 @@ fn a_jwks_endpoint_down_at_start_gives_503_until_it_answers() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["code"], "AUTHENTICATION_UNAVAILABLE");
     assert!(r.header("retry-after").is_some());
-    assert_eq!(send(&dp, "GET", "/open", &[], b"").status, 200);
-    assert_eq!(send(&dp, "GET", "/api/x", &[], b"").status, 401);
+    assert_eq!(dp.send("GET", "/open", &[], b"").status, 200);
+    assert_eq!(dp.send("GET", "/api/x", &[], b"").status, 401);
 
     // An endpoint failing at start and recovering later.
     let idp = Upstream::start("idp");
@@ -287,7 +275,7 @@ fn signed_partner_callbacks() {
         if let Some(sig) = sig {
             headers.push(("x-signature", sig));
         }
-        send(&dp, "POST", path, &headers, body)
+        dp.send("POST", path, &headers, body)
     };
 
     let ts = now().to_string();
@@ -333,7 +321,7 @@ fn signed_partner_callbacks() {
     );
     refused(post(&ts, None, body), "no signature");
     refused(
-        send(&dp, "POST", path, &[("x-signature", good.as_str())], body),
+        dp.send("POST", path, &[("x-signature", good.as_str())], body),
         "no timestamp",
     );
     refused(post(&ts, Some("not-hex"), body), "not hex");
@@ -346,8 +334,7 @@ fn signed_partner_callbacks() {
 
     // A route whose secret this data plane lacks refuses everything (503).
     let other = signature(PARTNER_SECRET, &ts, "POST", "/partner/other", body);
-    let r = send(
-        &dp,
+    let r = dp.send(
         "POST",
         "/partner/other",
         &[
@@ -375,7 +362,7 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
     );
     let untrusting = start_dp("xff-untrusted", &upstream, &[]);
     let seen = |dp: &DataPlaneProc, xff: &str| {
-        let r = send(dp, "GET", "/open", &[("x-forwarded-for", xff)], b"");
+        let r = dp.send("GET", "/open", &[("x-forwarded-for", xff)], b"");
         assert_eq!(r.status, 200);
         let headers = r.json()["headers"].clone();
         (
@@ -397,18 +384,13 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
         ("203.0.113.7, 127.0.0.1".into(), "127.0.0.1".into())
     );
     // A forged x-original-ip never survives.
-    let r = send(
-        &untrusting,
-        "GET",
-        "/open",
-        &[("x-original-ip", "1.1.1.1")],
-        b"",
-    );
+    let r = untrusting.send("GET", "/open", &[("x-original-ip", "1.1.1.1")], b"");
     assert_eq!(r.json()["headers"]["x-original-ip"], "127.0.0.1");
 
     // Rate limits follow the believed client address.
     let hit = |dp: &DataPlaneProc, client: &str| {
-        send(dp, "GET", "/limited", &[("x-forwarded-for", client)], b"").status
+        dp.send("GET", "/limited", &[("x-forwarded-for", client)], b"")
+            .status
     };
     assert_eq!(hit(&trusting, "198.51.100.1"), 200);
     assert_eq!(hit(&trusting, "198.51.100.1"), 200);

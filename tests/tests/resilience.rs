@@ -6,7 +6,7 @@
 use gateway_tests::cluster::{
     start_test, wait_until, write_temp_file, ControlPlaneProc, DataPlaneProc, Tokens, Upstream,
 };
-use gateway_tests::http::{self, HttpResponse};
+use gateway_tests::http;
 use gateway_tests::RedisServer;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,24 +27,6 @@ fn urls(upstreams: &[&Upstream]) -> String {
         .map(|u| format!("\"{}\"", u.url()))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn send(
-    dp: &DataPlaneProc,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> HttpResponse {
-    http::request(
-        dp.listen,
-        method,
-        path,
-        headers,
-        body,
-        Duration::from_secs(10),
-    )
-    .unwrap_or_else(|e| panic!("{method} {path} through {}: {e}", dp.node_id))
 }
 
 /// The value of the first metric line starting with `series` (0 when absent).
@@ -91,7 +73,7 @@ routes:
     let (dp, _file) = standalone("dp-kill", &yaml);
     let mut seen = BTreeMap::new();
     for _ in 0..30 {
-        let r = send(&dp, "GET", "/app/warm", &[], b"");
+        let r = dp.send("GET", "/app/warm", &[], b"");
         assert_eq!(r.status, 200, "{}", r.text());
         *seen.entry(r.upstream().to_string()).or_insert(0) += 1;
     }
@@ -183,7 +165,7 @@ routes:
     );
     let (dp, _file) = standalone("dp-slow", &yaml);
     // The remaining budget travels upstream.
-    let r = send(&dp, "GET", "/slow/x", &[], b"");
+    let r = dp.send("GET", "/slow/x", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
     let budget: u64 = r.json()["headers"]["x-request-deadline-ms"]
         .as_str()
@@ -191,13 +173,7 @@ routes:
         .unwrap_or_else(|| panic!("no deadline header upstream: {}", r.text()));
     assert!(budget > 0 && budget <= 400, "{budget}");
     // A caller's smaller budget is honoured.
-    let r = send(
-        &dp,
-        "GET",
-        "/slow/x",
-        &[("x-request-deadline-ms", "150")],
-        b"",
-    );
+    let r = dp.send("GET", "/slow/x", &[("x-request-deadline-ms", "150")], b"");
     let budget: u64 = r.json()["headers"]["x-request-deadline-ms"]
         .as_str()
         .and_then(|v| v.parse().ok())
@@ -208,7 +184,7 @@ routes:
     u.set_delay(3000);
     for i in 0..3 {
         let started = Instant::now();
-        let r = send(&dp, "GET", "/slow/x", &[], b"");
+        let r = dp.send("GET", "/slow/x", &[], b"");
         let took = started.elapsed();
         assert_eq!(r.status, 504, "attempt {i}: {}", r.text());
         assert_eq!(r.json()["code"], "UPSTREAM_TIMEOUT");
@@ -219,7 +195,7 @@ routes:
     }
     // Open: answered at once, without asking the instance.
     let before = u.served();
-    let r = send(&dp, "GET", "/slow/x", &[], b"");
+    let r = dp.send("GET", "/slow/x", &[], b"");
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["code"], "CIRCUIT_OPEN", "{}", r.text());
     assert_eq!(r.json()["statusCode"], 503);
@@ -230,7 +206,7 @@ routes:
         .unwrap_or(0);
     assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
     // The route with a fallback answers it instead.
-    let r = send(&dp, "GET", "/cached/x", &[], b"");
+    let r = dp.send("GET", "/cached/x", &[], b"");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-fallback"), Some("yes"));
     assert_eq!(r.json()["cached"], true);
@@ -250,7 +226,7 @@ routes:
         "a half-open probe to succeed",
         Duration::from_secs(6),
         || {
-            let r = send(&dp, "GET", "/slow/x", &[], b"");
+            let r = dp.send("GET", "/slow/x", &[], b"");
             match r.status {
                 200 => Ok(()),
                 503 if r.json()["code"] == "CIRCUIT_OPEN" => Err("still open".to_string()),
@@ -259,7 +235,7 @@ routes:
         },
     );
     for _ in 0..5 {
-        assert_eq!(send(&dp, "GET", "/slow/x", &[], b"").status, 200);
+        assert_eq!(dp.send("GET", "/slow/x", &[], b"").status, 200);
     }
     assert_eq!(
         metric(
@@ -296,15 +272,14 @@ routes:
     u2.set_fail(503);
 
     let before = served(&all);
-    let r = send(&dp, "POST", "/pay/charge", &[], b"{\"amount\":1}");
+    let r = dp.send("POST", "/pay/charge", &[], b"{\"amount\":1}");
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(!r.upstream().is_empty(), "the upstream's own answer");
     assert_eq!(served(&all) - before, 1, "a POST was sent more than once");
 
     // With an Idempotency-Key it is retried, each attempt elsewhere.
     let (b1, b2) = (u1.served(), u2.served());
-    let r = send(
-        &dp,
+    let r = dp.send(
         "POST",
         "/pay/charge",
         &[("idempotency-key", "k-1")],
@@ -320,21 +295,21 @@ routes:
 
     // Idempotent methods are retried too.
     let before = served(&all);
-    assert_eq!(send(&dp, "GET", "/pay/status", &[], b"").status, 503);
+    assert_eq!(dp.send("GET", "/pay/status", &[], b"").status, 503);
     assert_eq!(served(&all) - before, 3);
 
     // Never on a 4xx.
     u1.set_fail(409);
     u2.set_fail(409);
     let before = served(&all);
-    assert_eq!(send(&dp, "GET", "/pay/status", &[], b"").status, 409);
+    assert_eq!(dp.send("GET", "/pay/status", &[], b"").status, 409);
     assert_eq!(served(&all) - before, 1);
 
     // And a success is a success.
     u1.set_fail(0);
     u2.set_fail(0);
     let before = served(&all);
-    let r = send(&dp, "POST", "/pay/charge", &[], b"{\"amount\":1}");
+    let r = dp.send("POST", "/pay/charge", &[], b"{\"amount\":1}");
     assert_eq!(r.status, 200);
     assert_eq!(served(&all) - before, 1);
 }
@@ -432,7 +407,7 @@ routes:
         (0..KEYS)
             .map(|k| {
                 let user = format!("user-{k}");
-                let r = send(dp, "GET", "/sticky/x", &[("x-user", &user)], b"");
+                let r = dp.send("GET", "/sticky/x", &[("x-user", &user)], b"");
                 assert_eq!(r.status, 200, "{}", r.text());
                 r.upstream().to_string()
             })
@@ -531,7 +506,7 @@ routes:
     u.set_fail(500);
     // No breaker: every failure is the upstream's own.
     for _ in 0..8 {
-        let r = send(&f.dp, "GET", "/app/x", &[], b"");
+        let r = f.dp.send("GET", "/app/x", &[], b"");
         assert_eq!((r.status, r.upstream()), (500, "b1"), "{}", r.text());
     }
 
@@ -552,7 +527,7 @@ routes:
         "the data plane to open its breaker",
         Duration::from_secs(10),
         || {
-            let r = send(&f.dp, "GET", "/app/x", &[], b"");
+            let r = f.dp.send("GET", "/app/x", &[], b"");
             match (r.status, r.json()["code"].as_str()) {
                 (503, Some("CIRCUIT_OPEN")) => Ok(()),
                 (s, code) => Err(format!("{s} {code:?}")),
@@ -648,7 +623,7 @@ routes:
         .run(&["breaker", "set", "app", "--enabled", "false"])
         .success();
     wait_until("the breaker to be off", Duration::from_secs(10), || {
-        let r = send(&f.dp, "GET", "/app/x", &[], b"");
+        let r = f.dp.send("GET", "/app/x", &[], b"");
         match (r.status, r.upstream()) {
             (500, "b1") => Ok(()),
             (s, _) => Err(format!("{s} {}", r.text())),

@@ -6,7 +6,7 @@
 use gateway_tests::cluster::{
     start_test, wait_until, write_temp_file, ControlPlaneProc, DataPlaneProc, Tokens, Upstream,
 };
-use gateway_tests::http::{self, HttpResponse};
+use gateway_tests::http::HttpResponse;
 use gateway_tests::RedisServer;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -137,31 +137,12 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-fn send(
-    dp: &DataPlaneProc,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> HttpResponse {
-    http::request(
-        dp.listen,
-        method,
-        path,
-        headers,
-        body,
-        Duration::from_secs(5),
-    )
-    .unwrap_or_else(|e| panic!("{method} {path} through {}: {e}", dp.node_id))
-}
-
 fn get(dp: &DataPlaneProc, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    send(dp, "GET", path, headers, b"")
+    dp.send("GET", path, headers, b"")
 }
 
 fn refresh(dp: &DataPlaneProc, body: &Value) -> HttpResponse {
-    send(
-        dp,
+    dp.send(
         "POST",
         "/auth/refresh",
         &[("content-type", "application/json")],
@@ -347,9 +328,9 @@ fn refresh_rotates_and_reuse_revokes_the_family() {
         "AUTHENTICATION_ERROR",
         "Refresh token required",
     );
-    let r = send(dp, "POST", "/auth/refresh", &[], b"{not json");
+    let r = dp.send("POST", "/auth/refresh", &[], b"{not json");
     assert_eq!(r.status, 400, "{}", r.text());
-    let r = send(dp, "GET", "/auth/refresh", &[], b"");
+    let r = dp.send("GET", "/auth/refresh", &[], b"");
     assert_eq!(r.status, 405, "{}", r.text());
 }
 
@@ -369,13 +350,7 @@ fn logout_is_refused_by_every_data_plane_within_100ms() {
         for dp in &fleet.dps {
             assert_eq!(get(dp, "/api/x", &[("authorization", &auth)]).status, 200);
         }
-        let r = send(
-            &fleet.dps[0],
-            "POST",
-            "/auth/logout",
-            &[("authorization", &auth)],
-            b"",
-        );
+        let r = fleet.dps[0].send("POST", "/auth/logout", &[("authorization", &auth)], b"");
         let since = Instant::now();
         assert_eq!(r.status, 204, "{}", r.text());
         let times = times_to_401(&fleet.dps, "/api/x", &[("authorization", &auth)], since);
@@ -431,8 +406,7 @@ fn logout_is_refused_by_every_data_plane_within_100ms() {
     let old = access_token("user-2", None, issued);
     let older = access_token("user-2", None, issued - 5);
     let other = access_token("user-3", None, issued);
-    let r = send(
-        &fleet.dps[1],
+    let r = fleet.dps[1].send(
         "POST",
         "/auth/logout",
         &[("authorization", &bearer(&old))],
@@ -467,8 +441,7 @@ fn logout_is_refused_by_every_data_plane_within_100ms() {
     let pair = r.json();
     let access = pair["accessToken"].as_str().unwrap();
     let refresh_tok = pair["refreshToken"].as_str().unwrap();
-    let r = send(
-        &fleet.dps[1],
+    let r = fleet.dps[1].send(
         "POST",
         "/auth/logout",
         &[("authorization", &bearer(access))],
@@ -484,10 +457,9 @@ fn logout_is_refused_by_every_data_plane_within_100ms() {
         "Invalid refresh token",
     );
     // Logout needs a valid access token.
-    let r = send(&fleet.dps[0], "POST", "/auth/logout", &[], b"");
+    let r = fleet.dps[0].send("POST", "/auth/logout", &[], b"");
     assert_eq!(r.status, 401);
-    let r = send(
-        &fleet.dps[0],
+    let r = fleet.dps[0].send(
         "POST",
         "/auth/logout",
         &[("authorization", "Bearer nope")],
@@ -623,8 +595,7 @@ fn without_redis_refresh_logout_and_api_keys_are_refused() {
         "Service unavailable: token store (Redis) is not reachable",
     );
     let token = access_token("u", Some("nr-a"), now());
-    let r = send(
-        &dp,
+    let r = dp.send(
         "POST",
         "/auth/logout",
         &[("authorization", &bearer(&token))],
