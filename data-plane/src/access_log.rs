@@ -27,9 +27,13 @@ pub struct UpstreamInstance(pub Authority);
 
 /// Marks `response` as coming from `instance`.
 pub fn mark_instance<B>(response: &mut Response<B>, instance: &Authority) {
-    response
-        .extensions_mut()
-        .insert(UpstreamInstance(instance.clone()));
+    // The extension map is an allocation per response: only when a line
+    // may be written.
+    if tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+        response
+            .extensions_mut()
+            .insert(UpstreamInstance(instance.clone()));
+    }
 }
 
 /// Whether access-log lines are written (`GW_ACCESS_LOG`).
