@@ -3,7 +3,11 @@
 # next to HAProxy 2.6 with one thread, both in front of the same tiny nginx
 # upstream, and the upstream hit directly.
 #
-#   tests/bench/proxy.sh [seconds-per-run] [rounds]
+#   tests/bench/proxy.sh [seconds-per-run] [rounds] [plain|jwt]
+#
+# jwt: every request carries the same HS256 access token; HAProxy verifies it
+# with jwt_verify and checks exp, the data plane with a route that requires a
+# token (JWT_SECRET).
 #
 # Needs wrk, nginx and haproxy (apt-get install -y wrk nginx-light haproxy).
 # Layout on a 2-core machine: proxy on core 0; upstream and wrk on core 1;
@@ -11,11 +15,25 @@
 set -euo pipefail
 secs=${1:-8}
 rounds=${2:-3}
+mode=${3:-plain}
+case "$mode" in plain|jwt) ;; *) echo "mode must be plain or jwt"; exit 2 ;; esac
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
-for tool in wrk nginx haproxy; do
+secret=bench-secret-of-at-least-32-bytes-0123456789
+token=$(python3 - "$secret" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+body = b64(json.dumps({"sub": "u-1", "tenant_id": "t-1", "type": "access",
+                       "exp": int(time.time()) + 86400}).encode())
+sig = b64(hmac.new(sys.argv[1].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest())
+print(f"{head}.{body}.{sig}")
+PY
+)
+
+for tool in wrk nginx haproxy python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y wrk nginx-light haproxy"; exit 1; }
 done
 
@@ -44,6 +62,15 @@ defaults
   option http-keep-alive
 frontend fe
   bind 127.0.0.1:$hap
+$(if [ "$mode" = jwt ]; then cat <<JWT
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_header_query('\$.alg') -m str HS256 }
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify("HS256","$secret") -m int 1 }
+  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+  http-request set-var(txn.now) date()
+  http-request deny deny_status 401 if { var(txn.exp),sub(txn.now) -m int lt 0 }
+JWT
+fi)
   default_backend be
 backend be
   http-reuse always
@@ -59,6 +86,7 @@ routes:
   - name: all
     match: { path_prefix: / }
     service: up
+$(if [ "$mode" = jwt ]; then echo "    auth: { required: true }"; fi)
 CONF
 
 (cd "$root" && cargo build --release -q -p data-plane)
@@ -66,12 +94,14 @@ bin="${CARGO_TARGET_DIR:-$root/target}/release/data-plane"
 
 taskset -c 1 nginx -c "$work/nginx.conf" &
 taskset -c 0 haproxy -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
-LOG_LEVEL=warn taskset -c 0 "$bin" --config "$work/gateway.yaml" --listen 127.0.0.1:$dp \
+JWT_SECRET=$secret LOG_LEVEL=warn taskset -c 0 "$bin" --config "$work/gateway.yaml" --listen 127.0.0.1:$dp \
   --admin-listen 127.0.0.1:$dpadmin >"$work/dp.log" 2>&1 &
 sleep 1
-for port in $up $hap $dp; do curl -sf "http://127.0.0.1:$port/" >/dev/null || { echo "nothing answers on $port"; cat "$work/dp.log"; exit 1; }; done
+auth=()
+[ "$mode" = jwt ] && auth=(-H "Authorization: Bearer $token")
+for port in $up $hap $dp; do curl -sf "${auth[@]}" "http://127.0.0.1:$port/" >/dev/null || { echo "nothing answers on $port"; cat "$work/dp.log"; exit 1; }; done
 
-run() { taskset -c 1 wrk -t1 -c64 -d"${secs}s" --latency "http://127.0.0.1:$1/" | awk '/Requests\/sec/{r=$2} /^ +99%/{p=$2} /Non-2xx|Socket errors/{e=e" "$0} END{printf "%s req/s p99 %s%s\n", r, p, e}'; }
+run() { taskset -c 1 wrk -t1 -c64 -d"${secs}s" --latency "${auth[@]}" "http://127.0.0.1:$1/" | awk '/Requests\/sec/{r=$2} /^ +99%/{p=$2} /Non-2xx|Socket errors/{e=e" "$0} END{printf "%s req/s p99 %s%s\n", r, p, e}'; }
 for i in $(seq "$rounds"); do
   echo "round $i: direct    $(run $up)"
   echo "round $i: haproxy   $(run $hap)"
