@@ -10,7 +10,7 @@ use http::header::{
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
     ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
 };
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
 /// A route's CORS policy with its header values made once.
 #[derive(Debug, Clone)]
@@ -130,20 +130,7 @@ pub fn preflight_method<B>(req: &Request<B>) -> Option<&str> {
 }
 
 fn remove_access_control(headers: &mut HeaderMap) {
-    if !headers
-        .keys()
-        .any(|n| n.as_str().starts_with("access-control-"))
-    {
-        return;
-    }
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("access-control-"))
-        .cloned()
-        .collect();
-    for name in names {
-        headers.remove(name);
-    }
+    crate::headers::remove_prefixed(headers, "access-control-");
 }
 
 #[cfg(test)]

@@ -84,6 +84,22 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes every header whose (lower-case) name starts with `prefix`.
+/// Nothing is allocated unless one is present.
+pub fn remove_prefixed(headers: &mut HeaderMap, prefix: &str) {
+    if !headers.keys().any(|n| n.as_str().starts_with(prefix)) {
+        return;
+    }
+    let names: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with(prefix))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 /// Prepares the headers of a response going to the client: hop-by-hop
 /// and `x-internal-*` headers removed.
 pub fn prepare_response(headers: &mut HeaderMap) {

@@ -388,20 +388,7 @@ fn is_client_forbidden(name: &HeaderName) -> bool {
 /// Removes `x-internal-*` headers from an upstream response. Nothing is
 /// allocated unless one is present.
 pub fn strip_internal_response_headers(headers: &mut HeaderMap) {
-    if !headers
-        .keys()
-        .any(|n| n.as_str().starts_with("x-internal-"))
-    {
-        return;
-    }
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("x-internal-"))
-        .cloned()
-        .collect();
-    for name in names {
-        headers.remove(name);
-    }
+    crate::headers::remove_prefixed(headers, "x-internal-");
 }
 
 #[cfg(test)]
