@@ -155,7 +155,13 @@ impl Proxy {
         let mut log = self.access_log.begin(&req, start);
         let response = match crate::spans::request(&req) {
             None => self.answer(peer, req, start, &mut log).await,
-            Some(span) => crate::spans::traced(span, self.answer(peer, req, start, &mut log)).await,
+            Some(span) => {
+                Box::pin(crate::spans::traced(
+                    span,
+                    self.answer(peer, req, start, &mut log),
+                ))
+                .await
+            }
         };
         if let Some(log) = log {
             log.finish(&response);
@@ -180,7 +186,7 @@ impl Proxy {
             return response;
         }
         if let Some(sessions) = &self.sessions {
-            req = match sessions.serve(req, peer, request_id.as_ref()).await {
+            req = match Box::pin(sessions.serve(req, peer, request_id.as_ref())).await {
                 Ok(response) => return response,
                 Err(req) => req,
             };
@@ -209,31 +215,42 @@ impl Proxy {
                                         break 'answer error.response(request_id.as_ref())
                                     }
                                 };
-                            match self
-                                .authorizer
-                                .authorize_caller(
+                            let caller = if auth.authz.is_some() {
+                                let authorized = Box::pin(self.authorizer.authorize_caller(
                                     &self.runtime,
                                     &route,
                                     caller,
                                     &req,
                                     &client,
                                     request_id.as_ref(),
-                                )
-                                .await
-                            {
-                                Ok(caller) => caller.apply(req.headers_mut()),
-                                Err(refused) => break 'answer refused,
-                            }
+                                ));
+                                match authorized.await {
+                                    Ok(caller) => caller,
+                                    Err(refused) => break 'answer refused,
+                                }
+                            } else {
+                                caller
+                            };
+                            caller.apply(req.headers_mut());
                         }
                     }
                     access_log::note_identity(log, req.headers());
-                    let rate = match self
-                        .limiter
-                        .check(&route, &client, req.headers(), request_id.as_ref())
-                        .await
-                    {
-                        Ok(stamp) => stamp,
-                        Err(refused) => break 'answer refused,
+                    // Policies that may wait on a lookup or Redis are boxed, and
+                    // only when they apply: the handler's future stays small,
+                    // and it is moved whole for every request.
+                    let rate = if self.limiter.applies(&route) {
+                        let checked = Box::pin(self.limiter.check(
+                            &route,
+                            &client,
+                            req.headers(),
+                            request_id.as_ref(),
+                        ));
+                        match checked.await {
+                            Ok(stamp) => stamp,
+                            Err(refused) => break 'answer refused,
+                        }
+                    } else {
+                        crate::ratelimit::Stamp::default()
                     };
                     let mut response = self
                         .dispatch(target, req, peer, request_id.as_ref(), start)
@@ -273,30 +290,40 @@ impl Proxy {
         let route = target.route.clone();
         if let Some(aggregate) = &route.aggregate {
             let snapshot = self.runtime.snapshot();
-            return aggregate
-                .respond(&snapshot, &req, peer, request_id, start, route.timeout)
-                .await;
+            return Box::pin(aggregate.respond(
+                &snapshot,
+                &req,
+                peer,
+                request_id,
+                start,
+                route.timeout,
+            ))
+            .await;
         }
         let checked = match &route.signature {
-            Some(signature) => signature.check(&route, req, request_id, start).await,
-            None => crate::validation::check(&route, req, request_id, start).await,
+            Some(signature) => Box::pin(signature.check(&route, req, request_id, start)).await,
+            None if route.validation.is_some() => {
+                Box::pin(crate::validation::check(&route, req, request_id, start)).await
+            }
+            None => Ok(req.map(ClientBody::Streaming)),
         };
         let req = match checked {
             Ok(req) => req,
             Err(response) => return response,
         };
         if let Some(webhook) = &route.webhook {
-            return webhook
-                .deliver(req, request_id, |req| {
-                    forward(target, req, peer, request_id, start)
-                })
-                .await;
-        }
-        self.cache
-            .serve(&route, req, |req| {
+            return Box::pin(webhook.deliver(req, request_id, |req| {
                 forward(target, req, peer, request_id, start)
-            })
-            .await
+            }))
+            .await;
+        }
+        if route.cache.is_some() {
+            return Box::pin(self.cache.serve(&route, req, |req| {
+                forward(target, req, peer, request_id, start)
+            }))
+            .await;
+        }
+        forward(target, req, peer, request_id, start).await
     }
 
     /// Answers a CORS preflight for a route with a CORS policy (routed by
@@ -549,9 +576,9 @@ async fn forward(
                     headers: parts.headers,
                     body: bytes,
                 };
-                return forward_with_retries(
+                return Box::pin(forward_with_retries(
                     &route, &service, policy, request, hash, deadline, request_id,
-                )
+                ))
                 .await;
             }
         }

@@ -413,6 +413,12 @@ impl RateLimiter {
     }
 
     /// The limit that applies to `route`, if any.
+    /// Whether a limit applies to `route` (else [`Self::check`] has nothing
+    /// to decide).
+    pub fn applies(&self, route: &RouteRuntime) -> bool {
+        self.policy_for(route).is_some()
+    }
+
     fn policy_for<'a>(&'a self, route: &'a RouteRuntime) -> Option<&'a Arc<Policy>> {
         if !self.enabled {
             return None;
