@@ -7,15 +7,15 @@
 //! request's deadline. A failed required source fails the request (502
 //! naming it); a failed optional source is replaced by its fallback.
 
-use crate::body::{LimitedBody, ProxyBody};
+use crate::balancer::Endpoint;
+use crate::body::ProxyBody;
 use crate::deadline::{self, Deadline, DEADLINE_HEADER};
 use crate::errors::{iso8601, GatewayError};
 use crate::headers;
+use crate::lookup::{self, CallError};
 use crate::metrics::UpstreamErrorKind;
-use crate::proxy::{admit, record_outcome, Clock, Outcome};
 use crate::routing::{parse_template, TemplatePart};
 use crate::runtime::Snapshot;
-use crate::upstream::{self, Failure, SendError};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use gateway_common::config::{AggregateConfig, RouteConfig, SourceConfig, TimeSide};
@@ -25,7 +25,6 @@ use http::header::{
 };
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -454,13 +453,6 @@ fn source_headers(client: &HeaderMap, peer: &HeaderValue) -> HeaderMap {
     headers
 }
 
-/// Why an exchange gave no body.
-enum ExchangeError {
-    Send(SendError),
-    Body,
-    TooLarge,
-}
-
 /// Calls one source through its service's breaker, balancer and pool.
 async fn fetch(
     snapshot: &Snapshot,
@@ -474,82 +466,28 @@ async fn fetch(
     let service = snapshot
         .service_named(&source.service)
         .ok_or(SourceFailure::UnknownService)?;
-    let permit = admit(service).map_err(|_| SourceFailure::CircuitOpen)?;
     let hash = service
         .balancer
         .hash_on()
         .and_then(|on| on.key_hash(headers, peer));
-    let endpoint = service
-        .balancer
-        .pick(hash)
-        .ok_or(SourceFailure::NoInstance)?;
-    let mut request = Request::new(LimitedBody::buffered(Bytes::new()));
-    *request.uri_mut() = Uri::from(path);
-    let mut headers = headers.clone();
-    headers.insert(HOST, endpoint.host_header.clone());
-    headers.insert(
-        DEADLINE_HEADER,
-        deadline::header_value(at.saturating_duration_since(Instant::now())),
-    );
-    crate::spans::inject_current(endpoint, &mut headers);
-    *request.headers_mut() = headers;
-    let guard = endpoint.load.begin();
-    let sent_at = Clock::start(service);
-    service.errors.attempt();
-    let exchange = async {
-        let (response, conn) =
-            upstream::send(&endpoint.pool, service.config.connect_timeout, request)
-                .await
-                .map_err(ExchangeError::Send)?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_SOURCE_BODY)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    ExchangeError::TooLarge
-                } else {
-                    ExchangeError::Body
-                }
-            })?
-            .to_bytes();
-        conn.release();
-        Ok((status, body))
+    let headers = |endpoint: &Endpoint| {
+        let mut headers = headers.clone();
+        headers.insert(HOST, endpoint.host_header.clone());
+        headers.insert(
+            DEADLINE_HEADER,
+            deadline::header_value(at.saturating_duration_since(Instant::now())),
+        );
+        crate::spans::inject_current(endpoint, &mut headers);
+        headers
     };
-    let result = tokio::time::timeout_at(at, exchange).await;
-    drop(guard);
-    let (outcome, result) = match result {
-        Ok(Ok((status, body))) => {
-            let outcome = if status.is_server_error() {
-                Outcome::Failure
-            } else {
-                Outcome::Success
-            };
-            (outcome, parse(status, &body))
-        }
-        Ok(Err(ExchangeError::Send(err))) => match upstream::classify(&err) {
-            Failure::Upstream(kind) => {
-                service.errors.count(kind);
-                tracing::debug!(service = %service.name, instance = %endpoint.id, error = %err, "aggregate source failed");
-                (Outcome::Failure, Err(SourceFailure::Unreachable(kind)))
-            }
-            Failure::BodyTooLarge => (Outcome::Neutral, Err(SourceFailure::BodyTooLarge)),
-        },
-        Ok(Err(ExchangeError::Body)) => {
-            service.errors.count(UpstreamErrorKind::Protocol);
-            (
-                Outcome::Failure,
-                Err(SourceFailure::Unreachable(UpstreamErrorKind::Protocol)),
-            )
-        }
-        Ok(Err(ExchangeError::TooLarge)) => (Outcome::Neutral, Err(SourceFailure::BodyTooLarge)),
-        Err(_elapsed) => {
-            service.errors.count(UpstreamErrorKind::Timeout);
-            (Outcome::Failure, Err(SourceFailure::TimedOut(budget)))
-        }
-    };
-    record_outcome(service, endpoint, permit, outcome, sent_at.elapsed());
-    result
+    match lookup::call(service, Uri::from(path), hash, headers, at, MAX_SOURCE_BODY).await {
+        Ok((status, body)) => parse(status, &body),
+        Err(CallError::CircuitOpen) => Err(SourceFailure::CircuitOpen),
+        Err(CallError::NoInstance) => Err(SourceFailure::NoInstance),
+        Err(CallError::Unreachable(kind, _)) => Err(SourceFailure::Unreachable(kind)),
+        Err(CallError::TooLarge) => Err(SourceFailure::BodyTooLarge),
+        Err(CallError::TimedOut) => Err(SourceFailure::TimedOut(budget)),
+    }
 }
 
 /// The JSON of a 2xx answer (an empty body is null).

@@ -1,16 +1,19 @@
-//! Calls the gateway makes on its own behalf before forwarding (venue
+//! Calls the gateway makes on its own behalf (aggregate sources, venue
 //! access, user details): one `GET` to a configured service, through its
 //! breaker, balancer and connection pool like a proxied request.
 
+use crate::balancer::Endpoint;
 use crate::body::LimitedBody;
+use crate::metrics::UpstreamErrorKind;
 use crate::proxy::{admit, record_outcome, Clock, Outcome};
-use crate::runtime::Snapshot;
-use crate::upstream;
+use crate::runtime::{ServiceRuntime, Snapshot};
+use crate::upstream::{self, Failure, SendError};
 use bytes::Bytes;
 use http::header::{ACCEPT, HOST};
-use http::{HeaderValue, Request, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// Longest a lookup may take (less when the service's timeout is shorter).
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -38,7 +41,109 @@ pub enum LookupError {
     BadPath,
 }
 
-/// `GET path` on `service`: the status and body of its answer.
+/// How a `GET` the gateway makes itself ended without an answer.
+#[derive(Debug)]
+pub enum CallError {
+    /// The service's breaker is open.
+    CircuitOpen,
+    /// No routable instance.
+    NoInstance,
+    /// Connection refused, reset, or a broken answer (the error text).
+    Unreachable(UpstreamErrorKind, String),
+    /// The answer is larger than the caller reads.
+    TooLarge,
+    /// No answer before the deadline.
+    TimedOut,
+}
+
+/// `GET uri` on one instance of `service`, exactly as a proxied request
+/// goes: through its breaker, balancer (`hash` for consistent hashing),
+/// in-flight count and pool, counted in its attempts and errors, its
+/// outcome reported to the breaker and outlier detection (a 5xx is a
+/// failure). `headers` builds the request's headers for the instance
+/// picked. Answers the status and the body (at most `max_body` bytes) of
+/// whatever status came back before `deadline`.
+pub async fn call(
+    service: &ServiceRuntime,
+    uri: Uri,
+    hash: Option<u64>,
+    headers: impl FnOnce(&Endpoint) -> HeaderMap,
+    deadline: Instant,
+    max_body: usize,
+) -> Result<(StatusCode, Bytes), CallError> {
+    let permit = admit(service).map_err(|_| CallError::CircuitOpen)?;
+    let endpoint = service.balancer.pick(hash).ok_or(CallError::NoInstance)?;
+    let mut request = Request::new(LimitedBody::buffered(Bytes::new()));
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers(endpoint);
+    let guard = endpoint.load.begin();
+    let sent_at = Clock::start(service);
+    service.errors.attempt();
+    let exchange = async {
+        let (response, conn) =
+            upstream::send(&endpoint.pool, service.config.connect_timeout, request)
+                .await
+                .map_err(Exchange::Send)?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), max_body)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    Exchange::TooLarge
+                } else {
+                    Exchange::Body(e.to_string())
+                }
+            })?
+            .to_bytes();
+        conn.release();
+        Ok((status, body))
+    };
+    let result = tokio::time::timeout_at(deadline, exchange).await;
+    drop(guard);
+    let (outcome, result) = match result {
+        Ok(Ok((status, body))) if status.is_server_error() => {
+            (Outcome::Failure, Ok((status, body)))
+        }
+        Ok(Ok(answer)) => (Outcome::Success, Ok(answer)),
+        Ok(Err(Exchange::Send(err))) => match upstream::classify(&err) {
+            Failure::Upstream(kind) => {
+                service.errors.count(kind);
+                tracing::debug!(service = %service.name, instance = %endpoint.id, error = %err, "gateway call failed");
+                (
+                    Outcome::Failure,
+                    Err(CallError::Unreachable(kind, err.to_string())),
+                )
+            }
+            Failure::BodyTooLarge => (Outcome::Neutral, Err(CallError::TooLarge)),
+        },
+        Ok(Err(Exchange::Body(reason))) => {
+            service.errors.count(UpstreamErrorKind::Protocol);
+            (
+                Outcome::Failure,
+                Err(CallError::Unreachable(UpstreamErrorKind::Protocol, reason)),
+            )
+        }
+        Ok(Err(Exchange::TooLarge)) => (Outcome::Neutral, Err(CallError::TooLarge)),
+        Err(_elapsed) => {
+            service.errors.count(UpstreamErrorKind::Timeout);
+            (Outcome::Failure, Err(CallError::TimedOut))
+        }
+    };
+    record_outcome(service, endpoint, permit, outcome, sent_at.elapsed());
+    result
+}
+
+/// How the exchange of [`call`] failed.
+enum Exchange {
+    Send(SendError),
+    Body(String),
+    TooLarge,
+}
+
+/// `GET path` on `service` for a lookup (`Accept: application/json`,
+/// within the service's timeout and at most [`LOOKUP_TIMEOUT`]): the status
+/// and body of its answer.
 pub async fn get(
     snapshot: &Snapshot,
     service: &str,
@@ -48,52 +153,24 @@ pub async fn get(
         .service_named(service)
         .ok_or_else(|| LookupError::UnknownService(service.into()))?;
     let uri: Uri = path.parse().map_err(|_| LookupError::BadPath)?;
-    let permit = admit(svc).map_err(|_| LookupError::CircuitOpen(service.into()))?;
-    let endpoint = svc
-        .balancer
-        .pick(None)
-        .ok_or_else(|| LookupError::NoInstance(service.into()))?;
-    let mut request = Request::new(LimitedBody::buffered(Bytes::new()));
-    *request.uri_mut() = uri;
-    request
-        .headers_mut()
-        .insert(HOST, endpoint.host_header.clone());
-    request
-        .headers_mut()
-        .insert(ACCEPT, HeaderValue::from_static("application/json"));
-    let guard = endpoint.load.begin();
-    let sent_at = Clock::start(svc);
-    let exchange = async {
-        let (response, conn) = upstream::send(&endpoint.pool, svc.config.connect_timeout, request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_LOOKUP_BODY)
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        conn.release();
-        Ok::<_, String>((status, body))
+    let deadline = Instant::now() + svc.config.timeout.min(LOOKUP_TIMEOUT);
+    let headers = |endpoint: &Endpoint| {
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, endpoint.host_header.clone());
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        headers
     };
-    let result = tokio::time::timeout(svc.config.timeout.min(LOOKUP_TIMEOUT), exchange).await;
-    drop(guard);
-    let (outcome, result) = match result {
-        Ok(Ok((status, body))) if status.is_server_error() => {
-            (Outcome::Failure, Ok((status, body)))
-        }
-        Ok(Ok(answer)) => (Outcome::Success, Ok(answer)),
-        Ok(Err(reason)) => (
-            Outcome::Failure,
-            Err(LookupError::Unreachable(service.into(), reason)),
-        ),
-        Err(_) => (
-            Outcome::Failure,
-            Err(LookupError::Unreachable(service.into(), "timed out".into())),
-        ),
-    };
-    record_outcome(svc, endpoint, permit, outcome, sent_at.elapsed());
-    result
+    call(svc, uri, None, headers, deadline, MAX_LOOKUP_BODY)
+        .await
+        .map_err(|e| match e {
+            CallError::CircuitOpen => LookupError::CircuitOpen(service.into()),
+            CallError::NoInstance => LookupError::NoInstance(service.into()),
+            CallError::Unreachable(_, reason) => LookupError::Unreachable(service.into(), reason),
+            CallError::TooLarge => {
+                LookupError::Unreachable(service.into(), "answer too large".into())
+            }
+            CallError::TimedOut => LookupError::Unreachable(service.into(), "timed out".into()),
+        })
 }
 
 /// Fills `{venueId}` and `{userId}` of a lookup path template, each value
