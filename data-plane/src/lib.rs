@@ -22,6 +22,7 @@ pub mod deadline;
 pub mod discovery;
 pub mod errors;
 pub mod forwarded;
+pub mod framing;
 pub mod headers;
 pub mod health;
 pub mod jwks;

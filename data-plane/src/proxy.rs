@@ -7,6 +7,7 @@ use crate::body::{ClientBody, LimitedBody, ProxyBody};
 use crate::breaker::{self, Permit, Rejected};
 use crate::deadline::{self, Deadline, DEADLINE_HEADER};
 use crate::errors::{GatewayError, X_REQUEST_ID};
+use crate::framing::FramingWatch;
 use crate::headers;
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::ratelimit::{RateLimitSettings, RateLimiter};
@@ -18,7 +19,7 @@ use crate::shared_state::SharedState;
 use crate::upstream::{self, Failure};
 use bytes::Bytes;
 use gateway_common::routing::Lookup;
-use http::header::{CONTENT_LENGTH, HOST, ORIGIN};
+use http::header::{CONTENT_LENGTH, HOST, ORIGIN, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
@@ -149,16 +150,22 @@ impl Proxy {
         &self.metrics
     }
 
-    /// Handles one request from a client at `peer` (its IP as a header value).
-    pub async fn handle(&self, peer: &HeaderValue, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// Handles one request from a client at `peer` (its IP as a header
+    /// value), on a connection watched by `framing`.
+    pub async fn handle(
+        &self,
+        peer: &HeaderValue,
+        framing: &FramingWatch,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
         let mut log = self.access_log.begin(&req, start);
         let response = match crate::spans::request(&req) {
-            None => self.answer(peer, req, start, &mut log).await,
+            None => self.answer(peer, framing, req, start, &mut log).await,
             Some(span) => {
                 Box::pin(crate::spans::traced(
                     span,
-                    self.answer(peer, req, start, &mut log),
+                    self.answer(peer, framing, req, start, &mut log),
                 ))
                 .await
             }
@@ -172,13 +179,14 @@ impl Proxy {
     async fn answer(
         &self,
         peer: &HeaderValue,
+        framing: &FramingWatch,
         mut req: Request<Incoming>,
         start: Instant,
         log: &mut Option<access_log::Pending>,
     ) -> Response<ProxyBody> {
         let method = req.method().clone();
         let request_id = req.headers().get(X_REQUEST_ID).cloned();
-        if let Err((error, message)) = screen(peer, &mut req, request_id.as_ref()) {
+        if let Err((error, message)) = screen(peer, framing, &mut req, request_id.as_ref()) {
             let response = error.response(message, request_id.as_ref());
             self.metrics
                 .unmatched()
@@ -428,12 +436,21 @@ impl Proxy {
 /// public paths and sent upstream is the same one).
 fn screen(
     peer: &HeaderValue,
+    framing: &FramingWatch,
     req: &mut Request<Incoming>,
     request_id: Option<&HeaderValue>,
 ) -> Result<(), (GatewayError, &'static str)> {
     let log_id = || request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
     let ip = || peer.to_str().unwrap_or("");
-    if let Err(e) = security::check_head(req.headers()) {
+    // hyper drops the Content-Length of a request that also carries
+    // Transfer-Encoding; the connection's scanner saw both.
+    let conflict = framing.take_conflict() && req.headers().contains_key(TRANSFER_ENCODING);
+    let head = if conflict {
+        Err(security::HeadError::ConflictingFraming)
+    } else {
+        security::check_head(req.headers())
+    };
+    if let Err(e) = head {
         crate::security_event!(
             "malformed_request",
             "medium",
@@ -1046,6 +1063,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 pub fn service(
     proxy: Arc<Proxy>,
     peer: HeaderValue,
+    framing: Arc<FramingWatch>,
 ) -> impl tower::Service<
     Request<Incoming>,
     Response = Response<ProxyBody>,
@@ -1056,7 +1074,8 @@ pub fn service(
     tower::service_fn(move |req: Request<Incoming>| {
         let proxy = proxy.clone();
         let peer = peer.clone();
-        async move { Ok(proxy.handle(&peer, req).await) }
+        let framing = framing.clone();
+        async move { Ok(proxy.handle(&peer, &framing, req).await) }
     })
 }
 

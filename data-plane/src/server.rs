@@ -1,6 +1,7 @@
 //! The public listener: accepts connections, serves each with the proxy
 //! stack over HTTP/1.1 keep-alive, and drains on shutdown.
 
+use crate::framing::{FramingWatch, Watched};
 use crate::headers::peer_value;
 use crate::layers::{InFlightLayer, RequestIdLayer};
 use crate::proxy::{self, Proxy};
@@ -50,11 +51,13 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    let framing = FramingWatch::new();
                     let service = ServiceBuilder::new()
                         .layer(RequestIdLayer)
                         .layer(InFlightLayer::new(in_flight.clone()))
-                        .service(proxy::service(proxy.clone(), peer_value(peer.ip())));
-                    let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+                        .service(proxy::service(proxy.clone(), peer_value(peer.ip()), framing.clone()));
+                    let stream = TokioIo::new(Watched::new(stream, framing));
+                    let conn = http.serve_connection(stream, TowerToHyperService::new(service));
                     let conn = graceful.watch(conn);
                     let open = ConnectionGauge::open(&open_connections);
                     connections.spawn(async move {
