@@ -13,6 +13,16 @@
 //!
 //! The keys and the validation rules are built once at startup; verifying a
 //! token costs one signature check, two base64 decodes and two JSON parses.
+//!
+//! Clients send the same token with every request until it expires, so a
+//! verified token's identity is kept ([`VERIFIED_CACHE_BYTES`] in all, at
+//! most [`VERIFIED_TTL`] each), keyed by the token's exact text: a repeat
+//! costs one hash lookup and an `exp` comparison instead of the signature
+//! check (what Envoy's `jwt_cache_config` does). Any change to a token is a
+//! different key and is verified from scratch; tokens that fail are never
+//! kept; a token signed with a JWKS key is taken from the cache only while
+//! that very key is still in the key set; revocation is checked by the
+//! caller on every request, cached or not.
 
 use crate::body::ProxyBody;
 use crate::errors::GatewayError;
@@ -23,6 +33,15 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Room for verified tokens, in bytes (each entry weighs its token's length
+/// plus a fixed share for its identity).
+pub const VERIFIED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// Longest a verified token is kept before being verified again.
+pub const VERIFIED_TTL: Duration = Duration::from_secs(300);
+/// Tokens longer than this are verified every time rather than kept.
+const LONGEST_CACHED_TOKEN: usize = 4096;
 
 /// Clock skew allowed on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
@@ -98,6 +117,25 @@ pub struct Verifier {
     /// The rules, one per accepted algorithm (jsonwebtoken wants the
     /// algorithm list to fit the key).
     validations: Vec<(Algorithm, Validation)>,
+    /// Tokens verified lately, by their text.
+    verified: moka::sync::Cache<Arc<str>, Arc<Verified>, ahash::RandomState>,
+}
+
+/// The weight of one kept token: its text plus a share for its identity.
+fn weigh_verified(token: &Arc<str>, _: &Arc<Verified>) -> u32 {
+    u32::try_from(token.len() + 512).unwrap_or(u32::MAX)
+}
+
+/// What a successful verification found out, kept for the token's repeats.
+struct Verified {
+    identity: Identity,
+    /// `exp`, in seconds since the epoch.
+    expires: u64,
+    /// The JWKS key that checked the signature (`None`: `JWT_SECRET`).
+    key: Option<Arc<PublicKey>>,
+    /// The token's `alg` and `kid`, to look that key up again.
+    alg: Algorithm,
+    kid: Option<Box<str>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -113,6 +151,9 @@ impl std::fmt::Debug for Verifier {
 /// The claims the gateway reads.
 #[derive(Debug, Deserialize)]
 struct Claims {
+    /// Required by the validation rules, so always there once verified.
+    #[serde(default)]
+    exp: u64,
     #[serde(default)]
     sub: Option<String>,
     #[serde(default, rename = "type")]
@@ -301,10 +342,18 @@ impl Verifier {
             .into_iter()
             .map(|alg| (alg, validation(alg, issuer.as_deref(), audience.as_deref())))
             .collect();
+        let verified = moka::sync::Cache::builder()
+            .max_capacity(VERIFIED_CACHE_BYTES)
+            .weigher(weigh_verified)
+            .time_to_live(VERIFIED_TTL)
+            // Keyed randomly per process; about five times cheaper than
+            // SipHash on a token's couple of hundred bytes.
+            .build_with_hasher(ahash::RandomState::new());
         Self {
             hmac: hmac.map(|s| (s.algorithm, DecodingKey::from_secret(s.secret.as_bytes()))),
             jwks,
             validations,
+            verified,
         }
     }
 
@@ -340,8 +389,52 @@ impl Verifier {
         self.verify(token)
     }
 
-    /// Verifies one compact JWT.
+    /// Verifies one compact JWT: from the cache of verified tokens when it
+    /// was verified lately (its `exp` checked again), else in full.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if let Some(verified) = self.verified.get(token) {
+            match self.still_valid(&verified) {
+                Some(Ok(identity)) => return Ok(identity),
+                Some(Err(expired)) => {
+                    self.verified.invalidate(token);
+                    return Err(expired);
+                }
+                None => self.verified.invalidate(token),
+            }
+        }
+        let verified = self.verify_in_full(token)?;
+        let identity = verified.identity.clone();
+        if token.len() <= LONGEST_CACHED_TOKEN {
+            self.verified.insert(token.into(), Arc::new(verified));
+        }
+        Ok(identity)
+    }
+
+    /// Verifies one compact JWT in full, as on its first sight, neither
+    /// reading nor filling the cache of verified tokens.
+    pub fn verify_uncached(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_in_full(token).map(|verified| verified.identity)
+    }
+
+    /// The identity of a token verified before, if that verification still
+    /// holds: `Some(Err(Expired))` once `exp` (plus leeway) has passed,
+    /// `None` when its JWKS key is no longer the one of its `kid`.
+    fn still_valid(&self, verified: &Verified) -> Option<Result<Identity, AuthError>> {
+        if let Some(used) = &verified.key {
+            let jwks = self.jwks.as_ref()?;
+            let current = jwks.select(verified.kid.as_deref(), verified.alg).ok()?;
+            if !Arc::ptr_eq(used, &current) {
+                return None;
+            }
+        }
+        if verified.expires + LEEWAY_SECS < jsonwebtoken::get_current_timestamp() {
+            return Some(Err(AuthError::Expired));
+        }
+        Some(Ok(verified.identity.clone()))
+    }
+
+    /// Verifies one compact JWT from scratch.
+    fn verify_in_full(&self, token: &str) -> Result<Verified, AuthError> {
         // The header is read first only to pick the key; decode reads and
         // checks it again against the key's rules.
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
@@ -401,12 +494,22 @@ impl Verifier {
                     .find(|k| **k == t)
             })
             .map(|t| HeaderValue::from_static(t));
-        Ok(Identity {
+        let identity = Identity {
             user_id,
             tenant_id,
             role,
             permissions,
             tier,
+        };
+        Ok(Verified {
+            identity,
+            expires: claims.exp,
+            key: match key {
+                KeyRef::Borrowed(_) => None,
+                KeyRef::Shared(public) => Some(public),
+            },
+            alg: header.alg,
+            kid: header.kid.map(String::into_boxed_str),
         })
     }
 }
@@ -632,6 +735,33 @@ mod tests {
     }
 
     #[test]
+    fn verified_tokens_are_kept_until_they_expire() {
+        let v = Verifier::new(&settings());
+        let token = sign(&claims(), Algorithm::HS256, SECRET);
+        let first = v.verify(&token).unwrap();
+        assert!(v.verified.contains_key(token.as_str()));
+        assert_eq!(v.verify(&token).unwrap(), first);
+        // Once its exp (plus leeway) has passed, the kept token is refused
+        // and forgotten.
+        let mut stale = Verifier::new(&settings()).verify_in_full(&token).unwrap();
+        stale.expires = now() - LEEWAY_SECS - 1;
+        v.verified.insert(token.as_str().into(), Arc::new(stale));
+        assert_eq!(v.verify(&token), Err(AuthError::Expired));
+        assert!(!v.verified.contains_key(token.as_str()));
+        // Tokens that fail are never kept, so they fail every time.
+        let other = sign(&claims(), Algorithm::HS256, &"z".repeat(32));
+        for _ in 0..2 {
+            assert_eq!(v.verify(&other), Err(AuthError::Invalid));
+        }
+        assert!(!v.verified.contains_key(other.as_str()));
+        // A token differing in one character is another key, checked in full.
+        let mut tampered = token.clone();
+        tampered.pop();
+        tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+        assert_eq!(v.verify(&tampered), Err(AuthError::Invalid));
+    }
+
+    #[test]
     fn bearer_header_is_read() {
         let mut h = HeaderMap::new();
         assert_eq!(bearer_token(&h), None);
@@ -745,6 +875,29 @@ mod tests {
                 v.verify(&signed(Algorithm::ES256, Some("ec-1"), &other)),
                 Err(AuthError::Invalid)
             );
+        }
+
+        #[test]
+        fn a_kept_token_is_only_trusted_while_its_key_is_in_the_set() {
+            let set = keys(&[rsa_jwk("rsa-1")]);
+            let v = Verifier::build(None, Some(set.clone()));
+            let token = signed(Algorithm::RS256, Some("rsa-1"), &rsa());
+            assert!(v.verify(&token).is_ok());
+            assert!(v.verify(&token).is_ok());
+            // The key rotated out: its kid now names another key.
+            let (_, replacement) = ec_key("rsa-1");
+            set.install(json!({ "keys": [replacement] }).to_string().as_bytes())
+                .unwrap();
+            assert_eq!(v.verify(&token), Err(AuthError::Invalid));
+            // The key removed altogether.
+            let (_, unrelated) = ec_key("ec-9");
+            set.install(json!({ "keys": [unrelated] }).to_string().as_bytes())
+                .unwrap();
+            assert_eq!(v.verify(&token), Err(AuthError::UnknownKey));
+            // The same key fetched again: verified in full once more, fine.
+            set.install(json!({ "keys": [rsa_jwk("rsa-1")] }).to_string().as_bytes())
+                .unwrap();
+            assert!(v.verify(&token).is_ok());
         }
 
         #[test]

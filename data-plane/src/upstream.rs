@@ -115,17 +115,15 @@ impl ConnPool {
     }
 
     fn checkin(&self, sender: Sender) {
+        let now = Instant::now();
         let mut idle = self.lock();
         if idle
             .first()
-            .is_some_and(|oldest| oldest.since.elapsed() > POOL_IDLE_TIMEOUT)
+            .is_some_and(|oldest| now.saturating_duration_since(oldest.since) > POOL_IDLE_TIMEOUT)
         {
             idle.remove(0);
         }
-        idle.push(Idle {
-            sender,
-            since: Instant::now(),
-        });
+        idle.push(Idle { sender, since: now });
     }
 
     async fn connect(&self, connect_timeout: Duration) -> Result<Sender, SendError> {
