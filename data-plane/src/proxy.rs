@@ -19,7 +19,7 @@ use crate::shared_state::SharedState;
 use crate::upstream::{self, Failure};
 use bytes::Bytes;
 use gateway_common::routing::Lookup;
-use http::header::{CONTENT_LENGTH, HOST, ORIGIN, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, HOST, ORIGIN};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
@@ -442,15 +442,7 @@ fn screen(
 ) -> Result<(), (GatewayError, &'static str)> {
     let log_id = || request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
     let ip = || peer.to_str().unwrap_or("");
-    // hyper drops the Content-Length of a request that also carries
-    // Transfer-Encoding; the connection's scanner saw both.
-    let conflict = framing.take_conflict() && req.headers().contains_key(TRANSFER_ENCODING);
-    let head = if conflict {
-        Err(security::HeadError::ConflictingFraming)
-    } else {
-        security::check_head(req.headers())
-    };
-    if let Err(e) = head {
+    if let Err(e) = security::check_head(req.headers(), framing.take_conflict()) {
         crate::security_event!(
             "malformed_request",
             "medium",

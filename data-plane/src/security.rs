@@ -338,7 +338,15 @@ impl HeadError {
 /// NUL, CR and LF in header values or the request target never get here:
 /// hyper's parser (httparse) answers 400 itself, and the `http` crate
 /// cannot represent them in a header value.
-pub fn check_head(headers: &HeaderMap) -> Result<(), HeadError> {
+///
+/// Over HTTP/1, hyper drops the `Content-Length` of a request that also
+/// carries `Transfer-Encoding` before the gateway sees it, so the
+/// connection's scanner ([`crate::framing`]) tells: `scanned_conflict` is its
+/// note that a head named both.
+pub fn check_head(headers: &HeaderMap, scanned_conflict: bool) -> Result<(), HeadError> {
+    if scanned_conflict && headers.contains_key(TRANSFER_ENCODING) {
+        return Err(HeadError::ConflictingFraming);
+    }
     let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
     if lengths.next().is_some() {
         if headers.contains_key(TRANSFER_ENCODING) {
@@ -543,13 +551,16 @@ mod tests {
     fn head_checks() {
         let mut h = HeaderMap::new();
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
-        assert_eq!(check_head(&h), Ok(()));
+        assert_eq!(check_head(&h, false), Ok(()));
         h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        assert_eq!(check_head(&h), Err(HeadError::ConflictingFraming));
+        assert_eq!(check_head(&h, false), Err(HeadError::ConflictingFraming));
         let mut h = HeaderMap::new();
         h.append(CONTENT_LENGTH, HeaderValue::from_static("5"));
         h.append(CONTENT_LENGTH, HeaderValue::from_static("6"));
-        assert_eq!(check_head(&h), Err(HeadError::DuplicateContentLength));
+        assert_eq!(
+            check_head(&h, false),
+            Err(HeadError::DuplicateContentLength)
+        );
         // The http crate cannot hold these in a header value at all.
         for bad in [&b"a\0b"[..], b"a\rb", b"a\nb"] {
             assert!(HeaderValue::from_bytes(bad).is_err());
