@@ -60,6 +60,7 @@ fn verification(c: &mut Criterion) {
     };
     let keys = JwksKeys::new(JwksSettings {
         url: "http://127.0.0.1:1/jwks".parse().expect("URL"),
+        tls: None,
         refresh: Duration::from_secs(300),
         min_refresh: Duration::from_secs(30),
         issuer: settings.issuer.clone(),

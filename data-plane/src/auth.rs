@@ -821,6 +821,7 @@ mod tests {
         fn keys(jwks: &[serde_json::Value]) -> Arc<JwksKeys> {
             let set = JwksKeys::new(JwksSettings {
                 url: "http://127.0.0.1:1/jwks".parse().unwrap(),
+                tls: None,
                 refresh: crate::jwks::DEFAULT_REFRESH,
                 min_refresh: crate::jwks::DEFAULT_MIN_REFRESH,
                 issuer: Some("tickettoken".into()),
@@ -964,6 +965,7 @@ mod tests {
         fn tokens_wait_for_a_first_key_set() {
             let set = JwksKeys::new(JwksSettings {
                 url: "http://127.0.0.1:1/jwks".parse().unwrap(),
+                tls: None,
                 refresh: crate::jwks::DEFAULT_REFRESH,
                 min_refresh: crate::jwks::DEFAULT_MIN_REFRESH,
                 issuer: None,

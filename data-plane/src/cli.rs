@@ -108,10 +108,15 @@ pub struct Cli {
     #[arg(long, env = "GW_AUTH_LOGOUT_PATH", value_name = "PATH", default_value = crate::session::DEFAULT_LOGOUT_PATH)]
     pub auth_logout_path: String,
 
-    /// JWKS URL of the public keys of RS*/PS*/ES256/ES384 access tokens
-    /// (http only); may be set together with JWT_SECRET.
+    /// JWKS URL (http or https) of the public keys of RS*/PS*/ES256/ES384
+    /// access tokens; may be set together with JWT_SECRET.
     #[arg(long, env = "JWT_JWKS_URL", value_name = "URL")]
     pub jwt_jwks_url: Option<String>,
+
+    /// PEM file of CA certificates trusted for an https JWKS URL, besides
+    /// the platform's own (SSL_CERT_FILE / SSL_CERT_DIR / system store).
+    #[arg(long, env = "JWT_JWKS_CA_FILE", value_name = "FILE")]
+    pub jwt_jwks_ca_file: Option<std::path::PathBuf>,
 
     /// Period between two fetches of the JWKS (shortened by the answer's
     /// Cache-Control max-age).
@@ -207,6 +212,26 @@ fn parse_control_plane(text: &str) -> Result<String, String> {
     }
 }
 
+/// The TLS settings of the JWKS URL `url`: made for `https` (trusting the
+/// platform's roots and `ca_file`), none for `http`, where a `ca_file` is a
+/// mistake worth refusing.
+fn jwks_tls(
+    url: &http::Uri,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Option<crate::jwks::JwksTls>, SettingsError> {
+    if url.scheme_str() == Some("https") {
+        return crate::jwks::JwksTls::new(ca_file)
+            .map(Some)
+            .map_err(SettingsError::BadJwksUrl);
+    }
+    match ca_file {
+        Some(_) => Err(SettingsError::BadJwksUrl(
+            "JWT_JWKS_CA_FILE is set but JWT_JWKS_URL is not https".into(),
+        )),
+        None => Ok(None),
+    }
+}
+
 impl Cli {
     /// Checks what clap cannot (JWT secret strength) and builds the settings;
     /// `service_urls` are the seed `*_SERVICE_URL` overrides.
@@ -220,14 +245,24 @@ impl Cli {
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         let issuer = non_empty(self.jwt_issuer);
         let audience = non_empty(self.jwt_audience);
+        let ca_file = self.jwt_jwks_ca_file.filter(|p| !p.as_os_str().is_empty());
         let jwks = match non_empty(self.jwt_jwks_url) {
-            Some(url) => Some(crate::jwks::JwksSettings {
-                url: crate::jwks::parse_url(&url).map_err(SettingsError::BadJwksUrl)?,
-                refresh: self.jwt_jwks_refresh.max(self.jwt_jwks_min_refresh),
-                min_refresh: self.jwt_jwks_min_refresh,
-                issuer: issuer.clone(),
-                audience: audience.clone(),
-            }),
+            Some(url) => {
+                let url = crate::jwks::parse_url(&url).map_err(SettingsError::BadJwksUrl)?;
+                Some(crate::jwks::JwksSettings {
+                    tls: jwks_tls(&url, ca_file.as_deref())?,
+                    url,
+                    refresh: self.jwt_jwks_refresh.max(self.jwt_jwks_min_refresh),
+                    min_refresh: self.jwt_jwks_min_refresh,
+                    issuer: issuer.clone(),
+                    audience: audience.clone(),
+                })
+            }
+            None if ca_file.is_some() => {
+                return Err(SettingsError::BadJwksUrl(
+                    "JWT_JWKS_CA_FILE is set but JWT_JWKS_URL is not".into(),
+                ))
+            }
             None => None,
         };
         let trusted_proxies =
@@ -366,9 +401,30 @@ mod tests {
         let defaults = parse(&[]).unwrap().into_settings(vec![]).unwrap();
         assert!(defaults.jwks.is_none());
         assert!(defaults.trusted_proxies.is_empty());
+        let https = parse(&["--jwt-jwks-url", "https://idp/jwks"])
+            .unwrap()
+            .into_settings(vec![]);
+        // Without any trusted root (a bare container), https is refused at
+        // start rather than failing every fetch.
+        match https {
+            Ok(s) => assert!(s.jwks.unwrap().tls.is_some()),
+            Err(e) => assert!(e.to_string().contains("JWT_JWKS_CA_FILE"), "{e}"),
+        }
         for bad in [
-            &["--jwt-jwks-url", "https://idp/jwks"][..],
-            &["--jwt-jwks-url", "idp/jwks"],
+            &["--jwt-jwks-url", "idp/jwks"][..],
+            &[
+                "--jwt-jwks-url",
+                "https://idp/jwks",
+                "--jwt-jwks-ca-file",
+                "/nonexistent/ca.pem",
+            ],
+            &[
+                "--jwt-jwks-url",
+                "http://idp/jwks",
+                "--jwt-jwks-ca-file",
+                "/etc/hostname",
+            ],
+            &["--jwt-jwks-ca-file", "/etc/hostname"],
             &["--trusted-proxies", "10.0.0.0/33"],
             &["--trusted-proxies", "everyone"],
         ] {

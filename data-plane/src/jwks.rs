@@ -9,7 +9,9 @@
 //! already known. Until a first fetch succeeds, tokens that need these keys
 //! are answered 503.
 //!
-//! Only `http` URLs are fetched: the data plane carries no TLS client stack.
+//! `https` URLs are fetched over TLS (rustls), the server's certificate
+//! checked against the platform's trust store plus the certificates of
+//! `JWT_JWKS_CA_FILE` (an internal identity provider's own CA).
 //! Symmetric (`oct`) keys in the set are ignored: an HMAC key published
 //! next to public keys is the algorithm-confusion attack waiting to happen.
 
@@ -22,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -39,8 +42,10 @@ pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 /// Where and how often the keys are fetched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwksSettings {
-    /// The JWKS URL (`http://HOST[:PORT]/PATH`).
+    /// The JWKS URL (`http[s]://HOST[:PORT]/PATH`).
     pub url: Uri,
+    /// How an `https` URL's server is verified; `None` for `http`.
+    pub tls: Option<JwksTls>,
     /// Period between two fetches (upper bound; `max-age` may shorten it).
     pub refresh: Duration,
     /// Shortest period between two fetches, also the retry delay after a
@@ -52,22 +57,101 @@ pub struct JwksSettings {
     pub audience: Option<String>,
 }
 
-/// Reads a JWKS URL: `http` with a host; `https` is refused (no TLS stack).
+/// Reads a JWKS URL: `http` or `https`, with a host.
 pub fn parse_url(text: &str) -> Result<Uri, String> {
     let uri: Uri = text
         .trim()
         .parse()
         .map_err(|e| format!("JWT_JWKS_URL {text:?} is not a URL: {e}"))?;
     match (uri.scheme_str(), uri.host()) {
-        (Some("http"), Some(_)) => Ok(uri),
-        (Some("https"), _) => Err(format!(
-            "JWT_JWKS_URL {text:?}: https is not supported (the data plane has no TLS client); \
-             serve the key set over http from inside the trusted network"
-        )),
+        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(uri),
         _ => Err(format!(
-            "JWT_JWKS_URL {text:?} must be http://HOST[:PORT]/PATH"
+            "JWT_JWKS_URL {text:?} must be http[s]://HOST[:PORT]/PATH"
         )),
     }
+}
+
+/// The TLS client settings of an `https` JWKS URL: the trusted roots, made
+/// once at start.
+#[derive(Clone)]
+pub struct JwksTls {
+    config: Arc<rustls::ClientConfig>,
+    roots: usize,
+}
+
+impl std::fmt::Debug for JwksTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksTls")
+            .field("roots", &self.roots)
+            .finish()
+    }
+}
+
+/// The same settings: made by the same call.
+impl PartialEq for JwksTls {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.config, &other.config)
+    }
+}
+
+impl Eq for JwksTls {}
+
+impl JwksTls {
+    /// Trusts the platform's root certificates (the system store, or
+    /// `SSL_CERT_FILE`/`SSL_CERT_DIR` when set) and those of the PEM file
+    /// `ca_file`. Refused: an unreadable `ca_file`, one without a
+    /// certificate, or no trusted root at all.
+    pub fn new(ca_file: Option<&Path>) -> Result<Self, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        // Unreadable entries of the platform store are skipped: one bad file
+        // in /etc/ssl/certs must not stop the gateway.
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if let Some(path) = ca_file {
+            let added = add_pem_file(&mut roots, path)?;
+            tracing::debug!(file = %path.display(), certificates = added, "JWKS CA file read");
+        }
+        if roots.is_empty() {
+            return Err(
+                "JWT_JWKS_URL is https but no trusted root certificate was found: \
+                 install the platform's CA certificates or set JWT_JWKS_CA_FILE"
+                    .to_string(),
+            );
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let count = roots.len();
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS settings of the JWKS client: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            config: Arc::new(config),
+            roots: count,
+        })
+    }
+}
+
+/// Adds the certificates of the PEM file `path` to `roots`; how many.
+fn add_pem_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<usize, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let shown = path.display();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("JWT_JWKS_CA_FILE {shown}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("JWT_JWKS_CA_FILE {shown}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("JWT_JWKS_CA_FILE {shown} holds no PEM certificate"));
+    }
+    let count = certs.len();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("JWT_JWKS_CA_FILE {shown}: {e}"))?;
+    }
+    Ok(count)
 }
 
 /// The kind of public key an algorithm needs.
@@ -267,9 +351,12 @@ impl JwksKeys {
 
     /// Fetches and installs the set once; the `max-age` of the answer.
     async fn refresh(&self) -> Result<Option<Duration>, JwksError> {
-        let (body, max_age) = tokio::time::timeout(FETCH_TIMEOUT, fetch(&self.settings.url))
-            .await
-            .map_err(|_| JwksError::Timeout)??;
+        let (body, max_age) = tokio::time::timeout(
+            FETCH_TIMEOUT,
+            fetch(&self.settings.url, self.settings.tls.as_ref()),
+        )
+        .await
+        .map_err(|_| JwksError::Timeout)??;
         let count = self.install(&body)?;
         tracing::info!(url = %self.settings.url, keys = count, "signing keys loaded");
         Ok(max_age)
@@ -309,20 +396,41 @@ async fn refresh_loop(keys: Weak<JwksKeys>, wake: Arc<Notify>) {
     }
 }
 
-/// GET `url` over one HTTP/1.1 connection: the body and its `max-age`.
-async fn fetch(url: &Uri) -> Result<(Bytes, Option<Duration>), JwksError> {
+/// GET `url` over one HTTP/1.1 connection, over TLS when `tls` is given:
+/// the body and its `max-age`.
+async fn fetch(url: &Uri, tls: Option<&JwksTls>) -> Result<(Bytes, Option<Duration>), JwksError> {
     let fail = |e: &dyn std::fmt::Display| JwksError::Fetch(e.to_string());
     let host = url.host().ok_or_else(|| fail(&"no host"))?;
-    let port = url.port_u16().unwrap_or(80);
+    let https = url.scheme_str() == Some("https");
+    let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
     let host_for_connect = host.trim_start_matches('[').trim_end_matches(']');
     let stream = tokio::net::TcpStream::connect((host_for_connect, port))
         .await
         .map_err(|e| fail(&e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    if !https {
+        return get(TokioIo::new(stream), url).await;
+    }
+    let tls = tls.ok_or_else(|| fail(&"https URL without TLS settings"))?;
+    let name = rustls::pki_types::ServerName::try_from(host_for_connect.to_string())
+        .map_err(|e| fail(&format!("{host}: {e}")))?;
+    let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|e| fail(&format!("TLS with {host}: {e}")))?;
+    get(TokioIo::new(stream), url).await
+}
+
+/// GET `url` over the connection `io`.
+async fn get<I>(io: I, url: &Uri) -> Result<(Bytes, Option<Duration>), JwksError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let fail = |e: &dyn std::fmt::Display| JwksError::Fetch(e.to_string());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| fail(&e))?;
     let conn = tokio::spawn(conn);
-    let authority = url.authority().map(|a| a.as_str()).unwrap_or(host);
+    let authority = url.authority().map(|a| a.as_str()).unwrap_or_default();
     let path = url.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let request = Request::get(path)
         .header(HOST, authority)
@@ -445,6 +553,7 @@ mod tests {
     fn settings() -> JwksSettings {
         JwksSettings {
             url: "http://127.0.0.1:1/jwks".parse().unwrap(),
+            tls: None,
             refresh: DEFAULT_REFRESH,
             min_refresh: DEFAULT_MIN_REFRESH,
             issuer: None,
@@ -465,11 +574,33 @@ mod tests {
     }
 
     #[test]
-    fn urls_must_be_http() {
+    fn urls_must_be_http_or_https() {
         assert!(parse_url("http://idp:8080/.well-known/jwks.json").is_ok());
-        assert!(parse_url("https://idp/jwks").unwrap_err().contains("https"));
+        assert!(parse_url("https://idp/jwks").is_ok());
         assert!(parse_url("idp/jwks").is_err());
         assert!(parse_url("ftp://idp/jwks").is_err());
+        assert!(parse_url("https:///jwks").is_err());
+    }
+
+    #[test]
+    fn a_ca_file_must_be_readable_and_hold_certificates() {
+        let dir = std::env::temp_dir().join(format!("jwks-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        let err = JwksTls::new(Some(&missing)).unwrap_err();
+        assert!(err.contains("JWT_JWKS_CA_FILE"), "{err}");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = JwksTls::new(Some(&empty)).unwrap_err();
+        assert!(err.contains("no PEM certificate"), "{err}");
+        let broken = dir.join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert!(JwksTls::new(Some(&broken)).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

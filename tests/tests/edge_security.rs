@@ -1,6 +1,6 @@
 //! Edge security end to end: asymmetric access tokens through a JWKS URL
 //! (selection by kid, rotation, confusion attacks, an endpoint down at
-//! start), HMAC-signed partner callbacks, and which `X-Forwarded-For` a data
+//! start, https with certificate checks), HMAC-signed partner callbacks, and which `X-Forwarded-For` a data
 //! plane believes. Real `data-plane` processes in standalone mode; the JWKS
 //! is served by a `test-upstream` (`/_control/respond`).
 
@@ -11,6 +11,8 @@ use gateway_tests::http::HttpResponse;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const RSA_PEM: &str = include_str!("../fixtures/test-only-rsa-private.pem");
@@ -248,6 +250,145 @@ fn a_jwks_endpoint_down_at_start_gives_503_until_it_answers() {
                 .ok_or(format!("{}", r.status))
         },
     );
+}
+
+/// A test certificate authority.
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Self { cert, key }
+    }
+
+    /// The CA certificate as a PEM file.
+    fn pem_file(&self, name: &str) -> PathBuf {
+        write_temp_file(&format!("{name}-ca.pem"), &self.cert.pem())
+    }
+}
+
+/// An https endpoint with a certificate for `localhost` signed by `ca`,
+/// answering every request with `document`; lives as long as the runtime.
+fn https_idp(ca: &TestCa, document: &Value) -> (u16, tokio::runtime::Runtime) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca.cert, &ca.key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = document.to_string();
+    runtime.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, body) = (acceptor.clone(), body.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, runtime)
+}
+
+#[test]
+fn an_https_jwks_is_trusted_through_its_ca_and_for_its_name_only() {
+    let _guard = start_test();
+    let upstream = Upstream::start("echo");
+    let (key, jwk) = ec_key("ec-tls");
+    let ca = TestCa::new("jwks test CA");
+    let (port, _idp) = https_idp(&ca, &json!({ "keys": [jwk] }));
+    let ca_file = ca.pem_file("jwks-tls");
+    let other_ca_file = TestCa::new("unrelated CA").pem_file("jwks-tls-other");
+    let by_name = format!("https://localhost:{port}/jwks");
+    let by_ip = format!("https://127.0.0.1:{port}/jwks");
+    let start = |name: &str, url: &str, ca: &PathBuf| {
+        start_dp(
+            name,
+            &upstream,
+            &[
+                ("JWT_JWKS_URL", url),
+                ("JWT_JWKS_CA_FILE", ca.to_str().unwrap()),
+                ("JWT_JWKS_MIN_REFRESH", "1s"),
+                ("JWT_ISSUER", "idp"),
+            ],
+        )
+    };
+    let trusted = start("jwks-tls", &by_name, &ca_file);
+    // A server certificate from a CA the data plane does not trust, and one
+    // that does not name the host the URL asks for.
+    let unknown_issuer = start("jwks-tls-unknown-ca", &by_name, &other_ca_file);
+    let wrong_name = start("jwks-tls-wrong-name", &by_ip, &ca_file);
+
+    let es = token(Algorithm::ES256, "ec-tls", &key);
+    wait_until(
+        "token accepted through the https JWKS",
+        Duration::from_secs(10),
+        || {
+            let r = bearer(&trusted, &es);
+            (r.status == 200)
+                .then_some(())
+                .ok_or(format!("{} {}", r.status, r.text()))
+        },
+    );
+    for (dp, why) in [
+        (&unknown_issuer, "UnknownIssuer"),
+        (&wrong_name, "not valid for name"),
+    ] {
+        wait_until(
+            "the refused certificate logged",
+            Duration::from_secs(10),
+            || {
+                let log = dp.log();
+                log.contains(why).then_some(()).ok_or(log)
+            },
+        );
+        let r = bearer(dp, &es);
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.json()["code"], "AUTHENTICATION_UNAVAILABLE");
+    }
 }
 
 fn signature(secret: &str, ts: &str, method: &str, path: &str, body: &[u8]) -> String {
