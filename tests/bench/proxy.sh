@@ -11,7 +11,9 @@
 #
 # Needs wrk, nginx and haproxy (apt-get install -y wrk nginx-light haproxy).
 # Layout on a 2-core machine: proxy on core 0; upstream and wrk on core 1;
-# wrk with 1 thread and 64 connections, response body "ok".
+# wrk with 1 thread and 64 connections, response body "ok". Each proxy line
+# also gives the proxy's CPU time per request, user and system (from
+# /proc/PID/stat around the run).
 set -euo pipefail
 secs=${1:-8}
 rounds=${2:-3}
@@ -37,16 +39,37 @@ bin="${CARGO_TARGET_DIR:-$root/target}/release/data-plane"
 
 taskset -c 1 nginx -c "$work/nginx.conf" &
 taskset -c 0 haproxy -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
+hap_pid=$!
 JWT_SECRET=$secret LOG_LEVEL=warn taskset -c 0 "$bin" --config "$work/gateway.yaml" --listen 127.0.0.1:$dp \
   --admin-listen 127.0.0.1:$dpadmin >"$work/dp.log" 2>&1 &
+dp_pid=$!
 sleep 1
 auth=()
 [ "$mode" = jwt ] && auth=(-H "Authorization: Bearer $token")
 for port in $up $hap $dp; do curl -sf "${auth[@]}" "http://127.0.0.1:$port/" >/dev/null || { echo "nothing answers on $port"; cat "$work/dp.log"; exit 1; }; done
 
-run() { taskset -c 1 wrk -t1 -c64 -d"${secs}s" --latency "${auth[@]}" "http://127.0.0.1:$1/" | awk '/Requests\/sec/{r=$2} /^ +99%/{p=$2} /Non-2xx|Socket errors/{e=e" "$0} END{printf "%s req/s p99 %s%s\n", r, p, e}'; }
+tick=$(getconf CLK_TCK)
+# cpu_ticks PID: user and system clock ticks the process has used.
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+# run PORT [PID]: wrk against PORT; with PID, that process's CPU per request.
+run() {
+  local before="0 0" after="0 0"
+  [ -n "${2:-}" ] && before=$(cpu_ticks "$2")
+  local out
+  out=$(taskset -c 1 wrk -t1 -c64 -d"${secs}s" --latency "${auth[@]}" "http://127.0.0.1:$1/")
+  [ -n "${2:-}" ] && after=$(cpu_ticks "$2")
+  echo "$out" | awk -v before="$before" -v after="$after" -v tick="$tick" '
+    /requests in/{n=$1} /Requests\/sec/{r=$2} /^ +99%/{p=$2} /Non-2xx|Socket errors/{e=e" "$0}
+    END{
+      split(before, b, " "); split(after, a, " ")
+      cpu = ""
+      if (a[1] + a[2] > 0 && n > 0)
+        cpu = sprintf("  cpu/req user %.2f us sys %.2f us", (a[1]-b[1])/tick*1e6/n, (a[2]-b[2])/tick*1e6/n)
+      printf "%s req/s p99 %s%s%s\n", r, p, cpu, e
+    }'
+}
 for i in $(seq "$rounds"); do
   echo "round $i: direct    $(run $up)"
-  echo "round $i: haproxy   $(run $hap)"
-  echo "round $i: gateway   $(run $dp)"
+  echo "round $i: haproxy   $(run $hap $hap_pid)"
+  echo "round $i: gateway   $(run $dp $dp_pid)"
 done
