@@ -110,6 +110,16 @@ fn bearer(dp: &DataPlaneProc, token: &str) -> HttpResponse {
     dp.send("GET", "/api/me", &[("authorization", &auth)], b"")
 }
 
+/// Waits until `dp` lets `token` through (200).
+fn wait_accepted(what: &str, dp: &DataPlaneProc, token: &str) {
+    wait_until(what, Duration::from_secs(10), || {
+        let r = bearer(dp, token);
+        (r.status == 200)
+            .then_some(())
+            .ok_or(format!("{} {}", r.status, r.text()))
+    });
+}
+
 /// A JWKS endpoint: `test-upstream` answering `/jwks` with `keys`.
 fn publish(idp: &Upstream, keys: &[Value]) {
     idp.respond("/jwks", &json!({ "keys": keys }));
@@ -191,16 +201,7 @@ fn jwks_tokens_are_selected_by_kid_rotated_and_never_confused() {
     let (ec2, ec2_jwk) = ec_key("ec-2");
     publish(&idp, &[rsa_jwk("rsa-1"), ec2_jwk]);
     let rotated = token(Algorithm::ES256, "ec-2", &ec2);
-    wait_until(
-        "token of the new kid accepted",
-        Duration::from_secs(10),
-        || {
-            let r = bearer(&dp, &rotated);
-            (r.status == 200)
-                .then_some(())
-                .ok_or(format!("{} {}", r.status, r.text()))
-        },
-    );
+    wait_accepted("token of the new kid accepted", &dp, &rotated);
     // The retired key is gone with the set it left.
     assert_eq!(
         bearer(&dp, &token(Algorithm::ES256, "ec-1", &ec1)).status,
@@ -240,16 +241,7 @@ fn a_jwks_endpoint_down_at_start_gives_503_until_it_answers() {
     let dp = start_dp("jwks-recovering", &upstream, &env_refs(&env));
     assert_eq!(bearer(&dp, &rs).status, 503);
     idp.set_fail(0);
-    wait_until(
-        "keys loaded after the endpoint recovered",
-        Duration::from_secs(10),
-        || {
-            let r = bearer(&dp, &rs);
-            (r.status == 200)
-                .then_some(())
-                .ok_or(format!("{}", r.status))
-        },
-    );
+    wait_accepted("keys loaded after the endpoint recovered", &dp, &rs);
 }
 
 /// A test certificate authority.
@@ -363,16 +355,7 @@ fn an_https_jwks_is_trusted_through_its_ca_and_for_its_name_only() {
     let wrong_name = start("jwks-tls-wrong-name", &by_ip, &ca_file);
 
     let es = token(Algorithm::ES256, "ec-tls", &key);
-    wait_until(
-        "token accepted through the https JWKS",
-        Duration::from_secs(10),
-        || {
-            let r = bearer(&trusted, &es);
-            (r.status == 200)
-                .then_some(())
-                .ok_or(format!("{} {}", r.status, r.text()))
-        },
-    );
+    wait_accepted("token accepted through the https JWKS", &trusted, &es);
     for (dp, why) in [
         (&unknown_issuer, "UnknownIssuer"),
         (&wrong_name, "not valid for name"),
