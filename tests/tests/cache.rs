@@ -99,15 +99,7 @@ fn fleet(data_planes: usize) -> Fleet {
 }
 
 fn get(dp: &DataPlaneProc, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    http::request(
-        dp.listen,
-        "GET",
-        path,
-        headers,
-        b"",
-        Duration::from_secs(10),
-    )
-    .unwrap_or_else(|e| panic!("GET {path} through {}: {e}", dp.node_id))
+    dp.send("GET", path, headers, b"")
 }
 
 fn x_cache(r: &HttpResponse) -> &str {

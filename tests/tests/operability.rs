@@ -5,7 +5,7 @@
 use gateway_tests::cluster::{
     start_test, wait_until, write_temp_file, ControlPlaneProc, DataPlaneProc, Tokens, Upstream,
 };
-use gateway_tests::http::{self, HttpResponse, DEFAULT_TIMEOUT};
+use gateway_tests::http::{self, HttpResponse};
 use gateway_tests::RedisServer;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -55,8 +55,7 @@ fn config(upstream: Option<&Upstream>, ghost: bool) -> String {
 }
 
 fn request(dp: &DataPlaneProc, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    http::request(dp.listen, "GET", path, headers, b"", DEFAULT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    dp.send("GET", path, headers, b"")
 }
 
 /// The access-log lines of a process log written with LOG_FORMAT=json;

@@ -5,7 +5,7 @@
 use gateway_tests::cluster::{
     start_test, wait_until, ControlPlaneProc, DataPlaneProc, Tokens, Upstream,
 };
-use gateway_tests::http::{self, HttpResponse};
+use gateway_tests::http::HttpResponse;
 use gateway_tests::RedisServer;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::json;
@@ -127,15 +127,7 @@ fn token(sub: &str, tier: Option<&str>) -> String {
 }
 
 fn send(dp: &DataPlaneProc, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    http::request(
-        dp.listen,
-        "GET",
-        path,
-        headers,
-        b"",
-        Duration::from_secs(10),
-    )
-    .unwrap_or_else(|e| panic!("{}: GET {path}: {e}", dp.node_id))
+    dp.send("GET", path, headers, b"")
 }
 
 fn as_user(dp: &DataPlaneProc, path: &str, token: &str, extra: &[(&str, &str)]) -> HttpResponse {

@@ -7,7 +7,7 @@ use gateway_tests::cluster::{
     start_test, wait_until, write_temp_file, ControlPlaneProc, DataPlaneProc, Tokens, Upstream,
 };
 use gateway_tests::free_port;
-use gateway_tests::http::{self, HttpResponse};
+use gateway_tests::http::HttpResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -162,8 +162,7 @@ fn parse_traceparent(value: &str) -> (String, String) {
 }
 
 fn get_with(dp: &DataPlaneProc, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    http::request(dp.listen, "GET", path, headers, b"", Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    dp.send("GET", path, headers, b"")
 }
 
 fn otel_env(endpoint: &str, service: &str) -> Vec<(&'static str, String)> {
