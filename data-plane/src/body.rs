@@ -3,7 +3,7 @@
 //! count on the way down. Neither buffers: frames pass through as they come.
 
 use crate::balancer::InFlightGuard;
-use crate::upstream::PooledConn;
+use crate::exchange::{ExchangeError, UpstreamBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
@@ -150,13 +150,13 @@ pin_project_lite::pin_project! {
     /// body the gateway made itself (errors).
     #[project = ProxyBodyProj]
     pub enum ProxyBody {
-        /// Streamed from an upstream; when the stream ends the connection
-        /// goes back to its pool and the in-flight count is released (a
-        /// body dropped early, client gone, closes the connection instead).
+        /// Streamed from an upstream (whose connection goes back to its
+        /// pool when the stream ends); the in-flight count is released when
+        /// the stream ends or fails.
         Upstream {
             #[pin]
-            inner: Incoming,
-            done: Option<(PooledConn, InFlightGuard)>,
+            inner: UpstreamBody,
+            guard: Option<InFlightGuard>,
         },
         /// Made by the gateway.
         Full {
@@ -174,19 +174,11 @@ pin_project_lite::pin_project! {
 }
 
 impl ProxyBody {
-    /// A body streamed from an upstream over `conn`, holding `guard` until
-    /// it ends.
-    pub fn upstream(inner: Incoming, conn: PooledConn, guard: InFlightGuard) -> Self {
-        if inner.is_end_stream() {
-            // No body at all: the exchange is already complete.
-            conn.release();
-            drop(guard);
-            return ProxyBody::Upstream { inner, done: None };
-        }
-        ProxyBody::Upstream {
-            inner,
-            done: Some((conn, guard)),
-        }
+    /// A body streamed from an upstream, holding `guard` until it ends.
+    pub fn upstream(inner: UpstreamBody, guard: InFlightGuard) -> Self {
+        // No body at all: the exchange is already complete.
+        let guard = (!inner.is_end_stream()).then_some(guard);
+        ProxyBody::Upstream { inner, guard }
     }
 
     /// A body made by the gateway.
@@ -209,34 +201,19 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ExchangeError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project() {
-            ProxyBodyProj::Upstream { mut inner, done } => {
+            ProxyBodyProj::Upstream { mut inner, guard } => {
                 let polled = ready!(inner.as_mut().poll_frame(cx));
                 // hyper stops polling once `is_end_stream` holds, so the last
                 // frame may be the last poll.
-                let complete = match &polled {
-                    Some(Ok(_)) => inner.is_end_stream(),
-                    None => true,
-                    Some(Err(_)) => false,
-                };
-                match &polled {
-                    _ if complete => {
-                        if let Some((conn, guard)) = done.take() {
-                            conn.release();
-                            drop(guard);
-                        }
-                    }
-                    Some(Ok(_)) | None => {}
-                    // A failed stream: the connection is not reused.
-                    Some(Err(_)) => {
-                        done.take();
-                    }
+                if !matches!(polled, Some(Ok(_))) || inner.is_end_stream() {
+                    guard.take();
                 }
                 Poll::Ready(polled)
             }

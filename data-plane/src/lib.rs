@@ -21,6 +21,7 @@ pub mod credentials;
 pub mod deadline;
 pub mod discovery;
 pub mod errors;
+pub mod exchange;
 pub mod forwarded;
 pub mod framing;
 pub mod headers;

@@ -80,10 +80,9 @@ pub async fn call(
     let sent_at = Clock::start(service);
     service.errors.attempt();
     let exchange = async {
-        let (response, conn) =
-            upstream::send(&endpoint.pool, service.config.connect_timeout, request)
-                .await
-                .map_err(Exchange::Send)?;
+        let response = upstream::send(&endpoint.pool, service.config.connect_timeout, request)
+            .await
+            .map_err(Exchange::Send)?;
         let status = response.status();
         let body = Limited::new(response.into_body(), max_body)
             .collect()
@@ -96,7 +95,6 @@ pub async fn call(
                 }
             })?
             .to_bytes();
-        conn.release();
         Ok((status, body))
     };
     let result = tokio::time::timeout_at(deadline, exchange).await;

@@ -727,7 +727,7 @@ async fn forward_once(
     service.errors.attempt();
     let exchange = upstream::send(&endpoint.pool, service.config.connect_timeout, upstream_req);
     match tokio::time::timeout_at(deadline.at(), exchange).await {
-        Ok(Ok((response, conn))) => {
+        Ok(Ok(response)) => {
             crate::spans::answered(&span, response.status());
             let outcome = if response.status().is_server_error() {
                 Outcome::Failure
@@ -737,7 +737,7 @@ async fn forward_once(
             record_outcome(service, endpoint, permit, outcome, sent_at.elapsed());
             let (mut parts, body) = response.into_parts();
             headers::prepare_response(&mut parts.headers);
-            let mut response = Response::from_parts(parts, ProxyBody::upstream(body, conn, guard));
+            let mut response = Response::from_parts(parts, ProxyBody::upstream(body, guard));
             access_log::mark_instance(&mut response, &endpoint.authority);
             response
         }
@@ -852,7 +852,7 @@ async fn forward_with_retries(
         let exchange = upstream::send(&endpoint.pool, service.config.connect_timeout, upstream_req);
         let (response, retryable) = match tokio::time::timeout_at(attempt_deadline, exchange).await
         {
-            Ok(Ok((response, conn))) => {
+            Ok(Ok(response)) => {
                 let status = response.status();
                 crate::spans::answered(&span, status);
                 let outcome = if status.is_server_error() {
@@ -863,8 +863,7 @@ async fn forward_with_retries(
                 record_outcome(service, &endpoint, permit, outcome, sent_at.elapsed());
                 let (mut parts, body) = response.into_parts();
                 headers::prepare_response(&mut parts.headers);
-                let mut response =
-                    Response::from_parts(parts, ProxyBody::upstream(body, conn, guard));
+                let mut response = Response::from_parts(parts, ProxyBody::upstream(body, guard));
                 access_log::mark_instance(&mut response, &endpoint.authority);
                 (response, policy.on.status(status.as_u16()))
             }

@@ -1,20 +1,14 @@
 //! Upstream connections: a keep-alive pool per instance, HTTP/1.1 exchanges
-//! over it, and how failures map to gateway errors.
+//! over it (`exchange`), and how failures map to gateway errors.
 //!
-//! The pool is ours rather than hyper-util's legacy client: a checkout is a
-//! pop from the instance's own idle stack (no hashing of a pool key, no task
-//! spawned per request to return the connection), and a connection goes back
-//! to the stack as soon as its response body has been read. Measured on the
-//! proxy's hot path this removed about a tenth of the instructions per
-//! request.
+//! A checkout is a pop from the instance's own idle stack (no hashing of a
+//! pool key), and a connection goes back to the stack as soon as its
+//! response body has been read to its end.
 
-use crate::body::{BodyTooLarge, LimitedBody, RequestBodyError};
+use crate::body::{LimitedBody, RequestBodyError};
+use crate::exchange::{self, Conn, ExchangeError, UpstreamBody};
 use crate::metrics::UpstreamErrorKind;
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use std::error::Error as StdError;
+use http::{Method, Request, Response};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -23,10 +17,8 @@ use tokio::net::TcpStream;
 /// How long an idle pooled connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-type Sender = http1::SendRequest<LimitedBody>;
-
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -57,21 +49,13 @@ pub enum SendError {
         /// The cause.
         source: io::Error,
     },
-    /// The connection was opened but HTTP/1 could not start on it.
-    #[error("starting HTTP/1 with {target}: {source}")]
-    Handshake {
-        /// The instance address.
-        target: String,
-        /// The cause.
-        source: hyper::Error,
-    },
     /// The exchange failed.
     #[error("exchange with {target}: {source}")]
     Exchange {
         /// The instance address.
         target: String,
         /// The cause.
-        source: hyper::Error,
+        source: ExchangeError,
     },
 }
 
@@ -99,7 +83,7 @@ impl ConnPool {
     }
 
     /// The most recently used idle connection that is still open.
-    fn checkout(&self) -> Option<Sender> {
+    fn checkout(&self) -> Option<Conn> {
         let mut idle = self.lock();
         while let Some(entry) = idle.pop() {
             if entry.since.elapsed() > POOL_IDLE_TIMEOUT {
@@ -107,14 +91,15 @@ impl ConnPool {
                 idle.clear();
                 return None;
             }
-            if entry.sender.is_ready() {
-                return Some(entry.sender);
+            if entry.conn.is_reusable() {
+                return Some(entry.conn);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: Sender) {
+    /// Takes back a connection whose exchange is complete.
+    pub(crate) fn checkin(&self, conn: Conn) {
         let now = Instant::now();
         let mut idle = self.lock();
         if idle
@@ -123,10 +108,10 @@ impl ConnPool {
         {
             idle.remove(0);
         }
-        idle.push(Idle { sender, since: now });
+        idle.push(Idle { conn, since: now });
     }
 
-    async fn connect(&self, connect_timeout: Duration) -> Result<Sender, SendError> {
+    async fn connect(&self, connect_timeout: Duration) -> Result<Conn, SendError> {
         let connect_error = |source| SendError::Connect {
             target: self.target.clone(),
             source,
@@ -143,99 +128,66 @@ impl ConnPool {
                 }
             };
         stream.set_nodelay(true).map_err(connect_error)?;
-        let (sender, conn) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| SendError::Handshake {
-                target: self.target.clone(),
-                source,
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(stream))
+    }
+}
+
+/// Whether a request may be sent again after a kept-alive connection
+/// turned out closed: a safe method whose body is still at hand (none, or
+/// read whole). Such a request either did not reach the instance or changes
+/// nothing there when it is repeated.
+fn replay(method: &Method, body: &LimitedBody) -> Option<LimitedBody> {
+    if !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) {
+        return None;
+    }
+    match body {
+        LimitedBody::Buffered { data } => Some(LimitedBody::Buffered { data: data.clone() }),
+        streaming if http_body::Body::is_end_stream(streaming) => {
+            Some(LimitedBody::buffered(bytes::Bytes::new()))
+        }
+        LimitedBody::Streaming { .. } => None,
     }
 }
 
 /// Sends `req` (origin-form URI, `Host` set) over a pooled connection, or a
-/// new one opened within `connect_timeout`. A request a reused connection
-/// could not start (closed meanwhile by the instance) is retried once on a
-/// fresh connection; nothing that reached the instance is retried.
+/// new one opened within `connect_timeout`. The response body streams from
+/// the connection, which returns to the pool once that body is read. When a
+/// reused connection turns out closed by the instance before any answer, a
+/// request that can be replayed (see [`replay`]) is sent once more on a
+/// fresh connection.
 pub async fn send(
     pool: &Arc<ConnPool>,
     connect_timeout: Duration,
-    mut req: Request<LimitedBody>,
-) -> Result<(Response<Incoming>, PooledConn), SendError> {
+    req: Request<LimitedBody>,
+) -> Result<Response<UpstreamBody>, SendError> {
+    let (parts, mut body) = req.into_parts();
     loop {
-        let (mut sender, reused) = match pool.checkout() {
-            Some(sender) => (sender, true),
+        let (conn, reused) = match pool.checkout() {
+            Some(conn) => (conn, true),
             // Boxed: opening a connection is the rare path, and its future
-            // would otherwise make every request's future several times
-            // larger (and every move of it as many times costlier).
+            // would otherwise make every request's future larger (and every
+            // move of it costlier).
             None => (Box::pin(pool.connect(connect_timeout)).await?, false),
         };
-        match sender.try_send_request(req).await {
-            Ok(response) => {
-                let conn = PooledConn {
-                    pool: pool.clone(),
-                    sender: Some(sender),
-                };
-                return Ok((response, conn));
-            }
-            Err(mut err) => match err.take_message() {
-                Some(back) if reused => req = back,
+        let again = if reused {
+            replay(&parts.method, &body)
+        } else {
+            None
+        };
+        match exchange::exchange(conn, &parts, body, pool).await {
+            Ok(response) => return Ok(response),
+            Err(err) => match again {
+                Some(replayed) if err.is_closed() => body = replayed,
                 _ => {
                     return Err(SendError::Exchange {
                         target: pool.target.clone(),
-                        source: err.into_error(),
+                        source: err,
                     })
                 }
             },
-        }
-    }
-}
-
-/// The connection of a response being streamed; [`PooledConn::release`]
-/// returns it to its pool once the response is complete, dropping it
-/// otherwise closes it.
-pub struct PooledConn {
-    pool: Arc<ConnPool>,
-    sender: Option<Sender>,
-}
-
-impl std::fmt::Debug for PooledConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledConn")
-            .field("target", &self.pool.target)
-            .finish()
-    }
-}
-
-impl PooledConn {
-    /// The response is complete: the connection can carry the next request.
-    pub fn release(mut self) {
-        let Some(mut sender) = self.sender.take() else {
-            return;
-        };
-        if sender.is_closed() {
-            return;
-        }
-        if sender.is_ready() {
-            self.pool.checkin(sender);
-            return;
-        }
-        // The connection has not taken note of the end of the exchange yet
-        // (or the request body is still being sent): return it once it has.
-        let pool = self.pool.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if sender.ready().await.is_ok() {
-                    pool.checkin(sender);
-                }
-            });
         }
     }
 }
@@ -257,22 +209,10 @@ pub fn classify(err: &SendError) -> Failure {
             io::ErrorKind::TimedOut => UpstreamErrorKind::ConnectTimeout,
             _ => UpstreamErrorKind::Connect,
         }),
-        SendError::Handshake { .. } => Failure::Upstream(UpstreamErrorKind::Connect),
-        SendError::Exchange { source, .. } => {
-            let mut cause: Option<&(dyn StdError + 'static)> = source.source();
-            while let Some(c) = cause {
-                if c.downcast_ref::<BodyTooLarge>().is_some()
-                    || matches!(
-                        c.downcast_ref::<RequestBodyError>(),
-                        Some(RequestBodyError::TooLarge(_))
-                    )
-                {
-                    return Failure::BodyTooLarge;
-                }
-                cause = c.source();
-            }
-            Failure::Upstream(UpstreamErrorKind::Protocol)
-        }
+        SendError::Exchange { source, .. } => match source {
+            ExchangeError::Body(RequestBodyError::TooLarge(_)) => Failure::BodyTooLarge,
+            _ => Failure::Upstream(UpstreamErrorKind::Protocol),
+        },
     }
 }
 
