@@ -17,7 +17,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
-use std::io;
+use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -40,16 +40,29 @@ const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Most trailer fields accepted.
 const MAX_TRAILERS: usize = 32;
 
-/// An open connection to an instance.
+/// An idle connection to an instance, as its pool keeps it.
 #[derive(Debug)]
 pub struct Conn {
-    wire: Wire,
+    stream: TcpStream,
+    bufs: Buffers,
+}
+
+/// A connection's buffers, kept from one exchange to the next.
+#[derive(Debug, Default)]
+struct Buffers {
     /// Bytes read and not consumed yet.
     read: BytesMut,
-    /// The request head being written; kept for the next request.
+    /// The request head being written.
     write: Vec<u8>,
-    /// Where the last head's fields lie in `read`; kept for the next head.
+    /// Where the last head's fields lie in `read`.
     fields: Vec<[usize; 4]>,
+}
+
+/// A connection busy with an exchange whose response body is streaming.
+#[derive(Debug)]
+struct Busy {
+    wire: Wire,
+    bufs: Buffers,
 }
 
 /// Why an exchange failed.
@@ -90,10 +103,8 @@ impl Conn {
     /// A connection over `stream`.
     pub fn new(stream: TcpStream) -> Self {
         Self {
-            wire: Wire::Whole(stream),
-            read: BytesMut::new(),
-            write: Vec::new(),
-            fields: Vec::new(),
+            stream,
+            bufs: Buffers::default(),
         }
     }
 
@@ -101,9 +112,7 @@ impl Conn {
     /// neither closed it nor sent anything unasked. Costs no system call
     /// unless the socket turned readable while idle.
     pub fn is_reusable(&self) -> bool {
-        let Wire::Whole(stream) = &self.wire else {
-            return false;
-        };
+        let stream = &self.stream;
         let mut cx = Context::from_waker(Waker::noop());
         match stream.poll_read_ready(&mut cx) {
             Poll::Pending => true,
@@ -221,9 +230,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: Request
         RequestFraming::Empty { announce: false } => {}
         RequestFraming::Empty { announce: true } => out.extend_from_slice(b"content-length: 0\r\n"),
         RequestFraming::Length(len) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(len.to_string().as_bytes());
-            out.extend_from_slice(b"\r\n");
+            let _ = write!(out, "content-length: {len}\r\n"); // a Vec takes every write
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
@@ -252,45 +259,33 @@ pub async fn exchange(
     pool: &Arc<ConnPool>,
 ) -> Result<Response<UpstreamBody>, ExchangeError> {
     let Conn {
-        wire,
-        mut read,
-        mut write,
-        mut fields,
+        mut stream,
+        mut bufs,
     } = conn;
-    let Wire::Whole(mut stream) = wire else {
-        return Err(ExchangeError::Closed); // pooled connections are whole
-    };
     let framing = request_framing(&parts.method, &parts.headers, &body);
-    encode_head(&mut write, parts, framing);
-    let (head, wire) = match body {
+    encode_head(&mut bufs.write, parts, framing);
+    // A body at hand goes out with the head; a streamed one after it.
+    let streaming = match body {
         LimitedBody::Buffered { data } => {
             if let Some(data) = data {
-                write.extend_from_slice(&data);
+                bufs.write.extend_from_slice(&data);
             }
-            stream.write_all(&write).await.map_err(write_error)?;
-            let head = read_head(&mut stream, &mut read, &mut fields).await?;
-            (head, Wire::Whole(stream))
+            None
         }
-        streaming if matches!(framing, RequestFraming::Empty { .. }) => {
-            drop(streaming);
-            stream.write_all(&write).await.map_err(write_error)?;
-            let head = read_head(&mut stream, &mut read, &mut fields).await?;
-            (head, Wire::Whole(stream))
-        }
-        streaming => {
-            stream.write_all(&write).await.map_err(write_error)?;
-            send_streaming(stream, streaming, framing, &mut read, &mut fields).await?
-        }
+        _ if matches!(framing, RequestFraming::Empty { .. }) => None,
+        streaming => Some(streaming),
     };
-    let mut head = head;
+    stream.write_all(&bufs.write).await.map_err(write_error)?;
+    let (mut head, wire) = match streaming {
+        None => {
+            let head = read_head(&mut stream, &mut bufs.read, &mut bufs.fields).await?;
+            (head, Wire::Whole(stream))
+        }
+        Some(body) => send_streaming(stream, body, framing, &mut bufs).await?,
+    };
     let (state, keep_alive) = response_framing(&mut head, parts.method == Method::HEAD)?;
-    let conn = Conn {
-        wire,
-        read,
-        write,
-        fields,
-    };
-    let mut response = Response::new(UpstreamBody::new(conn, pool.clone(), state, keep_alive));
+    let busy = Busy { wire, bufs };
+    let mut response = Response::new(UpstreamBody::new(busy, pool.clone(), state, keep_alive));
     *response.status_mut() = head.status;
     *response.version_mut() = head.version;
     *response.headers_mut() = head.headers;
@@ -306,9 +301,9 @@ async fn send_streaming(
     stream: TcpStream,
     body: LimitedBody,
     framing: RequestFraming,
-    read: &mut BytesMut,
-    fields: &mut Vec<[usize; 4]>,
+    bufs: &mut Buffers,
 ) -> Result<(Head, Wire), ExchangeError> {
+    let Buffers { read, fields, .. } = bufs;
     let (mut rd, wr) = stream.into_split();
     let mut upload = Upload(tokio::spawn(async move {
         let mut wr = wr;
@@ -375,7 +370,7 @@ async fn send_body<W: AsyncWrite + Unpin>(
         }
         if chunked {
             scratch.clear();
-            scratch.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            let _ = write!(scratch, "{:x}\r\n", data.len()); // a Vec takes every write
             scratch.extend_from_slice(&data);
             scratch.extend_from_slice(b"\r\n");
             wr.write_all(scratch).await.map_err(write_error)?;
@@ -674,10 +669,9 @@ impl BodyState {
             match self {
                 BodyState::Done => return Ok(Step::End),
                 BodyState::Length(left) => {
-                    if buf.is_empty() {
+                    let Some(data) = take(buf, left) else {
                         return Ok(Step::More);
-                    }
-                    let data = take(buf, left);
+                    };
                     if *left == 0 {
                         *self = BodyState::Done;
                     }
@@ -712,10 +706,9 @@ impl BodyState {
                         }
                     }
                     Chunk::Data(left) => {
-                        if buf.is_empty() {
+                        let Some(data) = take(buf, left) else {
                             return Ok(Step::More);
-                        }
-                        let data = take(buf, left);
+                        };
                         if *left == 0 {
                             *chunk = Chunk::DataEnd;
                         }
@@ -746,11 +739,15 @@ impl BodyState {
     }
 }
 
-/// Up to `left` bytes from the front of `buf`, counted off `left`.
-fn take(buf: &mut BytesMut, left: &mut u64) -> Bytes {
+/// Up to `left` bytes from the front of `buf`, counted off `left`; none
+/// when `buf` is empty.
+fn take(buf: &mut BytesMut, left: &mut u64) -> Option<Bytes> {
+    if buf.is_empty() {
+        return None;
+    }
     let n = usize::try_from(*left).map_or(buf.len(), |left| left.min(buf.len()));
     *left -= n as u64;
-    buf.split_to(n).freeze()
+    Some(buf.split_to(n).freeze())
 }
 
 /// The trailer section after the last chunk.
@@ -788,13 +785,13 @@ fn trailers(buf: &mut BytesMut) -> Result<Step, ExchangeError> {
 #[derive(Debug)]
 pub struct UpstreamBody {
     state: BodyState,
-    conn: Option<Conn>,
+    conn: Option<Busy>,
     pool: Arc<ConnPool>,
     keep_alive: bool,
 }
 
 impl UpstreamBody {
-    fn new(conn: Conn, pool: Arc<ConnPool>, state: BodyState, keep_alive: bool) -> Self {
+    fn new(conn: Busy, pool: Arc<ConnPool>, state: BodyState, keep_alive: bool) -> Self {
         let mut body = Self {
             state,
             conn: Some(conn),
@@ -815,13 +812,13 @@ impl UpstreamBody {
         let Some(conn) = self.conn.take() else {
             return;
         };
-        if !self.keep_alive || !conn.read.is_empty() {
+        if !self.keep_alive || !conn.bufs.read.is_empty() {
             return;
         }
         if let Some(stream) = conn.wire.into_whole() {
             self.pool.checkin(Conn {
-                wire: Wire::Whole(stream),
-                ..conn
+                stream,
+                bufs: conn.bufs,
             });
         }
     }
@@ -846,7 +843,7 @@ impl Body for UpstreamBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            let step = match this.state.step(&mut conn.read) {
+            let step = match this.state.step(&mut conn.bufs.read) {
                 Ok(step) => step,
                 Err(err) => return this.fail(err),
             };
@@ -866,8 +863,8 @@ impl Body for UpstreamBody {
                     return Poll::Ready(None);
                 }
                 Step::More => {
-                    conn.read.reserve(READ_CHUNK);
-                    let read = ready!(conn.wire.poll_read_buf(cx, &mut conn.read));
+                    conn.bufs.read.reserve(READ_CHUNK);
+                    let read = ready!(conn.wire.poll_read_buf(cx, &mut conn.bufs.read));
                     match read {
                         Ok(0) if this.state == BodyState::UntilClose => {
                             this.state = BodyState::Done;
