@@ -448,7 +448,7 @@ fn source_headers(client: &HeaderMap, peer: &HeaderValue) -> HeaderMap {
     for name in &NOT_FORWARDED {
         headers.remove(name);
     }
-    headers::prepare_request(&mut headers, peer, &HeaderValue::from_static(""), None);
+    headers::forwarding(&mut headers, peer, None).insert_into(&mut headers);
     headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
     headers
 }

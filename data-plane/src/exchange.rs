@@ -209,8 +209,13 @@ fn request_framing(method: &Method, headers: &HeaderMap, body: &LimitedBody) -> 
 }
 
 /// Writes the request head into `out`: the request line, every header but
-/// the framing ones, and the framing the body needs.
-fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: RequestFraming) {
+/// the framing ones, the `extra` fields, and the framing the body needs.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    extra: &[(&HeaderName, &HeaderValue)],
+    framing: RequestFraming,
+) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -221,10 +226,10 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: Request
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name, value);
+    }
+    for (name, value) in extra {
+        write_field(out, name, value);
     }
     match framing {
         RequestFraming::Empty { announce: false } => {}
@@ -234,6 +239,13 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: Request
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
@@ -248,13 +260,15 @@ fn write_error(e: io::Error) -> ExchangeError {
     }
 }
 
-/// Sends `parts` and `body` over `conn` and reads the response head. The
+/// Sends `parts` (with the `extra` header fields) and `body` over `conn`
+/// and reads the response head. The
 /// body of the response streams from the connection, which returns to
 /// `pool` once that body has been read to its end (and is closed if it is
 /// dropped before).
 pub async fn exchange(
     conn: Conn,
     parts: &http::request::Parts,
+    extra: &[(&HeaderName, &HeaderValue)],
     body: LimitedBody,
     pool: &Arc<ConnPool>,
 ) -> Result<Response<UpstreamBody>, ExchangeError> {
@@ -263,7 +277,7 @@ pub async fn exchange(
         mut bufs,
     } = conn;
     let framing = request_framing(&parts.method, &parts.headers, &body);
-    encode_head(&mut bufs.write, parts, framing);
+    encode_head(&mut bufs.write, parts, extra, framing);
     // A body at hand goes out with the head; a streamed one after it.
     let streaming = match body {
         LimitedBody::Buffered { data } => {
@@ -413,15 +427,36 @@ struct Hints {
     content_length: Option<u64>,
 }
 
+/// Whether a field goes into the response's headers, or was about this
+/// connection only and is consumed by the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Kept,
+    Consumed,
+}
+
 impl Hints {
-    /// Takes note of one field.
-    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), ExchangeError> {
+    /// Takes note of one field. `Transfer-Encoding`, `Keep-Alive` and a
+    /// `Connection` naming only `close`/`keep-alive` are consumed: the body
+    /// is handed on decoded and the connection is the client's. A
+    /// `Connection` listing other names is kept, so that the proxy removes
+    /// the fields it names (RFC 9110 section 7.6.1).
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<Field, ExchangeError> {
         if name == CONNECTION {
+            let mut others = false;
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                let close = token.eq_ignore_ascii_case(b"close");
+                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                self.close |= close;
+                self.keep_alive |= keep_alive;
+                others |= !(close || keep_alive || token.is_empty());
             }
+            if !others {
+                return Ok(Field::Consumed);
+            }
+        } else if name == KEEP_ALIVE {
+            return Ok(Field::Consumed);
         } else if name == TRANSFER_ENCODING {
             self.transfer_encoding = true;
             let last = value
@@ -430,6 +465,7 @@ impl Hints {
                 .next()
                 .unwrap_or(b"");
             self.chunked_last = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            return Ok(Field::Consumed);
         } else if name == CONTENT_LENGTH {
             for item in value.as_bytes().split(|&b| b == b',') {
                 let length = parse_length(item.trim_ascii())
@@ -442,7 +478,7 @@ impl Hints {
                 self.content_length = Some(length);
             }
         }
-        Ok(())
+        Ok(Field::Kept)
     }
 }
 
@@ -459,6 +495,8 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
         }
     })
 }
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Reads until a final (non-1xx) response head is complete; interim heads
 /// are skipped.
@@ -567,8 +605,9 @@ fn parse_head(buf: &mut BytesMut, fields: &mut Vec<[usize; 4]>) -> Result<Parsed
             .map_err(|_| ExchangeError::Malformed("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
             .map_err(|_| ExchangeError::Malformed("invalid header value"))?;
-        hints.note(&name, &value)?;
-        headers.append(name, value);
+        if hints.note(&name, &value)? == Field::Kept {
+            headers.append(name, value);
+        }
     }
     let version = if minor == 0 {
         Version::HTTP_10

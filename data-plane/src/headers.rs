@@ -1,6 +1,7 @@
 //! Header rewriting between client and upstream: hop-by-hop headers never
 //! cross the proxy, `X-Forwarded-*` tell the upstream who asked.
 
+use crate::deadline::DEADLINE_HEADER;
 use http::header::{
     HeaderName, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
@@ -29,10 +30,26 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     TRANSFER_ENCODING,
     UPGRADE,
 ];
+/// The bits of [`HOP_BY_HOP`] in a [`scan`].
+const HOP_BY_HOP_BITS: u16 = (1 << 9) - 1;
+const HOST_BIT: u16 = 1 << 9;
+const FORWARDED_FOR_BIT: u16 = 1 << 10;
+const ORIGINAL_IP_BIT: u16 = 1 << 11;
+/// The names the proxy sets on a request it sends upstream (a client's
+/// copies go): `X-Forwarded-Proto`, `X-Forwarded-Host`,
+/// `X-Gateway-Forwarded` and the deadline.
+const REPLACED: [HeaderName; 4] = [
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    crate::security::X_GATEWAY_FORWARDED,
+    DEADLINE_HEADER,
+];
+const REPLACED_SHIFT: usize = 12;
 
-/// Position of `name` in [`HOP_BY_HOP`], if it is one.
-fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    Some(match name.as_str() {
+/// Bit of `name` in a [`scan`]: the hop-by-hop headers, then `Host`,
+/// `X-Forwarded-For`, `X-Original-IP` and the [`REPLACED`] names.
+fn scan_bit(name: &HeaderName) -> u16 {
+    let index = match name.as_str() {
         "connection" => 0,
         "keep-alive" => 1,
         "proxy-connection" => 2,
@@ -42,8 +59,22 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
         "trailer" => 6,
         "transfer-encoding" => 7,
         "upgrade" => 8,
-        _ => return None,
-    })
+        "host" => 9,
+        "x-forwarded-for" => 10,
+        "x-original-ip" => 11,
+        "x-forwarded-proto" => 12,
+        "x-forwarded-host" => 13,
+        "x-gateway-forwarded" => 14,
+        "x-request-deadline-ms" => 15,
+        _ => return 0,
+    };
+    1 << index
+}
+
+/// Which of the names the proxy removes or replaces are present: one pass
+/// over the names, so that only those present are looked up again.
+fn scan(headers: &HeaderMap) -> u16 {
+    headers.keys().fold(0, |bits, name| bits | scan_bit(name))
 }
 
 /// Removes the hop-by-hop headers and those `Connection` names.
@@ -52,11 +83,11 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 /// over the names finds which are present, only those are removed, and the
 /// names a `Connection` header lists are removed without allocating.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let present = headers
-        .keys()
-        .filter_map(hop_by_hop_index)
-        .fold(0u16, |bits, i| bits | 1 << i);
-    if present == 0 {
+    remove_present_hop_by_hop(headers, scan(headers));
+}
+
+fn remove_present_hop_by_hop(headers: &mut HeaderMap, present: u16) {
+    if present & HOP_BY_HOP_BITS == 0 {
         return;
     }
     if present & 1 != 0 {
@@ -113,48 +144,135 @@ pub fn peer_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// Prepares the headers of a request going upstream: hop-by-hop removed,
-/// `Host` set to `upstream_host` (the instance), `X-Forwarded-For` extended
-/// with `peer`, `X-Forwarded-Proto: http`, `X-Forwarded-Host` set to the
-/// original host (the `Host` header, else `uri_host`).
-pub fn prepare_request(
-    headers: &mut HeaderMap,
-    peer: &HeaderValue,
-    upstream_host: &HeaderValue,
-    uri_host: Option<&str>,
-) {
-    remove_hop_by_hop(headers);
-    let host = headers
-        .insert(HOST, upstream_host.clone())
-        .or_else(|| uri_host.and_then(|h| HeaderValue::from_str(h).ok()));
-    let forwarded_for = match headers.get(X_FORWARDED_FOR) {
-        Some(existing) => {
-            let mut joined = Vec::with_capacity(existing.len() + 2 + peer.len());
-            joined.extend_from_slice(existing.as_bytes());
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(peer.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.clone())
+static FORWARDED_FOR: HeaderName = X_FORWARDED_FOR;
+static FORWARDED_PROTO: HeaderName = X_FORWARDED_PROTO;
+static FORWARDED_HOST: HeaderName = X_FORWARDED_HOST;
+static GATEWAY_FORWARDED: HeaderName = crate::security::X_GATEWAY_FORWARDED;
+static ORIGINAL_IP: HeaderName = crate::security::X_ORIGINAL_IP;
+static DEADLINE: HeaderName = DEADLINE_HEADER;
+static HOST_NAME: HeaderName = HOST;
+static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
+static TRUE: HeaderValue = HeaderValue::from_static("true");
+
+/// What the proxy tells an upstream about the request, worked out once per
+/// request by [`forwarding`]: `X-Forwarded-For` (the client's list with the
+/// peer appended), `X-Forwarded-Host` (the original host), `X-Original-IP`
+/// (unless set beforehand from trusted proxies), with `X-Forwarded-Proto:
+/// http` and `X-Gateway-Forwarded: true`.
+///
+/// The proxy hands these to the upstream client as [`Fields`], written
+/// straight into the request head, rather than inserting them into the
+/// request's `HeaderMap` (hashing each name) on every request.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    forwarded_for: HeaderValue,
+    forwarded_host: Option<HeaderValue>,
+    original_ip: Option<HeaderValue>,
+}
+
+/// The most fields [`Forwarding::fields`] gives.
+const MAX_FIELDS: usize = 7;
+
+/// Header fields an upstream request carries besides those of its
+/// `HeaderMap`, whose copies of the same names [`forwarding`] removed.
+pub struct Fields<'a> {
+    list: [(&'a HeaderName, &'a HeaderValue); MAX_FIELDS],
+    len: usize,
+}
+
+impl<'a> Fields<'a> {
+    fn push(&mut self, name: &'a HeaderName, value: &'a HeaderValue) {
+        if let Some(slot) = self.list.get_mut(self.len) {
+            *slot = (name, value);
+            self.len += 1;
         }
-        None => peer.clone(),
-    };
-    headers.insert(X_FORWARDED_FOR, forwarded_for);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    headers.insert(
-        crate::security::X_GATEWAY_FORWARDED,
-        HeaderValue::from_static("true"),
-    );
-    // Set beforehand to the resolved client address (trusted proxies);
-    // a client's own copy was removed on arrival.
-    if !headers.contains_key(crate::security::X_ORIGINAL_IP) {
-        headers.insert(crate::security::X_ORIGINAL_IP, peer.clone());
     }
-    match host {
-        Some(host) => {
+
+    /// The fields, in the order they are written.
+    pub fn as_slice(&self) -> &[(&'a HeaderName, &'a HeaderValue)] {
+        self.list.get(..self.len).unwrap_or_default()
+    }
+}
+
+impl Forwarding {
+    /// The fields of a request to an instance whose `Host` is `host`, with
+    /// `deadline` (milliseconds left) as `x-request-deadline-ms`.
+    pub fn fields<'a>(&'a self, host: &'a HeaderValue, deadline: &'a HeaderValue) -> Fields<'a> {
+        let mut fields = Fields {
+            list: [(&HOST_NAME, host); MAX_FIELDS],
+            len: 1,
+        };
+        fields.push(&FORWARDED_FOR, &self.forwarded_for);
+        fields.push(&FORWARDED_PROTO, &PROTO_HTTP);
+        fields.push(&GATEWAY_FORWARDED, &TRUE);
+        if let Some(ip) = &self.original_ip {
+            fields.push(&ORIGINAL_IP, ip);
+        }
+        if let Some(host) = &self.forwarded_host {
+            fields.push(&FORWARDED_HOST, host);
+        }
+        fields.push(&DEADLINE, deadline);
+        fields
+    }
+
+    /// Inserts the forwarding headers (all but `Host` and the deadline)
+    /// into `headers`, for a request built as a `HeaderMap`.
+    pub fn insert_into(self, headers: &mut HeaderMap) {
+        headers.insert(X_FORWARDED_FOR, self.forwarded_for);
+        headers.insert(X_FORWARDED_PROTO, PROTO_HTTP.clone());
+        headers.insert(crate::security::X_GATEWAY_FORWARDED, TRUE.clone());
+        if let Some(ip) = self.original_ip {
+            headers.insert(crate::security::X_ORIGINAL_IP, ip);
+        }
+        if let Some(host) = self.forwarded_host {
             headers.insert(X_FORWARDED_HOST, host);
         }
-        None => {
-            headers.remove(X_FORWARDED_HOST);
+    }
+}
+
+/// Prepares the headers of a request going upstream: hop-by-hop headers
+/// and the client's copies of `Host`, `X-Forwarded-*`,
+/// `X-Gateway-Forwarded` and the deadline removed, and what replaces them
+/// worked out. `X-Forwarded-For` extends the client's list with `peer`;
+/// `X-Forwarded-Host` is the original host (the `Host` header, else
+/// `uri_host`).
+pub fn forwarding(
+    headers: &mut HeaderMap,
+    peer: &HeaderValue,
+    uri_host: Option<&str>,
+) -> Forwarding {
+    let present = scan(headers);
+    remove_present_hop_by_hop(headers, present);
+    let host = if present & HOST_BIT != 0 {
+        headers.remove(HOST)
+    } else {
+        None
+    };
+    let forwarded_host = host.or_else(|| uri_host.and_then(|h| HeaderValue::from_str(h).ok()));
+    let forwarded_for = if present & FORWARDED_FOR_BIT != 0 {
+        let mut joined = Vec::new();
+        for existing in headers.get_all(X_FORWARDED_FOR) {
+            joined.extend_from_slice(existing.as_bytes());
+            joined.extend_from_slice(b", ");
         }
+        joined.extend_from_slice(peer.as_bytes());
+        headers.remove(X_FORWARDED_FOR);
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.clone())
+    } else {
+        peer.clone()
+    };
+    for (i, name) in REPLACED.iter().enumerate() {
+        if present & (1 << (REPLACED_SHIFT + i)) != 0 {
+            headers.remove(name);
+        }
+    }
+    // Set beforehand to the resolved client address (trusted proxies); a
+    // client's own copy was removed on arrival.
+    let original_ip = (present & ORIGINAL_IP_BIT == 0).then(|| peer.clone());
+    Forwarding {
+        forwarded_for,
+        forwarded_host,
+        original_ip,
     }
 }
 
@@ -177,29 +295,76 @@ mod tests {
         assert!(h.contains_key("x-kept"));
     }
 
+    /// The head an upstream would see: what is left of `h` after
+    /// [`forwarding`], plus the fields, none of them present twice.
+    fn sent(h: &mut HeaderMap, peer: &HeaderValue, uri_host: Option<&str>) -> HeaderMap {
+        let forwarding = forwarding(h, peer, uri_host);
+        let host = HeaderValue::from_static("10.0.0.1:80");
+        let deadline = HeaderValue::from_static("250");
+        let mut seen = h.clone();
+        for (name, value) in forwarding.fields(&host, &deadline).as_slice() {
+            assert!(!seen.contains_key(*name), "{name} sent twice");
+            seen.insert((*name).clone(), (*value).clone());
+        }
+        seen
+    }
+
     #[test]
     fn forwarded_headers() {
         let peer = peer_value("10.1.2.3".parse().unwrap());
-        let upstream = HeaderValue::from_static("10.0.0.1:80");
         let mut h = HeaderMap::new();
         h.insert(HOST, HeaderValue::from_static("api.example.com"));
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        prepare_request(&mut h, &peer, &upstream, None);
-        assert_eq!(h[HOST], "10.0.0.1:80");
-        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 10.1.2.3");
-        assert_eq!(h[X_FORWARDED_PROTO], "http");
-        assert_eq!(h[X_FORWARDED_HOST], "api.example.com");
-        assert_eq!(h["x-gateway-forwarded"], "true");
-        assert_eq!(h["x-original-ip"], "10.1.2.3");
+        h.insert(DEADLINE_HEADER, HeaderValue::from_static("90000"));
+        h.insert(CONNECTION, HeaderValue::from_static("close"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let seen = sent(&mut h, &peer, None);
+        assert_eq!(seen[HOST], "10.0.0.1:80");
+        assert_eq!(seen[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.1.2.3");
+        assert_eq!(seen[X_FORWARDED_PROTO], "http");
+        assert_eq!(seen[X_FORWARDED_HOST], "api.example.com");
+        assert_eq!(seen["x-gateway-forwarded"], "true");
+        assert_eq!(seen["x-original-ip"], "10.1.2.3");
+        assert_eq!(seen[DEADLINE_HEADER], "250");
+        assert_eq!(seen["x-kept"], "1");
+        assert!(!seen.contains_key(CONNECTION));
+        assert_eq!(seen.len(), 8);
 
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_HOST, HeaderValue::from_static("spoofed"));
-        prepare_request(&mut h, &peer, &upstream, None);
-        assert_eq!(h[X_FORWARDED_FOR], "10.1.2.3");
-        assert!(!h.contains_key(X_FORWARDED_HOST));
+        h.insert("x-gateway-forwarded", HeaderValue::from_static("false"));
+        let seen = sent(&mut h, &peer, None);
+        assert_eq!(seen[X_FORWARDED_FOR], "10.1.2.3");
+        assert_eq!(seen["x-gateway-forwarded"], "true");
+        assert!(!seen.contains_key(X_FORWARDED_HOST));
+
         let mut h = HeaderMap::new();
-        prepare_request(&mut h, &peer, &upstream, Some("from-uri.example.com"));
-        assert_eq!(h[X_FORWARDED_HOST], "from-uri.example.com");
+        let seen = sent(&mut h, &peer, Some("from-uri.example.com"));
+        assert_eq!(seen[X_FORWARDED_HOST], "from-uri.example.com");
+    }
+
+    #[test]
+    fn original_ip_set_beforehand_is_kept() {
+        let peer = peer_value("10.1.2.3".parse().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert("x-original-ip", HeaderValue::from_static("203.0.113.7"));
+        let seen = sent(&mut h, &peer, None);
+        assert_eq!(seen["x-original-ip"], "203.0.113.7");
+        assert_eq!(seen.get_all("x-original-ip").iter().count(), 1);
+    }
+
+    #[test]
+    fn insert_into_a_header_map() {
+        let peer = peer_value("10.1.2.3".parse().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("api.example.com"));
+        forwarding(&mut h, &peer, None).insert_into(&mut h);
+        assert!(!h.contains_key(HOST));
+        assert_eq!(h[X_FORWARDED_FOR], "10.1.2.3");
+        assert_eq!(h[X_FORWARDED_HOST], "api.example.com");
+        assert_eq!(h["x-gateway-forwarded"], "true");
+        assert_eq!(h["x-original-ip"], "10.1.2.3");
     }
 }

@@ -5,7 +5,7 @@ use crate::auth::{AuthError, Verifier};
 use crate::balancer::Endpoint;
 use crate::body::{ClientBody, LimitedBody, ProxyBody};
 use crate::breaker::{self, Permit, Rejected};
-use crate::deadline::{self, Deadline, DEADLINE_HEADER};
+use crate::deadline::{self, Deadline};
 use crate::errors::{GatewayError, X_REQUEST_ID};
 use crate::framing::FramingWatch;
 use crate::headers;
@@ -573,16 +573,12 @@ async fn forward(
                         Err(error) => return error.response(request_id),
                     },
                 };
-                headers::prepare_request(
-                    &mut parts.headers,
-                    peer,
-                    &HeaderValue::from_static(""),
-                    uri_host,
-                );
+                let forwarding = headers::forwarding(&mut parts.headers, peer, uri_host);
                 let request = Retryable {
                     method: parts.method,
                     uri: parts.uri,
                     headers: parts.headers,
+                    forwarding,
                     body: bytes,
                 };
                 return Box::pin(forward_with_retries(
@@ -713,19 +709,22 @@ async fn forward_once(
     let Some(endpoint) = service.balancer.pick(hash) else {
         return no_instance(service, request_id);
     };
+    let forwarding = headers::forwarding(&mut parts.headers, peer, uri_host);
+    let remaining = deadline::header_value(deadline.remaining());
     // The Host value is made once per instance, so the client formats none.
-    headers::prepare_request(&mut parts.headers, peer, &endpoint.host_header, uri_host);
-    parts.headers.insert(
-        DEADLINE_HEADER,
-        deadline::header_value(deadline.remaining()),
-    );
+    let fields = forwarding.fields(&endpoint.host_header, &remaining);
     let span = crate::spans::attempt(&service.name, endpoint, 1, &mut parts.headers);
     let guard = endpoint.load.begin();
     let upstream_req = Request::from_parts(parts, body.into_upstream(route.body_limit));
     // The clock is read only when a breaker or outlier detector needs it.
     let sent_at = Clock::start(service);
     service.errors.attempt();
-    let exchange = upstream::send(&endpoint.pool, service.config.connect_timeout, upstream_req);
+    let exchange = upstream::send_with(
+        &endpoint.pool,
+        service.config.connect_timeout,
+        upstream_req,
+        fields.as_slice(),
+    );
     match tokio::time::timeout_at(deadline.at(), exchange).await {
         Ok(Ok(response)) => {
             crate::spans::answered(&span, response.status());
@@ -764,24 +763,24 @@ async fn forward_once(
 }
 
 /// A request that may be sent more than once: its head (hop-by-hop headers
-/// removed, forwarding headers set) and its whole body.
+/// removed), the forwarding headers it gets, and its whole body.
 struct Retryable {
     method: http::Method,
     uri: Uri,
     headers: http::HeaderMap,
+    forwarding: headers::Forwarding,
     body: Bytes,
 }
 
 impl Retryable {
-    fn attempt(&self, endpoint: &Endpoint, remaining: Duration) -> Request<LimitedBody> {
+    /// The request of one attempt; `Host` and the deadline come with the
+    /// forwarding fields.
+    fn attempt(&self) -> Request<LimitedBody> {
         let mut req = Request::new(LimitedBody::buffered(self.body.clone()));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = Version::HTTP_11;
-        let mut headers = self.headers.clone();
-        headers.insert(HOST, endpoint.host_header.clone());
-        headers.insert(DEADLINE_HEADER, deadline::header_value(remaining));
-        *req.headers_mut() = headers;
+        *req.headers_mut() = self.headers.clone();
         req
     }
 }
@@ -838,8 +837,9 @@ async fn forward_with_retries(
             Some(t) => deadline.at().min(now + t),
             None => deadline.at(),
         };
-        let mut upstream_req =
-            request.attempt(&endpoint, attempt_deadline.saturating_duration_since(now));
+        let mut upstream_req = request.attempt();
+        let remaining = deadline::header_value(attempt_deadline.saturating_duration_since(now));
+        let fields = request.forwarding.fields(&endpoint.host_header, &remaining);
         let span = crate::spans::attempt(
             &service.name,
             &endpoint,
@@ -849,7 +849,12 @@ async fn forward_with_retries(
         let guard = endpoint.load.begin();
         let sent_at = Clock::start(service);
         service.errors.attempt();
-        let exchange = upstream::send(&endpoint.pool, service.config.connect_timeout, upstream_req);
+        let exchange = upstream::send_with(
+            &endpoint.pool,
+            service.config.connect_timeout,
+            upstream_req,
+            fields.as_slice(),
+        );
         let (response, retryable) = match tokio::time::timeout_at(attempt_deadline, exchange).await
         {
             Ok(Ok(response)) => {

@@ -8,7 +8,7 @@
 use crate::body::{LimitedBody, RequestBodyError};
 use crate::exchange::{self, Conn, ExchangeError, UpstreamBody};
 use crate::metrics::UpstreamErrorKind;
-use http::{Method, Request, Response};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -163,6 +163,17 @@ pub async fn send(
     connect_timeout: Duration,
     req: Request<LimitedBody>,
 ) -> Result<Response<UpstreamBody>, SendError> {
+    send_with(pool, connect_timeout, req, &[]).await
+}
+
+/// [`send`] with `extra` header fields written after the request's own
+/// (the proxy's forwarding headers, see [`crate::headers::Forwarding`]).
+pub async fn send_with(
+    pool: &Arc<ConnPool>,
+    connect_timeout: Duration,
+    req: Request<LimitedBody>,
+    extra: &[(&HeaderName, &HeaderValue)],
+) -> Result<Response<UpstreamBody>, SendError> {
     let (parts, mut body) = req.into_parts();
     loop {
         let (conn, reused) = match pool.checkout() {
@@ -177,7 +188,7 @@ pub async fn send(
         } else {
             None
         };
-        match exchange::exchange(conn, &parts, body, pool).await {
+        match exchange::exchange(conn, &parts, extra, body, pool).await {
             Ok(response) => return Ok(response),
             Err(err) => match again {
                 Some(replayed) if err.is_closed() => body = replayed,

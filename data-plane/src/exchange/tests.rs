@@ -439,3 +439,43 @@ async fn a_connection_closed_unanswered_is_retried_only_for_safe_requests() {
         "the POST is not repeated"
     );
 }
+
+#[tokio::test]
+async fn extra_fields_follow_the_request_headers() {
+    let ok = Reply::Bytes(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    let mut inst = instance(vec![ok]).await;
+    let name = HeaderName::from_static("x-forwarded-for");
+    let value = HeaderValue::from_static("10.1.2.3");
+    upstream::send_with(
+        &inst.pool,
+        Duration::from_secs(2),
+        request(Method::GET, "/p", b""),
+        &[(&name, &value)],
+    )
+    .await
+    .unwrap();
+    let head = inst.heads.recv().await.unwrap();
+    assert_eq!(
+        head,
+        "GET /p HTTP/1.1\r\nhost: up\r\nx-forwarded-for: 10.1.2.3\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn connection_level_fields_are_consumed() {
+    let inst = instance(vec![
+        Reply::Bytes(
+            b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ),
+        Reply::Bytes(b"HTTP/1.1 200 OK\r\nconnection: x-hop\r\nx-hop: 1\r\ncontent-length: 2\r\n\r\nok"),
+    ])
+    .await;
+    let response = send(&inst, Method::GET, b"").await.unwrap();
+    let names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["x-a"]);
+    assert_eq!(read_all(response.into_body()).await.unwrap().0, b"ok");
+    // A Connection naming other fields stays, for the proxy to remove them.
+    let response = send(&inst, Method::GET, b"").await.unwrap();
+    assert_eq!(response.headers()["connection"], "x-hop");
+    assert_eq!(response.headers()["content-length"], "2");
+}
