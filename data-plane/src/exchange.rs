@@ -261,10 +261,9 @@ fn write_error(e: io::Error) -> ExchangeError {
 }
 
 /// Sends `parts` (with the `extra` header fields) and `body` over `conn`
-/// and reads the response head. The
-/// body of the response streams from the connection, which returns to
-/// `pool` once that body has been read to its end (and is closed if it is
-/// dropped before).
+/// and reads the response head. The body of the response streams from the
+/// connection, which returns to `pool` once that body has been read to its
+/// end (and is closed if it is dropped before).
 pub async fn exchange(
     conn: Conn,
     parts: &http::request::Parts,
