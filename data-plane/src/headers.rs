@@ -200,8 +200,9 @@ impl Forwarding {
     pub fn fields<'a>(&'a self, host: &'a HeaderValue, deadline: &'a HeaderValue) -> Fields<'a> {
         let mut fields = Fields {
             list: [(&HOST_NAME, host); MAX_FIELDS],
-            len: 1,
+            len: 0,
         };
+        fields.push(&HOST_NAME, host);
         fields.push(&FORWARDED_FOR, &self.forwarded_for);
         fields.push(&FORWARDED_PROTO, &PROTO_HTTP);
         fields.push(&GATEWAY_FORWARDED, &TRUE);
