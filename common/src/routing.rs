@@ -188,6 +188,8 @@ impl std::error::Error for RouteConflict {}
 pub struct RouteTable<T> {
     root: Node,
     entries: Vec<Entry<T>>,
+    /// Whether some route names a host.
+    matches_hosts: bool,
 }
 
 /// The outcome of a lookup.
@@ -264,6 +266,7 @@ impl<T> RouteTable<T> {
             }
         }
         let index = self.entries.len() as u32;
+        self.matches_hosts |= entry.host != HostMatch::Any;
         self.entries.push(entry);
         slot.push(index);
         // Most specific first: exact host, wildcard host, any host; then
@@ -281,6 +284,7 @@ impl<T> RouteTable<T> {
         RouteTable {
             root: Node::default(),
             entries: Vec::new(),
+            matches_hosts: false,
         }
     }
 
@@ -292,6 +296,12 @@ impl<T> RouteTable<T> {
     /// Whether the table has no route.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Whether some route names a host; when none does, lookups may pass
+    /// `None` for the host and get the same answer.
+    pub fn matches_hosts(&self) -> bool {
+        self.matches_hosts
     }
 
     /// Finds the route for a request. `host` is lower-case without port.
@@ -533,6 +543,22 @@ mod tests {
             "any"
         );
         assert_eq!(found(&t, "GET", None, "/x").unwrap().0, "any");
+        assert!(t.matches_hosts());
+    }
+
+    #[test]
+    fn a_table_without_host_routes_says_so() {
+        let t = table(&[
+            ("a", "/a", true, &[], None),
+            ("b", "/b", false, &["GET"], None),
+        ]);
+        assert!(!t.matches_hosts());
+        assert!(!RouteTable::<()>::empty().matches_hosts());
+        let t = table(&[
+            ("a", "/a", true, &[], None),
+            ("h", "/h", true, &[], Some("*.example.com")),
+        ]);
+        assert!(t.matches_hosts());
     }
 
     #[test]

@@ -557,10 +557,15 @@ fn validation(alg: Algorithm, issuer: Option<&str>, audience: Option<&str>) -> V
 
 /// The token of an `Authorization: Bearer TOKEN` header (scheme in any case).
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    // Bytes rather than `HeaderValue::to_str`, which checks a long token one
+    // byte at a time; a token that is not ASCII fails verification anyway.
+    let value = headers.get(AUTHORIZATION)?.as_bytes();
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, token) = (&value[..space], value[space + 1..].trim_ascii());
+    if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() {
+        return None;
+    }
+    std::str::from_utf8(token).ok()
 }
 
 #[cfg(test)]
@@ -774,6 +779,19 @@ mod tests {
             HeaderValue::from_static("bearer abc.def.ghi"),
         );
         assert_eq!(bearer_token(&h), Some("abc.def.ghi"));
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer   abc.def.ghi \t"),
+        );
+        assert_eq!(bearer_token(&h), Some("abc.def.ghi"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearerabc.def.ghi"));
+        assert_eq!(bearer_token(&h), None);
+        // Not UTF-8: no token (401 like a missing one).
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_bytes(b"Bearer abc\xff.def.ghi").unwrap(),
+        );
+        assert_eq!(bearer_token(&h), None);
     }
 
     #[test]

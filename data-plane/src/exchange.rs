@@ -37,6 +37,13 @@ const READ_CHUNK: usize = 8192;
 const MAX_CHUNK_LINE: usize = 4096;
 /// Largest trailer section accepted.
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// Room left in a response's header map for the fields the gateway adds
+/// without regrowing it (X-Request-ID, CORS, security headers). hyper clears
+/// a connection's last response map and parses the next request head into
+/// it, so the room also serves the fields added to requests (the identity
+/// headers, X-Request-ID).
+const HEADROOM: usize = 8;
+
 /// Most trailer fields accepted.
 const MAX_TRAILERS: usize = 32;
 
@@ -597,7 +604,7 @@ fn parse_head(buf: &mut BytesMut, fields: &mut Vec<[usize; 4]>) -> Result<Parsed
         return Ok(Parsed::Interim(len));
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut headers = HeaderMap::with_capacity(fields.len() + HEADROOM);
     let mut hints = Hints::default();
     for &[name_start, name_end, value_start, value_end] in fields.iter() {
         let name = HeaderName::from_bytes(&head[name_start..name_end])

@@ -6,11 +6,13 @@ use data_plane::{settings, shutdown, DataPlane, Settings};
 use gateway_common::process::{init_logging_and_tracing, LogTarget};
 use std::process::ExitCode;
 
+mod allocator;
+
 /// mimalloc's per-thread free lists serve the proxy's many short-lived
 /// allocations (header maps, buffers, futures) faster than the system
 /// allocator.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

@@ -136,16 +136,25 @@ impl<T> Router<T> {
     /// Looks a request up by host and path as if its method were `method`
     /// (a CORS preflight is routed by the method it asks about).
     pub fn lookup_as<'t, 'p, B>(&'t self, method: &str, req: &'p Request<B>) -> Lookup<'t, 'p, T> {
-        let host = request_host(req);
+        let host = self.host_of(req);
         self.table.lookup(method, host.as_deref(), req.uri().path())
     }
 
     /// Looks a request up by method, host and path.
     #[inline]
     pub fn lookup<'t, 'p, B>(&'t self, req: &'p Request<B>) -> Lookup<'t, 'p, T> {
-        let host = request_host(req);
+        let host = self.host_of(req);
         self.table
             .lookup(req.method().as_str(), host.as_deref(), req.uri().path())
+    }
+
+    /// The request's host, worked out only when some route names a host.
+    fn host_of<'p, B>(&self, req: &'p Request<B>) -> Option<Cow<'p, str>> {
+        if self.table.matches_hosts() {
+            request_host(req)
+        } else {
+            None
+        }
     }
 
     /// Number of routes.
@@ -194,6 +203,7 @@ fn strip_port(host: &str) -> &str {
 mod tests {
     use super::*;
     use gateway_common::GatewayConfig;
+    use http::HeaderValue;
 
     fn routes(doc: &str) -> GatewayConfig {
         GatewayConfig::load(doc.as_bytes()).unwrap()
@@ -224,6 +234,63 @@ routes:
             of(4).apply("", &[("id", "7"), ("tid", "9")]).unwrap(),
             "/users/7/tickets/9"
         );
+    }
+
+    fn route_name<B>(router: &Router<String>, req: &Request<B>) -> Option<String> {
+        match router.lookup(req) {
+            Lookup::Found(found) => Some(found.value.clone()),
+            _ => None,
+        }
+    }
+
+    fn router(doc: &str) -> Router<String> {
+        let config = routes(doc);
+        Router::build(config.routes.iter().map(|r| (r, r.name.clone()))).unwrap()
+    }
+
+    #[test]
+    fn host_routes_see_the_request_host() {
+        let router = router(
+            r#"
+version: 1
+services: [{ name: a }]
+routes:
+  - { name: any, match: { path_prefix: / }, service: a }
+  - { name: api, match: { path_prefix: /, host: api.example.com }, service: a }
+"#,
+        );
+        let req = |host: &str| {
+            Request::builder()
+                .uri("/x")
+                .header(HOST, host)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(
+            route_name(&router, &req("API.Example.com:8080")).unwrap(),
+            "api"
+        );
+        assert_eq!(route_name(&router, &req("www.example.com")).unwrap(), "any");
+    }
+
+    #[test]
+    fn without_host_routes_any_host_matches() {
+        let router = router(
+            r#"
+version: 1
+services: [{ name: a }]
+routes:
+  - { name: any, match: { path_prefix: / }, service: a }
+"#,
+        );
+        let odd = Request::builder()
+            .uri("/x")
+            .header(HOST, HeaderValue::from_bytes(b"caf\xe9").unwrap())
+            .body(())
+            .unwrap();
+        assert_eq!(route_name(&router, &odd).unwrap(), "any");
+        let none = Request::builder().uri("/x").body(()).unwrap();
+        assert_eq!(route_name(&router, &none).unwrap(), "any");
     }
 
     #[test]
