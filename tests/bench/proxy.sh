@@ -13,7 +13,8 @@
 # Layout on a 2-core machine: proxy on core 0; upstream and wrk on core 1;
 # wrk with 1 thread and 64 connections, response body "ok". Each proxy line
 # also gives the proxy's CPU time per request, user and system (from
-# /proc/PID/stat around the run).
+# /proc/PID/stat around the run), and how idle core 1 (upstream and wrk)
+# stayed: near 0% means the load side, not the proxy, set the pace.
 set -euo pipefail
 secs=${1:-8}
 rounds=${2:-3}
@@ -51,21 +52,29 @@ for port in $up $hap $dp; do curl -sf "${auth[@]}" "http://127.0.0.1:$port/" >/d
 tick=$(getconf CLK_TCK)
 # cpu_ticks PID: user and system clock ticks the process has used.
 cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+# load_core_ticks: busy and idle clock ticks of core 1 so far.
+load_core_ticks() { awk '/^cpu1 /{print $2+$3+$4+$7+$8, $5+$6}' /proc/stat; }
 # run PORT [PID]: wrk against PORT; with PID, that process's CPU per request.
 run() {
-  local before="0 0" after="0 0"
+  local before="0 0" after="0 0" load_before load_after
   [ -n "${2:-}" ] && before=$(cpu_ticks "$2")
+  load_before=$(load_core_ticks)
   local out
   out=$(taskset -c 1 wrk -t1 -c64 -d"${secs}s" --latency "${auth[@]}" "http://127.0.0.1:$1/")
+  load_after=$(load_core_ticks)
   [ -n "${2:-}" ] && after=$(cpu_ticks "$2")
-  echo "$out" | awk -v before="$before" -v after="$after" -v tick="$tick" '
+  echo "$out" | awk -v before="$before" -v after="$after" -v tick="$tick" \
+    -v lb="$load_before" -v la="$load_after" '
     /requests in/{n=$1} /Requests\/sec/{r=$2} /^ +99%/{p=$2} /Non-2xx|Socket errors/{e=e" "$0}
     END{
       split(before, b, " "); split(after, a, " ")
       cpu = ""
       if (a[1] + a[2] > 0 && n > 0)
         cpu = sprintf("  cpu/req user %.2f us sys %.2f us", (a[1]-b[1])/tick*1e6/n, (a[2]-b[2])/tick*1e6/n)
-      printf "%s req/s p99 %s%s%s\n", r, p, cpu, e
+      split(lb, x, " "); split(la, y, " ")
+      busy = y[1] - x[1]; idle = y[2] - x[2]
+      load = (busy + idle > 0) ? sprintf("  core 1 idle %.0f%%", 100 * idle / (busy + idle)) : ""
+      printf "%s req/s p99 %s%s%s%s\n", r, p, cpu, load, e
     }'
 }
 for i in $(seq "$rounds"); do
