@@ -68,22 +68,32 @@ mod tests {
     fn blocks_have_the_alignment_asked_for() {
         let alloc = MiMalloc;
         for align in [1, 2, 4, 8, 16, 32, 64, 4096] {
-            for size in [1, 3, 8, 12, 16, 24, 100, 1000, 1025, 5000, 70_000] {
+            for size in [1, 3, 8, 12, 16, 24, 40, 100, 1000, 1025, 5000, 70_000] {
                 let layout = Layout::from_size_align(size, align).unwrap();
-                // SAFETY: a non-zero size; the block is freed with its layout.
+                let grown = Layout::from_size_align(size * 3, align).unwrap();
+                // Several blocks alive at once, so that not only the first
+                // block of a page is looked at.
+                let mut blocks = Vec::new();
+                // SAFETY: non-zero sizes; every block is written within its
+                // size and freed once, with the layout it has.
                 unsafe {
-                    let p = alloc.alloc(layout);
-                    assert!(!p.is_null());
-                    assert_eq!(p as usize % align, 0, "size {size} align {align}");
-                    p.write_bytes(0xab, size);
-                    let q = alloc.realloc(p, layout, size * 3);
-                    assert_eq!(q as usize % align, 0, "realloc size {size} align {align}");
-                    assert_eq!(*q.add(size - 1), 0xab);
-                    alloc.dealloc(q, Layout::from_size_align(size * 3, align).unwrap());
-                    let z = alloc.alloc_zeroed(layout);
-                    assert_eq!(z as usize % align, 0);
-                    assert!((0..size).all(|i| *z.add(i) == 0));
-                    alloc.dealloc(z, layout);
+                    for _ in 0..16 {
+                        let p = alloc.alloc(layout);
+                        assert!(!p.is_null());
+                        assert_eq!(p as usize % align, 0, "size {size} align {align}");
+                        p.write_bytes(0xab, size);
+                        let q = alloc.realloc(p, layout, grown.size());
+                        assert_eq!(q as usize % align, 0, "realloc {size} align {align}");
+                        assert_eq!(*q.add(size - 1), 0xab);
+                        blocks.push(q);
+                        let z = alloc.alloc_zeroed(layout);
+                        assert_eq!(z as usize % align, 0);
+                        assert!((0..size).all(|i| *z.add(i) == 0));
+                        alloc.dealloc(z, layout);
+                    }
+                    for q in blocks {
+                        alloc.dealloc(q, grown);
+                    }
                 }
             }
         }
