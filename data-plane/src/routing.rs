@@ -243,29 +243,31 @@ routes:
         }
     }
 
-    fn router(doc: &str) -> Router<String> {
-        let config = routes(doc);
+    /// A router over `routes` (YAML list items) to one service `a`, each
+    /// route's value its name.
+    fn router(routes_yaml: &str) -> Router<String> {
+        let config = routes(&format!(
+            "version: 1\nservices: [{{ name: a }}]\nroutes:\n{routes_yaml}"
+        ));
         Router::build(config.routes.iter().map(|r| (r, r.name.clone()))).unwrap()
+    }
+
+    /// A request for `/x` with this Host header.
+    fn with_host(host: HeaderValue) -> Request<()> {
+        Request::builder()
+            .uri("/x")
+            .header(HOST, host)
+            .body(())
+            .unwrap()
     }
 
     #[test]
     fn host_routes_see_the_request_host() {
         let router = router(
-            r#"
-version: 1
-services: [{ name: a }]
-routes:
-  - { name: any, match: { path_prefix: / }, service: a }
-  - { name: api, match: { path_prefix: /, host: api.example.com }, service: a }
-"#,
+            "  - { name: any, match: { path_prefix: / }, service: a }
+  - { name: api, match: { path_prefix: /, host: api.example.com }, service: a }",
         );
-        let req = |host: &str| {
-            Request::builder()
-                .uri("/x")
-                .header(HOST, host)
-                .body(())
-                .unwrap()
-        };
+        let req = |host| with_host(HeaderValue::from_static(host));
         assert_eq!(
             route_name(&router, &req("API.Example.com:8080")).unwrap(),
             "api"
@@ -275,19 +277,8 @@ routes:
 
     #[test]
     fn without_host_routes_any_host_matches() {
-        let router = router(
-            r#"
-version: 1
-services: [{ name: a }]
-routes:
-  - { name: any, match: { path_prefix: / }, service: a }
-"#,
-        );
-        let odd = Request::builder()
-            .uri("/x")
-            .header(HOST, HeaderValue::from_bytes(b"caf\xe9").unwrap())
-            .body(())
-            .unwrap();
+        let router = router("  - { name: any, match: { path_prefix: / }, service: a }");
+        let odd = with_host(HeaderValue::from_bytes(b"caf\xe9").unwrap());
         assert_eq!(route_name(&router, &odd).unwrap(), "any");
         let none = Request::builder().uri("/x").body(()).unwrap();
         assert_eq!(route_name(&router, &none).unwrap(), "any");
@@ -295,22 +286,14 @@ routes:
 
     #[test]
     fn host_is_lower_cased_without_port() {
-        let req = Request::builder()
-            .uri("/x")
-            .header(HOST, "API.Example.com:8080")
-            .body(())
-            .unwrap();
+        let req = with_host(HeaderValue::from_static("API.Example.com:8080"));
         assert_eq!(request_host(&req).unwrap(), "api.example.com");
         let req = Request::builder()
             .uri("http://a.example.com/x")
             .body(())
             .unwrap();
         assert_eq!(request_host(&req).unwrap(), "a.example.com");
-        let req = Request::builder()
-            .uri("/x")
-            .header(HOST, "[::1]:80")
-            .body(())
-            .unwrap();
+        let req = with_host(HeaderValue::from_static("[::1]:80"));
         assert_eq!(request_host(&req).unwrap(), "[::1]");
         let req = Request::builder().uri("/x").body(()).unwrap();
         assert!(request_host(&req).is_none());
