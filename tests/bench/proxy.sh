@@ -15,9 +15,16 @@
 # also gives the proxy's CPU time per request, user and system (from
 # /proc/PID/stat around the run), and how idle core 1 (upstream and wrk)
 # stayed: near 0% means the load side, not the proxy, set the pace.
+#
+# The three targets run in a new random order each round, so that the
+# machine's drift favours none of them, and the last lines sum the rounds up:
+# the median of each round's gateway / HAProxy throughput (with the lowest
+# and highest), and each target's median throughput and p99. On a shared VM
+# many short rounds (the default, 20 of 3 s) give a steadier figure than few
+# long ones.
 set -euo pipefail
-secs=${1:-8}
-rounds=${2:-3}
+secs=${1:-3}
+rounds=${2:-20}
 mode=${3:-plain}
 case "$mode" in plain|jwt) ;; *) echo "mode must be plain or jwt"; exit 2 ;; esac
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -28,7 +35,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$wo
 source "$(dirname "$0")/setup.sh"
 token=$(bench_token)
 
-for tool in wrk nginx haproxy python3; do
+for tool in wrk nginx haproxy python3 shuf; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y wrk nginx-light haproxy"; exit 1; }
 done
 
@@ -77,8 +84,26 @@ run() {
       printf "%s req/s p99 %s%s%s%s\n", r, p, cpu, load, e
     }'
 }
+declare -A port=([direct]=$up [haproxy]=$hap [gateway]=$dp)
+declare -A pid=([direct]="" [haproxy]=$hap_pid [gateway]=$dp_pid)
 for i in $(seq "$rounds"); do
-  echo "round $i: direct    $(run $up)"
-  echo "round $i: haproxy   $(run $hap $hap_pid)"
-  echo "round $i: gateway   $(run $dp $dp_pid)"
+  for target in $(shuf -e direct haproxy gateway); do
+    line=$(run "${port[$target]}" "${pid[$target]}")
+    printf "round %s: %-9s %s\n" "$i" "$target" "$line"
+    echo "$i $target $line" >>"$work/results"
+  done
 done
+python3 - "$work/results" <<'PY'
+import re, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    n, target, rps, _, _, p99 = line.split()[:6]
+    unit = re.sub(r"[0-9.]", "", p99)
+    ms = float(re.sub(r"[a-z]", "", p99)) * {"us": 0.001, "ms": 1, "s": 1000}.get(unit, 1)
+    runs.setdefault(target, {})[n] = (float(rps), ms)
+for target in ("direct", "haproxy", "gateway"):
+    r = runs[target].values()
+    print(f"median {target:8} {statistics.median(x for x, _ in r):9.0f} req/s  p99 {statistics.median(p for _, p in r):.2f} ms")
+ratios = sorted(runs["gateway"][n][0] / runs["haproxy"][n][0] for n in runs["gateway"])
+print(f"gateway / haproxy: median {statistics.median(ratios):.2f}x (lowest {ratios[0]:.2f}x, highest {ratios[-1]:.2f}x, {len(ratios)} rounds)")
+PY
