@@ -36,6 +36,9 @@ use tonic::codegen::{http, BoxFuture, Service, StdError};
 use tonic::server::{NamedService, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
 
+/// Longest a Hello waits for the view to catch up with the store.
+const GREET_CATCH_UP: Duration = Duration::from_secs(1);
+
 /// Time a data plane has to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Least time between two writes of data planes' status by one replica.
@@ -580,19 +583,39 @@ impl Session {
         })
     }
 
+    /// Waits (a bounded time) until the view holds every change committed
+    /// to the store before now and at least `seen`, so that a data plane
+    /// never starts from less than what a write acknowledged before it
+    /// connected. The view follows the change log a moment behind the
+    /// store; without the store (down), it starts from what the view has.
+    async fn catch_up(&self, seen: u64) {
+        let view = &self.ctx.view;
+        let wait = async {
+            let head = match self.ctx.store.head().await {
+                Ok(head) => head.version,
+                Err(e) => {
+                    tracing::debug!(error = %e, "store head unavailable; greeting from the view as it is");
+                    0
+                }
+            };
+            let target = head.max(seen);
+            if target > view.stamp().version {
+                view.wait_for_version(target, GREET_CATCH_UP).await;
+            }
+        };
+        // Bounded as a whole: a store outage must not hold data planes back.
+        let _ = tokio::time::timeout(GREET_CATCH_UP, wait).await;
+    }
+
     /// Answers the Hello: nothing when current, the missing deltas when the
     /// ring has them, else a snapshot.
     async fn greet(&mut self, hello: &pb::Hello) -> Result<(), Closed> {
         let same_epoch = hello.version > 0 && self.ctx.view.read().epoch() == hello.epoch;
+        // The data plane may have seen a newer version through another replica.
+        let seen = if same_epoch { hello.version } else { 0 };
+        self.catch_up(seen).await;
         if !same_epoch {
             return self.send_snapshot().await;
-        }
-        if hello.version > self.ctx.view.stamp().version {
-            // The data plane saw a newer version through another replica.
-            self.ctx
-                .view
-                .wait_for_version(hello.version, Duration::from_secs(2))
-                .await;
         }
         let stamp = self.ctx.view.stamp();
         if hello.version == stamp.version {
@@ -798,6 +821,59 @@ mod tests {
         assert_eq!(decoded.epoch, "e");
         assert_eq!(decoded.upserts.len(), 2);
         assert!(GatewayConfig::from_json(&decoded.config_json).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_hello_is_answered_with_what_the_store_held_when_it_came() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::memory::MemoryStore::new());
+        let ttl = Duration::from_secs(30);
+        store
+            .register(&instance("a").spec, ttl, false)
+            .await
+            .unwrap();
+        let (snapshot, history) = crate::view::load_snapshot(store.as_ref()).await.unwrap();
+        let view = View::new(snapshot, history, 100);
+        let written = store
+            .register(&instance("b").spec, ttl, false)
+            .await
+            .unwrap();
+        // The view reads the change log a moment after the write returned.
+        let changes = store.changes_after(view.stamp().version, 10).await.unwrap();
+        let lagging = view.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            lagging.apply(changes).unwrap();
+        });
+        let ctx = Arc::new(DiscoveryContext {
+            view: view.clone(),
+            store,
+            replica: "r".into(),
+            metrics: Arc::new(Metrics::new()),
+            cache: UpdateCache::default(),
+            sessions: Sessions::default(),
+            status: Arc::default(),
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut session = Session {
+            ctx,
+            local_id: 0,
+            tx,
+            sent: None,
+            snapshot_sent: None,
+            record: DataPlaneRecord::default(),
+        };
+        let hello = pb::Hello {
+            node_id: "dp".into(),
+            ..pb::Hello::default()
+        };
+        assert!(session.greet(&hello).await.is_ok());
+        let first = rx.recv().await.unwrap().unwrap();
+        assert!(first.is_snapshot());
+        assert_eq!(first.version(), written.version);
+        let decoded = pb::ConfigUpdate::decode(first.bytes().clone()).unwrap();
+        assert_eq!(decoded.upserts.len(), 2);
     }
 
     #[test]
