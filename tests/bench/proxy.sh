@@ -5,6 +5,13 @@
 #
 #   tests/bench/proxy.sh [seconds-per-run] [rounds] [plain|jwt]
 #
+# HAProxy runs twice: as configured out of the box ("haproxy": it forwards
+# the client's request and the upstream's answer as they are), and made to
+# send what the data plane sends ("haproxy+h": X-Forwarded-For/Proto/Host,
+# X-Original-IP, X-Gateway-Forwarded and a deadline to the upstream, an
+# X-Request-ID both ways), so that the upstream and wrk parse the same bytes
+# behind both proxies.
+#
 # jwt: every request carries the same HS256 access token; HAProxy verifies it
 # with jwt_verify and checks exp, the data plane with a route that requires a
 # token (JWT_SECRET).
@@ -16,12 +23,12 @@
 # /proc/PID/stat around the run), and how idle core 1 (upstream and wrk)
 # stayed: near 0% means the load side, not the proxy, set the pace.
 #
-# The three targets run in a new random order each round, so that the
+# The four targets run in a new random order each round, so that the
 # machine's drift favours none of them, and the last lines sum the rounds up:
-# the median of each round's gateway / HAProxy throughput (with the lowest
-# and highest), and each target's median throughput and p99. On a shared VM
-# many short rounds (the default, 20 of 3 s) give a steadier figure than few
-# long ones.
+# each target's median throughput and p99, and the median of each round's
+# gateway / HAProxy throughput (with the lowest and highest), against both
+# HAProxy configurations. On a shared VM many short rounds (the default, 20
+# of 3 s) give a steadier figure than few long ones.
 set -euo pipefail
 secs=${1:-3}
 rounds=${2:-20}
@@ -39,8 +46,8 @@ for tool in wrk nginx haproxy python3 shuf; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y wrk nginx-light haproxy"; exit 1; }
 done
 
-up=18080; hap=18081; dp=18082; dpadmin=18092
-write_configs $up $hap
+up=18080; hap=18081; dp=18082; haph=18083; dpadmin=18092
+write_configs $up $hap $haph
 
 (cd "$root" && cargo build --release -q -p data-plane)
 bin="${CARGO_TARGET_DIR:-$root/target}/release/data-plane"
@@ -48,13 +55,15 @@ bin="${CARGO_TARGET_DIR:-$root/target}/release/data-plane"
 taskset -c 1 nginx -c "$work/nginx.conf" &
 taskset -c 0 haproxy -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
 hap_pid=$!
+taskset -c 0 haproxy -f "$work/haproxy-headers.cfg" >"$work/haproxy-headers.log" 2>&1 &
+haph_pid=$!
 JWT_SECRET=$secret LOG_LEVEL=warn taskset -c 0 "$bin" --config "$work/gateway.yaml" --listen 127.0.0.1:$dp \
   --admin-listen 127.0.0.1:$dpadmin >"$work/dp.log" 2>&1 &
 dp_pid=$!
 sleep 1
 auth=()
 [ "$mode" = jwt ] && auth=(-H "Authorization: Bearer $token")
-for port in $up $hap $dp; do curl -sf "${auth[@]}" "http://127.0.0.1:$port/" >/dev/null || { echo "nothing answers on $port"; cat "$work/dp.log"; exit 1; }; done
+for port in $up $hap $haph $dp; do curl -sf "${auth[@]}" "http://127.0.0.1:$port/" >/dev/null || { echo "nothing answers on $port"; cat "$work/dp.log"; exit 1; }; done
 
 tick=$(getconf CLK_TCK)
 # cpu_ticks PID: user and system clock ticks the process has used.
@@ -84,10 +93,10 @@ run() {
       printf "%s req/s p99 %s%s%s%s\n", r, p, cpu, load, e
     }'
 }
-declare -A port=([direct]=$up [haproxy]=$hap [gateway]=$dp)
-declare -A pid=([direct]="" [haproxy]=$hap_pid [gateway]=$dp_pid)
+declare -A port=([direct]=$up [haproxy]=$hap [haproxy+h]=$haph [gateway]=$dp)
+declare -A pid=([direct]="" [haproxy]=$hap_pid [haproxy+h]=$haph_pid [gateway]=$dp_pid)
 for i in $(seq "$rounds"); do
-  for target in $(shuf -e direct haproxy gateway); do
+  for target in $(shuf -e direct haproxy haproxy+h gateway); do
     line=$(run "${port[$target]}" "${pid[$target]}")
     printf "round %s: %-9s %s\n" "$i" "$target" "$line"
     echo "$i $target $line" >>"$work/results"
@@ -101,9 +110,10 @@ for line in open(sys.argv[1]):
     unit = re.sub(r"[0-9.]", "", p99)
     ms = float(re.sub(r"[a-z]", "", p99)) * {"us": 0.001, "ms": 1, "s": 1000}.get(unit, 1)
     runs.setdefault(target, {})[n] = (float(rps), ms)
-for target in ("direct", "haproxy", "gateway"):
+for target in ("direct", "haproxy", "haproxy+h", "gateway"):
     r = runs[target].values()
-    print(f"median {target:8} {statistics.median(x for x, _ in r):9.0f} req/s  p99 {statistics.median(p for _, p in r):.2f} ms")
-ratios = sorted(runs["gateway"][n][0] / runs["haproxy"][n][0] for n in runs["gateway"])
-print(f"gateway / haproxy: median {statistics.median(ratios):.2f}x (lowest {ratios[0]:.2f}x, highest {ratios[-1]:.2f}x, {len(ratios)} rounds)")
+    print(f"median {target:9} {statistics.median(x for x, _ in r):9.0f} req/s  p99 {statistics.median(p for _, p in r):.2f} ms")
+for base in ("haproxy", "haproxy+h"):
+    ratios = sorted(runs["gateway"][n][0] / runs[base][n][0] for n in runs["gateway"])
+    print(f"gateway / {base:9}: median {statistics.median(ratios):.2f}x (lowest {ratios[0]:.2f}x, highest {ratios[-1]:.2f}x, {len(ratios)} rounds)")
 PY

@@ -17,8 +17,9 @@ print(f"{head}.{body}.{sig}")
 PY
 }
 
-# write_configs UP HAP: nginx.conf (upstream on port UP), haproxy.cfg
-# (listening on HAP) and gateway.yaml in $work, for $mode (plain or jwt).
+# write_configs UP HAP [HAP_HEADERS]: nginx.conf (upstream on port UP),
+# haproxy.cfg (listening on HAP), haproxy-headers.cfg (on HAP_HEADERS) and
+# gateway.yaml in $work, for $mode (plain or jwt).
 write_configs() {
   local up=$1 hap=$2
 cat > "$work/nginx.conf" <<CONF
@@ -59,6 +60,20 @@ backend be
   http-reuse always
   server s1 127.0.0.1:$up
 CONF
+# The same HAProxy made to send what the data plane sends: the upstream gets
+# the forwarding headers, a request id and a deadline, the client the request
+# id (byte for byte as long as the data plane's, so that the upstream and wrk
+# do the same work behind both).
+sed -e "s/bind 127.0.0.1:$hap/bind 127.0.0.1:${3:-0}/" -e '/default_backend be/i\
+  option forwardfor\
+  http-request set-header X-Request-ID %[uuid()] unless { req.hdr(x-request-id) -m found }\
+  http-request set-var(txn.rid) req.hdr(x-request-id)\
+  http-request set-header X-Original-IP %[src]\
+  http-request set-header X-Forwarded-Proto http\
+  http-request set-header X-Gateway-Forwarded true\
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]\
+  http-request set-header X-Request-Deadline-Ms 9999\
+  http-response set-header X-Request-ID %[var(txn.rid)]' "$work/haproxy.cfg" >"$work/haproxy-headers.cfg"
 cat > "$work/gateway.yaml" <<CONF
 version: 1
 services:
