@@ -149,9 +149,7 @@ fn fingerprint(topology: &pb::Topology) -> pb::Topology {
 impl Inner {
     /// Waits until the view holds at least the store's current version.
     async fn catch_up(&self) -> Result<(), Status> {
-        let head = self.store.head().await?;
-        self.view.wait_for_version(head.version, CATCH_UP).await;
-        Ok(())
+        Ok(self.view.catch_up(self.store.as_ref(), 0, CATCH_UP).await?)
     }
 
     async fn apply_config(

@@ -586,25 +586,16 @@ impl Session {
     /// Waits (a bounded time) until the view holds every change committed
     /// to the store before now and at least `seen`, so that a data plane
     /// never starts from less than what a write acknowledged before it
-    /// connected. The view follows the change log a moment behind the
-    /// store; without the store (down), it starts from what the view has.
+    /// connected. Without the store (down), it starts from what the view has.
     async fn catch_up(&self, seen: u64) {
-        let view = &self.ctx.view;
-        let wait = async {
-            let head = match self.ctx.store.head().await {
-                Ok(head) => head.version,
-                Err(e) => {
-                    tracing::debug!(error = %e, "store head unavailable; greeting from the view as it is");
-                    0
-                }
-            };
-            let target = head.max(seen);
-            if target > view.stamp().version {
-                view.wait_for_version(target, GREET_CATCH_UP).await;
-            }
-        };
+        let caught_up = self
+            .ctx
+            .view
+            .catch_up(self.ctx.store.as_ref(), seen, GREET_CATCH_UP);
         // Bounded as a whole: a store outage must not hold data planes back.
-        let _ = tokio::time::timeout(GREET_CATCH_UP, wait).await;
+        if let Ok(Err(e)) = tokio::time::timeout(GREET_CATCH_UP, caught_up).await {
+            tracing::debug!(error = %e, "store head unavailable; greeting from the view as it is");
+        }
     }
 
     /// Answers the Hello: nothing when current, the missing deltas when the

@@ -240,6 +240,22 @@ impl View {
         matches!(reached, Ok(Ok(_)))
     }
 
+    /// Waits (up to `timeout`) until the view holds every change the store
+    /// had committed when called, and at least `version`: the view follows
+    /// the change log a moment behind the store, and readers that must see
+    /// an acknowledged write wait here first.
+    pub async fn catch_up(
+        &self,
+        store: &dyn Store,
+        version: u64,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        let head = store.head().await?;
+        self.wait_for_version(head.version.max(version), timeout)
+            .await;
+        Ok(())
+    }
+
     /// Replaces everything with `snapshot` (a new generation). `history`
     /// refills the ring when it ends exactly at the snapshot's version.
     pub fn load(&self, snapshot: Snapshot, history: Vec<Change>) {

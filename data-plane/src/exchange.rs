@@ -37,15 +37,14 @@ const READ_CHUNK: usize = 8192;
 const MAX_CHUNK_LINE: usize = 4096;
 /// Largest trailer section accepted.
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// Most trailer fields accepted.
+const MAX_TRAILERS: usize = 32;
 /// Room left in a response's header map for the fields the gateway adds
 /// without regrowing it (X-Request-ID, CORS, security headers). hyper clears
 /// a connection's last response map and parses the next request head into
 /// it, so the room also serves the fields added to requests (the identity
 /// headers, X-Request-ID).
 const HEADROOM: usize = 8;
-
-/// Most trailer fields accepted.
-const MAX_TRAILERS: usize = 32;
 
 /// An idle connection to an instance, as its pool keeps it.
 #[derive(Debug)]

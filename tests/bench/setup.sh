@@ -18,8 +18,8 @@ PY
 }
 
 # write_configs UP HAP [HAP_HEADERS]: nginx.conf (upstream on port UP),
-# haproxy.cfg (listening on HAP), haproxy-headers.cfg (on HAP_HEADERS) and
-# gateway.yaml in $work, for $mode (plain or jwt).
+# haproxy.cfg (listening on HAP), haproxy-headers.cfg (on HAP_HEADERS, when
+# given) and gateway.yaml in $work, for $mode (plain or jwt).
 write_configs() {
   local up=$1 hap=$2
 cat > "$work/nginx.conf" <<CONF
@@ -64,7 +64,7 @@ CONF
 # the forwarding headers, a request id and a deadline, the client the request
 # id (byte for byte as long as the data plane's, so that the upstream and wrk
 # do the same work behind both).
-sed -e "s/bind 127.0.0.1:$hap/bind 127.0.0.1:${3:-0}/" -e '/default_backend be/i\
+[ -n "${3:-}" ] && sed -e "s/bind 127.0.0.1:$hap/bind 127.0.0.1:$3/" -e '/default_backend be/i\
   option forwardfor\
   http-request set-header X-Request-ID %[uuid()] unless { req.hdr(x-request-id) -m found }\
   http-request set-var(txn.rid) req.hdr(x-request-id)\
