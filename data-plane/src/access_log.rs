@@ -66,6 +66,7 @@ impl AccessLog {
             uri: req.uri().clone(),
             request_id: req.headers().get(X_REQUEST_ID).cloned(),
             seen: Seen::default(),
+            written: false,
         })
     }
 }
@@ -77,7 +78,9 @@ pub struct Seen {
     tenant: Option<HeaderValue>,
 }
 
-/// A request whose line is written once its answer is known.
+/// A request whose line is written once its answer is known, or, when the
+/// client goes away first (its request is dropped unanswered), with nginx's
+/// status 499.
 #[derive(Debug)]
 pub struct Pending {
     start: Instant,
@@ -85,7 +88,11 @@ pub struct Pending {
     uri: Uri,
     request_id: Option<HeaderValue>,
     seen: Seen,
+    written: bool,
 }
+
+/// Status of a line whose client closed the connection before the answer.
+const CLIENT_CLOSED: u16 = 499;
 
 /// Notes the route a request matched (no-op without a pending line).
 pub fn note_route(pending: &mut Option<Pending>, route: &Arc<RouteRuntime>) {
@@ -105,11 +112,7 @@ pub fn note_identity(pending: &mut Option<Pending>, headers: &HeaderMap) {
 
 impl Pending {
     /// Writes the line for `response`.
-    pub fn finish<B>(self, response: &Response<B>) {
-        let (route, service) = match &self.seen.route {
-            Some(r) => (r.name.as_str(), r.service_name.as_str()),
-            None => ("", ""),
-        };
+    pub fn finish<B>(mut self, response: &Response<B>) {
         let instance = response
             .extensions()
             .get::<UpstreamInstance>()
@@ -119,6 +122,15 @@ impl Pending {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        self.write(response.status().as_u16(), instance, bytes);
+    }
+
+    fn write(&mut self, status: u16, instance: &str, bytes: Option<u64>) {
+        self.written = true;
+        let (route, service) = match &self.seen.route {
+            Some(r) => (r.name.as_str(), r.service_name.as_str()),
+            None => ("", ""),
+        };
         let latency_ms = self.start.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(
             target: TARGET,
@@ -127,13 +139,21 @@ impl Pending {
             route,
             service,
             instance,
-            status = response.status().as_u16(),
+            status,
             latency_ms = (latency_ms * 1000.0).round() / 1000.0,
             request_id = text(self.request_id.as_ref()),
             tenant = text(self.seen.tenant.as_ref()),
             bytes,
             "request"
         );
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.written {
+            self.write(CLIENT_CLOSED, "", None);
+        }
     }
 }
 

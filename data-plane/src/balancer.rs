@@ -200,14 +200,23 @@ impl Pool {
         }
     }
 
-    /// Picks an endpoint that `skip` does not refuse, if there is one.
+    /// Picks an endpoint that `skip` does not refuse, if there is one. A
+    /// retry's pick looks ahead in the round-robin schedule without taking
+    /// a turn of it: otherwise the retry would take the turn of the
+    /// instance after the one that failed, and every first attempt would
+    /// land on the failing instance again.
     #[inline]
-    fn pick(&self, hash: Option<u64>, skip: impl Fn(&Endpoint) -> bool) -> Option<&Arc<Endpoint>> {
+    fn pick(
+        &self,
+        hash: Option<u64>,
+        retry: bool,
+        skip: impl Fn(&Endpoint) -> bool,
+    ) -> Option<&Arc<Endpoint>> {
         let n = self.endpoints.len();
         match &self.picker {
             Picker::RoundRobin(rr) => {
-                for _ in 0..TRIES.min(n) {
-                    let e = &self.endpoints[rr.next()];
+                for i in 0..TRIES.min(n) {
+                    let e = &self.endpoints[if retry { rr.peek(i) } else { rr.next() }];
                     if !skip(e) {
                         return Some(e);
                     }
@@ -376,20 +385,21 @@ impl Balancer {
         let ejected = self.outlier.as_ref().map_or(0, |o| o.ejected_count());
         let available = healthy.endpoints.len().saturating_sub(ejected) as u64;
         let was_tried = |e: &Endpoint| tried.iter().any(|t| std::ptr::eq(&**t, e));
+        let retry = !tried.is_empty();
         if available * 100 < self.panic_percent * self.total as u64 {
             // Panic: spread over every instance, ejected and unhealthy ones too.
             let pool = self.all.as_ref().unwrap_or(healthy);
             return pool
-                .pick(hash, was_tried)
-                .or_else(|| pool.pick(hash, |_| false));
+                .pick(hash, retry, was_tried)
+                .or_else(|| pool.pick(hash, retry, |_| false));
         }
         if ejected == 0 {
-            if tried.is_empty() {
-                return healthy.pick(hash, |_| false);
+            if !retry {
+                return healthy.pick(hash, false, |_| false);
             }
             return healthy
-                .pick(hash, was_tried)
-                .or_else(|| healthy.pick(hash, |_| false));
+                .pick(hash, true, was_tried)
+                .or_else(|| healthy.pick(hash, true, |_| false));
         }
         let now = now_ms();
         let is_ejected = |e: &Endpoint| {
@@ -397,9 +407,9 @@ impl Balancer {
                 && self.outlier.as_ref().is_some_and(|o| o.is_ejected(e, now))
         };
         healthy
-            .pick(hash, |e| is_ejected(e) || was_tried(e))
-            .or_else(|| healthy.pick(hash, is_ejected))
-            .or_else(|| healthy.pick(hash, |_| false))
+            .pick(hash, retry, |e| is_ejected(e) || was_tried(e))
+            .or_else(|| healthy.pick(hash, retry, is_ejected))
+            .or_else(|| healthy.pick(hash, retry, |_| false))
     }
 
     /// The healthy endpoints this balancer spreads requests over.
@@ -485,6 +495,14 @@ impl WeightedRoundRobin {
     #[inline]
     fn next(&self) -> usize {
         let n = self.cursor.fetch_add(1, Ordering::Relaxed);
+        self.schedule[n % self.schedule.len()] as usize
+    }
+
+    /// The instance `ahead` places past the next turn, leaving the turns
+    /// as they are.
+    #[inline]
+    fn peek(&self, ahead: usize) -> usize {
+        let n = self.cursor.load(Ordering::Relaxed).wrapping_add(ahead);
         self.schedule[n % self.schedule.len()] as usize
     }
 }
@@ -589,6 +607,21 @@ pub(crate) mod tests {
         let b = Balancer::round_robin(vec![endpoint("a", 3), endpoint("b", 1)]);
         let c = counts(&b, 400, |_| None);
         assert_eq!((c["a"], c["b"]), (300, 100));
+    }
+
+    #[test]
+    fn a_retry_does_not_take_the_next_first_attempts_turn() {
+        let b = Balancer::round_robin(vec![endpoint("good", 1), endpoint("bad", 1)]);
+        let mut first_on_bad = 0;
+        for _ in 0..20 {
+            let first = b.pick(None).unwrap().clone();
+            if &*first.id == "bad" {
+                first_on_bad += 1;
+                let retry = b.pick_excluding(None, &[first]).unwrap();
+                assert_eq!(&*retry.id, "good");
+            }
+        }
+        assert_eq!(first_on_bad, 10, "first attempts must alternate");
     }
 
     #[test]

@@ -10,6 +10,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 /// The request body grew past the route's limit.
@@ -20,7 +22,7 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
-/// Error of a streamed request body.
+/// Error of a streamed request body: always the client's side.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestBodyError {
     /// Over the limit.
@@ -29,6 +31,78 @@ pub enum RequestBodyError {
     /// The client's stream failed.
     #[error("reading the request body: {0}")]
     Read(#[from] hyper::Error),
+}
+
+/// How a client's request body failed. None of these says anything about
+/// the upstream: they are answered to the client and never count against a
+/// service (breaker, outlier detection, retries, upstream error metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// More bytes than the route's limit (413).
+    TooLarge,
+    /// Framing that does not parse: a bad chunk size or chunk line (400).
+    Malformed,
+    /// The client closed the connection before the end of its body (499).
+    Gone,
+    /// The body did not arrive before the request's deadline (408).
+    TooSlow,
+}
+
+impl ClientFault {
+    /// Name in spans and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientFault::TooLarge => "body_too_large",
+            ClientFault::Malformed => "client_body_malformed",
+            ClientFault::Gone => "client_closed",
+            ClientFault::TooSlow => "client_body_timeout",
+        }
+    }
+
+    /// The fault a failed read of the client's body stands for.
+    pub fn of_read(err: &hyper::Error) -> Self {
+        let malformed = std::error::Error::source(err)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                )
+            });
+        if malformed || err.is_parse() {
+            ClientFault::Malformed
+        } else {
+            ClientFault::Gone
+        }
+    }
+}
+
+impl RequestBodyError {
+    /// What the client did wrong.
+    pub fn fault(&self) -> ClientFault {
+        match self {
+            RequestBodyError::TooLarge(_) => ClientFault::TooLarge,
+            RequestBodyError::Read(err) => ClientFault::of_read(err),
+        }
+    }
+}
+
+/// Whether a streamed request body is waiting for the client's next bytes.
+/// The body sets it as it is polled; the attempt reads it when its deadline
+/// passes, to tell a client too slow to send its body (408) from an
+/// upstream too slow to answer (504).
+#[derive(Debug, Clone, Default)]
+pub struct ClientWait(Arc<AtomicBool>);
+
+impl ClientWait {
+    /// Whether the last poll of the body found nothing from the client.
+    pub fn waiting(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, waiting: bool) {
+        self.0.store(waiting, Ordering::Relaxed);
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -44,6 +118,8 @@ pin_project_lite::pin_project! {
             inner: Incoming,
             limit: u64,
             seen: u64,
+            // Only for a body that has bytes to come.
+            wait: Option<ClientWait>,
         },
         /// Buffered; sent as one frame.
         Buffered {
@@ -55,10 +131,21 @@ pin_project_lite::pin_project! {
 impl LimitedBody {
     /// Wraps `inner` with a limit of `limit` bytes.
     pub fn new(inner: Incoming, limit: u64) -> Self {
+        let wait = (!inner.is_end_stream()).then(ClientWait::default);
         LimitedBody::Streaming {
             inner,
             limit,
             seen: 0,
+            wait,
+        }
+    }
+
+    /// The flag that tells whether this body is waiting for the client
+    /// (`None` for a body that is already whole).
+    pub fn client_wait(&self) -> Option<ClientWait> {
+        match self {
+            LimitedBody::Streaming { wait, .. } => wait.clone(),
+            LimitedBody::Buffered { .. } => None,
         }
     }
 
@@ -66,6 +153,28 @@ impl LimitedBody {
     pub fn buffered(data: Bytes) -> Self {
         LimitedBody::Buffered {
             data: (!data.is_empty()).then_some(data),
+        }
+    }
+}
+
+impl LimitedBody {
+    /// Counts a frame from the client against the limit.
+    fn limit_frame(
+        frame: Option<Result<Frame<Bytes>, hyper::Error>>,
+        limit: &u64,
+        seen: &mut u64,
+    ) -> Option<Result<Frame<Bytes>, RequestBodyError>> {
+        match frame? {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    *seen += data.len() as u64;
+                    if *seen > *limit {
+                        return Some(Err(BodyTooLarge { limit: *limit }.into()));
+                    }
+                }
+                Some(Ok(frame))
+            }
+            Err(e) => Some(Err(e.into())),
         }
     }
 }
@@ -79,19 +188,24 @@ impl Body for LimitedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project() {
-            LimitedBodyProj::Streaming { inner, limit, seen } => match ready!(inner.poll_frame(cx))
-            {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        *seen += data.len() as u64;
-                        if *seen > *limit {
-                            return Poll::Ready(Some(Err(BodyTooLarge { limit: *limit }.into())));
-                        }
+            LimitedBodyProj::Streaming {
+                inner,
+                limit,
+                seen,
+                wait,
+            } => match inner.poll_frame(cx) {
+                Poll::Pending => {
+                    if let Some(wait) = wait {
+                        wait.set(true);
                     }
-                    Poll::Ready(Some(Ok(frame)))
+                    Poll::Pending
                 }
-                Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
-                None => Poll::Ready(None),
+                Poll::Ready(frame) => {
+                    if let Some(wait) = wait {
+                        wait.set(false);
+                    }
+                    Poll::Ready(Self::limit_frame(frame, limit, seen))
+                }
             },
             LimitedBodyProj::Buffered { data } => {
                 Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))

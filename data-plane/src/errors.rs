@@ -10,6 +10,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Header carrying the request id.
 pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
+/// nginx's status for a request whose client went away first.
+const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 /// Why the gateway answered instead of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GatewayError {
@@ -31,6 +37,10 @@ pub enum GatewayError {
     CircuitOpen,
     /// The request body did not arrive within the deadline.
     RequestTimeout,
+    /// The client closed its connection before the end of its request
+    /// body: nginx's 499, for the access log and metrics (the client is
+    /// gone and reads no answer).
+    ClientClosedRequest,
     /// The request body could not be read, or the request is malformed
     /// or ambiguous (path tricks, conflicting framing headers).
     BadRequest,
@@ -79,6 +89,7 @@ impl GatewayError {
             | Self::AuthUnavailable
             | Self::AuthorizationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::ClientClosedRequest => CLIENT_CLOSED_REQUEST,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::CorsOriginNotAllowed => StatusCode::FORBIDDEN,
@@ -105,6 +116,7 @@ impl GatewayError {
             Self::BadGateway => "BAD_GATEWAY",
             Self::CircuitOpen => "CIRCUIT_OPEN",
             Self::RequestTimeout => "REQUEST_TIMEOUT",
+            Self::ClientClosedRequest => "CLIENT_CLOSED_REQUEST",
             Self::BadRequest => "BAD_REQUEST",
             Self::Unauthenticated => "AUTHENTICATION_ERROR",
             Self::CorsOriginNotAllowed => "CORS_ORIGIN_NOT_ALLOWED",
@@ -141,7 +153,7 @@ impl GatewayError {
         let id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
         let mut body = serde_json::json!({
             "statusCode": status.as_u16(),
-            "error": status.canonical_reason().unwrap_or("Error"),
+            "error": reason(status),
             "message": message,
             "code": self.code(),
             "requestId": id,
@@ -162,6 +174,15 @@ impl GatewayError {
         // upstream failures into 500).
         response.extensions_mut().insert(self);
         response
+    }
+}
+
+/// The reason phrase of `status`, with nginx's name for 499.
+fn reason(status: StatusCode) -> &'static str {
+    match status.canonical_reason() {
+        Some(reason) => reason,
+        None if status == CLIENT_CLOSED_REQUEST => "Client Closed Request",
+        None => "Error",
     }
 }
 

@@ -327,8 +327,17 @@ async fn send_streaming(
     let mut upload = Upload(tokio::spawn(async move {
         let mut wr = wr;
         let mut scratch = Vec::new();
-        send_body(&mut wr, body, framing, &mut scratch).await?;
-        Ok(wr)
+        match send_body(&mut wr, body, framing, &mut scratch).await {
+            Ok(()) => Ok(wr),
+            Err(e) => {
+                // A client's body that failed must not reach the instance
+                // as a request cut short by a FIN, which it could answer
+                // before the failure is seen here: the socket closes only
+                // once the exchange drops its read half.
+                wr.forget();
+                Err(e)
+            }
+        }
     }));
     let first = {
         let reading = read_head(&mut rd, read, fields);

@@ -16,6 +16,7 @@
 //! names would flag the connection, and the next chunked request on it would
 //! be refused; only a client crafting such bodies can cause that, to itself.
 
+use crate::linger::{self, Linger};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,10 +24,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The note one connection's scanner leaves for its request handler.
+/// The notes one connection's stream and its request handler leave each
+/// other: the scanner's conflicting framing, and whether the last request
+/// came with a body (whose unread rest makes the close linger).
 #[derive(Debug, Default)]
 pub struct FramingWatch {
     conflict: AtomicBool,
+    body: AtomicBool,
 }
 
 impl FramingWatch {
@@ -44,6 +48,18 @@ impl FramingWatch {
 
     fn flag(&self) {
         self.conflict.store(true, Ordering::Relaxed);
+    }
+
+    /// Notes whether the request being handled has a body to come.
+    #[inline]
+    pub fn note_body(&self, has_body: bool) {
+        self.body.store(has_body, Ordering::Relaxed);
+    }
+
+    /// Whether the last request had a body: the client may still be
+    /// sending it when the connection closes.
+    fn body_expected(&self) -> bool {
+        self.body.load(Ordering::Relaxed)
     }
 }
 
@@ -148,12 +164,14 @@ fn starts_with_ignore_case(line: &[u8], prefix: &[u8]) -> bool {
 
 pin_project_lite::pin_project! {
     /// A client connection's stream whose incoming bytes are scanned for
-    /// conflicting framing headers; writes pass straight through.
+    /// conflicting framing headers; writes pass straight through, and its
+    /// close lingers ([`crate::linger`]).
     pub struct Watched<S> {
         #[pin]
         inner: S,
         scanner: HeadScanner,
         watch: Arc<FramingWatch>,
+        linger: Option<Linger>,
     }
 }
 
@@ -164,6 +182,7 @@ impl<S> Watched<S> {
             inner,
             scanner: HeadScanner::new(),
             watch,
+            linger: None,
         }
     }
 }
@@ -186,7 +205,7 @@ impl<S: AsyncRead> AsyncRead for Watched<S> {
     }
 }
 
-impl<S: AsyncWrite> AsyncWrite for Watched<S> {
+impl<S: AsyncRead + AsyncWrite> AsyncWrite for Watched<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -211,8 +230,12 @@ impl<S: AsyncWrite> AsyncWrite for Watched<S> {
         self.project().inner.poll_flush(cx)
     }
 
+    /// hyper shuts the stream down once the connection is done: the
+    /// close lingers while the client may still be sending.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+        let this = self.project();
+        let expected = this.watch.body_expected();
+        linger::poll_close(this.inner, this.linger, expected, cx)
     }
 }
 

@@ -28,6 +28,7 @@ pub mod headers;
 pub mod health;
 pub mod jwks;
 pub mod layers;
+pub mod linger;
 pub mod lookup;
 pub mod maglev;
 pub mod metrics;

@@ -113,7 +113,8 @@ pub async fn call(
                     Err(CallError::Unreachable(kind, err.to_string())),
                 )
             }
-            Failure::BodyTooLarge => (Outcome::Neutral, Err(CallError::TooLarge)),
+            // A lookup sends no client body: only its own limit applies.
+            Failure::Client(_) => (Outcome::Neutral, Err(CallError::TooLarge)),
         },
         Ok(Err(Exchange::Body(reason))) => {
             service.errors.count(UpstreamErrorKind::Protocol);

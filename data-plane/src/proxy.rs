@@ -3,7 +3,7 @@
 use crate::access_log::{self, AccessLog};
 use crate::auth::{AuthError, Verifier};
 use crate::balancer::Endpoint;
-use crate::body::{ClientBody, LimitedBody, ProxyBody};
+use crate::body::{ClientBody, ClientFault, LimitedBody, ProxyBody};
 use crate::breaker::{self, Permit, Rejected};
 use crate::deadline::{self, Deadline};
 use crate::errors::{GatewayError, X_REQUEST_ID};
@@ -570,7 +570,7 @@ async fn forward(
                     ClientBody::Streaming(_) if body.is_end_stream() => Bytes::new(),
                     ClientBody::Streaming(body) => match read_body(body, &deadline).await {
                         Ok(bytes) => bytes,
-                        Err(error) => return error.response(request_id),
+                        Err(fault) => return client_fault(fault, &route, request_id),
                     },
                 };
                 let forwarding = headers::forwarding(&mut parts.headers, peer, uri_host);
@@ -596,29 +596,47 @@ async fn forward(
     .await
 }
 
-/// A request body that could not be read whole for a retryable request.
-enum BodyReadError {
-    TimedOut,
-    Failed,
-}
-
-impl BodyReadError {
-    fn response(&self, request_id: Option<&HeaderValue>) -> Response<ProxyBody> {
-        match self {
-            BodyReadError::TimedOut => GatewayError::RequestTimeout
-                .response("The request body did not arrive in time", request_id),
-            BodyReadError::Failed => {
-                GatewayError::BadRequest.response("The request body could not be read", request_id)
-            }
-        }
+/// Reads the body of a retryable request whole, within the deadline.
+async fn read_body(body: Incoming, deadline: &Deadline) -> Result<Bytes, ClientFault> {
+    match tokio::time::timeout_at(deadline.at(), body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) => Err(ClientFault::of_read(&err)),
+        Err(_) => Err(ClientFault::TooSlow),
     }
 }
 
-async fn read_body(body: Incoming, deadline: &Deadline) -> Result<Bytes, BodyReadError> {
-    match tokio::time::timeout_at(deadline.at(), body.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(_)) => Err(BodyReadError::Failed),
-        Err(_) => Err(BodyReadError::TimedOut),
+/// The answer to a request whose body failed on the client's side. It is
+/// the client's fault: nothing is counted against the service.
+fn client_fault(
+    fault: ClientFault,
+    route: &RouteRuntime,
+    request_id: Option<&HeaderValue>,
+) -> Response<ProxyBody> {
+    let id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
+    match fault {
+        ClientFault::TooLarge => too_large(route, request_id),
+        ClientFault::Malformed => {
+            tracing::info!(request_id = id, "malformed request body framing");
+            GatewayError::BadRequest.response(
+                "The request body's framing is malformed (chunk size or chunk line)",
+                request_id,
+            )
+        }
+        ClientFault::TooSlow => {
+            tracing::info!(request_id = id, "the request body did not arrive in time");
+            GatewayError::RequestTimeout
+                .response("The request body did not arrive in time", request_id)
+        }
+        ClientFault::Gone => {
+            tracing::info!(
+                request_id = id,
+                "the client closed the connection before the end of its request body"
+            );
+            GatewayError::ClientClosedRequest.response(
+                "The client closed the connection before the end of its request body",
+                request_id,
+            )
+        }
     }
 }
 
@@ -715,7 +733,9 @@ async fn forward_once(
     let fields = forwarding.fields(&endpoint.host_header, &remaining);
     let span = crate::spans::attempt(&service.name, endpoint, 1, &mut parts.headers);
     let guard = endpoint.load.begin();
-    let upstream_req = Request::from_parts(parts, body.into_upstream(route.body_limit));
+    let body = body.into_upstream(route.body_limit);
+    let client_wait = body.client_wait();
+    let upstream_req = Request::from_parts(parts, body);
     // The clock is read only when a breaker or outlier detector needs it.
     let sent_at = Clock::start(service);
     service.errors.attempt();
@@ -746,6 +766,13 @@ async fn forward_once(
             let (response, outcome) = send_failed(&err, route, service, endpoint, request_id);
             record_outcome(service, endpoint, permit, outcome, sent_at.elapsed());
             response
+        }
+        Err(_elapsed) if client_wait.is_some_and(|w| w.waiting()) => {
+            // The upstream was still being sent the body the client is slow
+            // to give: the client's fault (the permit goes unrecorded).
+            drop(guard);
+            crate::spans::failed(&span, ClientFault::TooSlow.as_str());
+            client_fault(ClientFault::TooSlow, route, request_id)
         }
         Err(_elapsed) => {
             drop(guard);
@@ -884,7 +911,7 @@ async fn forward_with_retries(
                         | UpstreamErrorKind::Connect,
                     ) => policy.on.connect_failure,
                     Failure::Upstream(UpstreamErrorKind::Protocol) => policy.on.reset,
-                    Failure::Upstream(UpstreamErrorKind::Timeout) | Failure::BodyTooLarge => false,
+                    Failure::Upstream(UpstreamErrorKind::Timeout) | Failure::Client(_) => false,
                 };
                 (response, retryable)
             }
@@ -952,7 +979,7 @@ fn send_failed(
     request_id: Option<&HeaderValue>,
 ) -> (Response<ProxyBody>, Outcome) {
     match upstream::classify(err) {
-        Failure::BodyTooLarge => (too_large(route, request_id), Outcome::Neutral),
+        Failure::Client(fault) => (client_fault(fault, route, request_id), Outcome::Neutral),
         Failure::Upstream(kind) => {
             service.errors.count(kind);
             tracing::warn!(
@@ -1071,6 +1098,7 @@ pub fn service(
         let proxy = proxy.clone();
         let peer = peer.clone();
         let framing = framing.clone();
+        framing.note_body(!http_body::Body::is_end_stream(req.body()));
         async move { Ok(proxy.handle(&peer, &framing, req).await) }
     })
 }

@@ -160,7 +160,7 @@ pub(crate) fn send_failed(span: &Span, err: &upstream::SendError) {
         return;
     }
     let error = match upstream::classify(err) {
-        Failure::BodyTooLarge => "body_too_large",
+        Failure::Client(fault) => fault.as_str(),
         Failure::Upstream(kind) => kind.as_str(),
     };
     failed(span, error);

@@ -5,7 +5,7 @@
 //! pool key), and a connection goes back to the stack as soon as its
 //! response body has been read to its end.
 
-use crate::body::{LimitedBody, RequestBodyError};
+use crate::body::{ClientFault, LimitedBody};
 use crate::exchange::{self, Conn, ExchangeError, UpstreamBody};
 use crate::metrics::UpstreamErrorKind;
 use http::{HeaderName, HeaderValue, Method, Request, Response};
@@ -203,11 +203,12 @@ pub async fn send_with(
     }
 }
 
-/// What an upstream failure means for the client.
+/// Which side a failed exchange is the fault of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// The request body went over the route's limit while streaming.
-    BodyTooLarge,
+    /// The client's request body failed (over the limit, malformed, cut
+    /// short): answered to the client, never counted against the upstream.
+    Client(ClientFault),
     /// The upstream could not be reached or did not answer.
     Upstream(UpstreamErrorKind),
 }
@@ -221,7 +222,7 @@ pub fn classify(err: &SendError) -> Failure {
             _ => UpstreamErrorKind::Connect,
         }),
         SendError::Exchange { source, .. } => match source {
-            ExchangeError::Body(RequestBodyError::TooLarge(_)) => Failure::BodyTooLarge,
+            ExchangeError::Body(body) => Failure::Client(body.fault()),
             _ => Failure::Upstream(UpstreamErrorKind::Protocol),
         },
     }

@@ -84,6 +84,37 @@ pub fn request(
     parse_response(&raw, method == "HEAD")
 }
 
+/// Writes `bytes` as they are, then `after` once `pause` has passed (a body
+/// that comes late), and reads until the server closes or `timeout` passes.
+/// With `hang_up`, the client shuts its sending side right after `after`.
+pub fn raw_exchange(
+    addr: SocketAddr,
+    bytes: &[u8],
+    pause: Duration,
+    after: &[u8],
+    hang_up: bool,
+    timeout: Duration,
+) -> io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    stream.write_all(bytes)?;
+    if !pause.is_zero() {
+        std::thread::sleep(pause);
+    }
+    // The server may have answered and closed already.
+    let _ = stream.write_all(after);
+    if hang_up {
+        stream.shutdown(std::net::Shutdown::Write)?;
+    }
+    let mut raw = Vec::new();
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => Ok(raw),
+        Err(e) if !raw.is_empty() || e.kind() == io::ErrorKind::ConnectionReset => Ok(raw),
+        Err(e) => Err(e),
+    }
+}
+
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
