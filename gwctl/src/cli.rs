@@ -62,6 +62,16 @@ pub enum Command {
     Token(TokenArgs),
     /// Run a whole gateway in this process: control plane, echo upstream and one data plane.
     Dev(DevArgs),
+    /// Print a shell completion script (e.g. `source <(gwctl completion bash)`).
+    Completion(CompletionArgs),
+}
+
+/// Flags of `completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Flags of `apply`.

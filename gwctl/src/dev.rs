@@ -40,6 +40,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let config = GatewayConfig::load(document.as_bytes()).with_context(|| source.clone())?;
     let admin_token = random_token();
     let registration_token = random_token();
+    let jwt_secret = dev_jwt_secret(std::env::var("JWT_SECRET").ok())?;
 
     let cp = control_plane::ControlPlane::start(control_plane::Settings {
         grpc_addr: SocketAddr::from(CP_GRPC),
@@ -69,7 +70,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         shutdown_grace: SHUTDOWN_GRACE,
         header_read_timeout: data_plane::settings::DEFAULT_HEADER_READ_TIMEOUT,
         service_urls: Vec::new(),
-        jwt: None,
+        jwt: Some(data_plane::auth::JwtSettings {
+            secret: jwt_secret.clone(),
+            algorithm: jsonwebtoken::Algorithm::HS256,
+            issuer: None,
+            audience: None,
+        }),
         ..data_plane::Settings::default()
     })
     .await
@@ -90,6 +96,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             config: &config,
             admin_token: &admin_token,
             registration_token: &registration_token,
+            jwt_secret: &jwt_secret,
         })
     );
 
@@ -133,6 +140,21 @@ fn dev_config(file: Option<&Path>) -> anyhow::Result<(String, String)> {
 }
 
 /// 32 random bytes, hex.
+/// The HS256 secret the dev data plane verifies tokens with: `JWT_SECRET`
+/// when it is set (so that tokens issued elsewhere work), else a random one
+/// that the banner prints for `gwctl token issue`.
+fn dev_jwt_secret(from_env: Option<String>) -> anyhow::Result<String> {
+    match from_env {
+        Some(secret) if secret.len() >= crate::commands::MIN_JWT_SECRET_BYTES => Ok(secret),
+        Some(secret) => anyhow::bail!(
+            "JWT_SECRET is {} bytes long: it must be at least {} bytes (or unset, for a random one)",
+            secret.len(),
+            crate::commands::MIN_JWT_SECRET_BYTES
+        ),
+        None => Ok(random_token()),
+    }
+}
+
 fn random_token() -> String {
     let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -204,6 +226,7 @@ struct Banner<'a> {
     config: &'a GatewayConfig,
     admin_token: &'a str,
     registration_token: &'a str,
+    jwt_secret: &'a str,
 }
 
 /// What was started and how to use it.
@@ -246,6 +269,12 @@ fn banner(b: &Banner<'_>) -> String {
     out.push_str(&format!(
         "  gwctl register --service echo --address {} --id echo-2 --ttl 10s --keepalive\n",
         b.echo
+    ));
+    out.push_str("\nAccess tokens the data plane accepts (routes with `auth`, e.g. /me):\n");
+    out.push_str(&format!("  export JWT_SECRET={}\n", b.jwt_secret));
+    out.push_str("  TOKEN=$(gwctl token issue --sub user-1 --tenant tenant-1 --role customer)\n");
+    out.push_str(&format!(
+        "  curl -s -H \"Authorization: Bearer $TOKEN\" 'http://{host}/me'\n"
     ));
     out.push_str("\nCtrl-C stops everything.");
     out
@@ -308,6 +337,16 @@ mod tests {
             .as_deref()
             .is_some_and(|p| p.contains('{'))));
         assert!(config.routes.iter().any(|r| r.rewrite.is_some()));
+    }
+
+    #[test]
+    fn the_jwt_secret_comes_from_the_environment_or_is_random() {
+        let long = "s".repeat(32);
+        assert_eq!(dev_jwt_secret(Some(long.clone())).unwrap(), long);
+        assert!(dev_jwt_secret(Some("short".into())).is_err());
+        let random = dev_jwt_secret(None).unwrap();
+        assert_eq!(random.len(), 64);
+        assert_ne!(random, dev_jwt_secret(None).unwrap());
     }
 
     #[test]

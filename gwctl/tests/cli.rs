@@ -56,6 +56,7 @@ fn every_verb_has_help() {
         &["token"],
         &["token", "issue"],
         &["dev"],
+        &["completion"],
     ];
     for verb in verbs {
         let mut args = verb.to_vec();
@@ -311,4 +312,120 @@ fn config_from_standard_input_is_validated() {
 fn service_filter_only_applies_to_instances() {
     let output = gwctl(&["get", "routes", "--service", "echo"], &[]);
     assert_one_line_error(&output, "--service only applies");
+}
+
+/// The bash script completes verbs and flags in a real bash.
+#[test]
+fn bash_completion_completes_verbs_and_flags() {
+    let output = gwctl(&["completion", "bash"], &[]);
+    assert!(output.status.success(), "{output:?}");
+    let script = std::env::temp_dir().join(format!("gwctl-completion-{}.bash", std::process::id()));
+    std::fs::write(&script, &output.stdout).unwrap();
+    let complete = |words: &str| -> String {
+        let program = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 )); \
+             COMP_LINE=\"${{COMP_WORDS[*]}}\"; COMP_POINT=${{#COMP_LINE}}; \
+             _gwctl gwctl \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; \
+             echo \"${{COMPREPLY[*]}}\"",
+            script.display()
+        );
+        let out = Command::new("bash")
+            .args(["-c", &program])
+            .output()
+            .expect("bash runs");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(complete("gwctl dr"), "drain");
+    assert!(
+        complete("gwctl drain --").contains("--wait"),
+        "{}",
+        complete("gwctl drain --")
+    );
+    assert_eq!(complete("gwctl completion f"), "fish");
+    for shell in ["zsh", "fish"] {
+        let output = gwctl(&["completion", shell], &[]);
+        assert!(output.status.success(), "{shell}: {output:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("apply"),
+            "{shell}"
+        );
+    }
+    let output = gwctl(&["completion", "tcsh"], &[]);
+    assert_one_line_error(&output, "tcsh");
+    let _ = std::fs::remove_file(script);
+}
+
+/// `gwctl dev` prints the JWT secret its data plane verifies with, and a
+/// token issued with it by `gwctl token issue` passes an `auth` route.
+#[test]
+fn dev_prints_a_jwt_secret_that_token_issue_signs_with() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut command = Command::new(GWCTL);
+    command.args(["dev", "--listen", &listen]);
+    for key in SCRUBBED {
+        command.env_remove(key);
+    }
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("gwctl dev starts");
+    let mut secret = None;
+    let mut banner = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if let Some(value) = line.trim().strip_prefix("export JWT_SECRET=") {
+            secret = Some(value.to_string());
+        }
+        if line.contains("Ctrl-C stops everything") {
+            break;
+        }
+    }
+    let get_me = |token: Option<&str>| -> String {
+        let mut stream = std::net::TcpStream::connect(&listen).unwrap();
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        write!(
+            stream,
+            "GET /me HTTP/1.1\r\nHost: dev\r\nConnection: close\r\n{auth}\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let without = get_me(None);
+    let token_output = secret.as_deref().map(|secret| {
+        gwctl(
+            &[
+                "token", "issue", "--sub", "user-1", "--tenant", "tenant-1", "--role", "customer",
+            ],
+            &[("JWT_SECRET", secret)],
+        )
+    });
+    let with = token_output.as_ref().map(|output| {
+        let token = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        get_me(Some(&token))
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let secret = secret.unwrap_or_else(|| panic!("no JWT_SECRET in the banner:\n{banner}"));
+    assert_eq!(secret.len(), 64);
+    assert!(without.starts_with("HTTP/1.1 401"), "{without}");
+    let output = token_output.unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let with = with.unwrap();
+    assert!(with.starts_with("HTTP/1.1 200"), "{with}");
+    assert!(
+        with.contains("user-1"),
+        "the upstream saw the identity: {with}"
+    );
 }

@@ -10,6 +10,8 @@ mod register;
 mod token;
 mod topology;
 
+pub use token::MIN_SECRET_BYTES as MIN_JWT_SECRET_BYTES;
+
 use crate::cli::{Cli, Command};
 use crate::client::ControlPlane;
 use crate::output::Format;
@@ -49,7 +51,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apikey(args) => apikey::run(&ctx, args).await,
         Command::Token(args) => token::run(&ctx, args),
         Command::Dev(args) => crate::dev::run(args).await,
+        Command::Completion(args) => completion(args.shell),
     }
+}
+
+/// Prints the completion script of `shell`: every verb, flag and value.
+fn completion(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut <Cli as clap::CommandFactory>::command(),
+        "gwctl",
+        &mut script,
+    );
+    emit(&String::from_utf8(script)?)
 }
 
 /// Writes to stdout; a closed pipe (e.g. `| head`) is not an error.
