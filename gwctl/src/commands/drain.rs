@@ -95,20 +95,25 @@ async fn wait_drained(
     version: u64,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     let mut drained_since: Option<Instant> = None;
+    let mut progress = Progress::on_terminal();
     loop {
         let data_planes = list_data_planes(cp).await?;
         let busy = still_busy(&data_planes, id, version);
+        progress.show(&busy, started.elapsed());
         if busy.is_empty() {
             let since = *drained_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= SETTLE {
+                progress.finish();
                 return Ok(());
             }
         } else {
             drained_since = None;
         }
         if Instant::now() >= deadline {
+            progress.finish();
             anyhow::bail!(
                 "{id} is not drained after {}: {}",
                 human_duration(timeout),
@@ -116,6 +121,52 @@ async fn wait_drained(
             );
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// What `drain --wait` shows while it waits: one line on standard error,
+/// rewritten in place, and only when standard error is a terminal (nothing
+/// when piped or in scripts).
+struct Progress {
+    enabled: bool,
+    shown: bool,
+}
+
+impl Progress {
+    fn on_terminal() -> Self {
+        use std::io::IsTerminal;
+        Progress {
+            enabled: std::io::stderr().is_terminal(),
+            shown: false,
+        }
+    }
+
+    /// Shows what still holds the drain back (nothing: done).
+    fn show(&mut self, busy: &[String], waited: Duration) {
+        if !self.enabled {
+            return;
+        }
+        // Clear to the end of the line: the previous text may be longer.
+        eprint!("\r{}\x1b[K", progress_line(busy, waited));
+        self.shown = true;
+    }
+
+    /// Ends the progress line, so that what follows starts on its own.
+    fn finish(&mut self) {
+        if self.shown {
+            eprintln!();
+            self.shown = false;
+        }
+    }
+}
+
+/// `waiting 3s: dp-1 has 2 in flight, dp-2 acked version 6 < 7`.
+fn progress_line(busy: &[String], waited: Duration) -> String {
+    let seconds = waited.as_secs();
+    if busy.is_empty() {
+        format!("waited {seconds}s: no data plane has it in flight")
+    } else {
+        format!("waiting {seconds}s: {}", busy.join(", "))
     }
 }
 
@@ -174,5 +225,18 @@ mod tests {
             vec!["old acked version 4 < 5", "busy has 2 in flight"]
         );
         assert!(still_busy(&planes[2..], "a", 5).is_empty());
+    }
+
+    #[test]
+    fn the_progress_line_names_what_holds_the_drain_back() {
+        let busy = vec!["busy has 2 in flight".to_string()];
+        assert_eq!(
+            progress_line(&busy, Duration::from_millis(3_400)),
+            "waiting 3s: busy has 2 in flight"
+        );
+        assert_eq!(
+            progress_line(&[], Duration::from_secs(5)),
+            "waited 5s: no data plane has it in flight"
+        );
     }
 }
