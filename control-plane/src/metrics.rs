@@ -72,7 +72,7 @@ pub struct Metrics {
     /// Discovery updates sent to data planes, by kind.
     pub updates_sent: Family<UpdateKindLabel, Counter>,
     /// Encoded bytes of the Discovery updates sent, by kind.
-    pub update_bytes_sent: Family<UpdateKindLabel, Counter>,
+    pub update_sent_bytes: Family<UpdateKindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -96,7 +96,7 @@ impl Metrics {
             leader: Gauge::default(),
             grpc_errors: Family::default(),
             updates_sent: Family::default(),
-            update_bytes_sent: Family::default(),
+            update_sent_bytes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -149,10 +149,11 @@ impl Metrics {
             "Discovery updates sent to data planes, by kind (snapshot or delta)",
             m.updates_sent.clone(),
         );
-        registry.register(
-            "discovery_update_bytes_sent",
+        registry.register_with_unit(
+            "discovery_update_sent",
             "Encoded bytes of the Discovery updates sent to data planes, by kind",
-            m.update_bytes_sent.clone(),
+            prometheus_client::registry::Unit::Bytes,
+            m.update_sent_bytes.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -161,7 +162,7 @@ impl Metrics {
     pub fn update_sent(&self, snapshot: bool, bytes: usize) {
         let label = UpdateKindLabel::of(snapshot);
         self.updates_sent.get_or_create(&label).inc();
-        self.update_bytes_sent
+        self.update_sent_bytes
             .get_or_create(&label)
             .inc_by(bytes as u64);
     }
@@ -222,7 +223,7 @@ mod tests {
             "control_plane_dataplane_version_lag 0",
             "control_plane_discovery_updates_sent_total{kind=\"snapshot\"} 1",
             "control_plane_discovery_updates_sent_total{kind=\"delta\"} 2",
-            "control_plane_discovery_update_bytes_sent_total{kind=\"delta\"} 15",
+            "control_plane_discovery_update_sent_bytes_total{kind=\"delta\"} 15",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

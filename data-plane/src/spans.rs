@@ -47,7 +47,7 @@ pub(crate) async fn traced<B>(
 ) -> http::Response<B> {
     let response = answer.instrument(span.clone()).await;
     let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
+    span.record("http.response.status_code", otel_int(status.as_u16()));
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
@@ -135,7 +135,7 @@ pub(crate) fn attempt(
         gateway.service = service,
         gateway.instance = &*endpoint.id,
         server.address = endpoint.authority.as_str(),
-        gateway.attempt = attempt,
+        gateway.attempt = otel_int(attempt),
         http.response.status_code = Empty,
         "error.type" = Empty,
     );
@@ -148,7 +148,7 @@ pub(crate) fn answered(span: &Span, status: StatusCode) {
     if span.is_none() {
         return;
     }
-    span.record("http.response.status_code", status.as_u16());
+    span.record("http.response.status_code", otel_int(status.as_u16()));
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
@@ -211,4 +211,11 @@ pub(crate) fn source_done<T, E: Display>(span: &Span, result: &Result<T, E>) {
         span.record("otel.status_code", "ERROR");
         span.record("error.type", tracing::field::display(e));
     }
+}
+
+/// A number as the OpenTelemetry layer exports integers: it takes `i64`
+/// (an unsigned value would reach the trace backend as a string, and
+/// `http.response.status_code >= 500` queries would match nothing).
+fn otel_int(value: impl Into<i64>) -> i64 {
+    value.into()
 }

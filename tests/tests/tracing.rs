@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,12 +33,25 @@ struct Recorded {
     span_id: String,
     parent_id: String,
     attributes: BTreeMap<String, String>,
+    /// Keys whose value came as an OTLP integer.
+    integers: BTreeSet<String>,
     error: bool,
 }
 
 impl Recorded {
     fn attr(&self, key: &str) -> &str {
         self.attributes.get(key).map(String::as_str).unwrap_or("")
+    }
+
+    /// The attribute, which must have been exported as an integer (so that
+    /// `status >= 500` queries of trace backends match it).
+    fn int_attr(&self, key: &str) -> &str {
+        assert!(
+            self.integers.contains(key),
+            "{key} is not exported as an integer: {:?}",
+            self.attributes.get(key)
+        );
+        self.attr(key)
     }
 }
 
@@ -70,6 +83,7 @@ impl TraceService for Receiver {
                         span_id: hex(&span.span_id),
                         parent_id: hex(&span.parent_span_id),
                         attributes: attributes(&span.attributes),
+                        integers: integers(&span.attributes),
                         // STATUS_CODE_ERROR
                         error: span.status.is_some_and(|s| s.code == 2),
                     });
@@ -126,6 +140,18 @@ impl Receiver {
             })
         })
     }
+}
+
+fn integers(kvs: &[KeyValue]) -> BTreeSet<String> {
+    kvs.iter()
+        .filter(|kv| {
+            matches!(
+                kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                Some(AnyValue::IntValue(_))
+            )
+        })
+        .map(|kv| kv.key.clone())
+        .collect()
 }
 
 fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
@@ -224,7 +250,7 @@ fn a_request_is_traced_from_the_client_to_the_upstream() {
     assert_eq!(server.parent_id, client_span, "{server:?}");
     assert_eq!(server.name, "GET app");
     assert_eq!(server.attr("gateway.route"), "app");
-    assert_eq!(server.attr("http.response.status_code"), "200");
+    assert_eq!(server.int_attr("http.response.status_code"), "200");
     assert!(!server.error, "{server:?}");
 
     let attempt = receiver.wait_for("the upstream-attempt span", |s| {
@@ -232,8 +258,8 @@ fn a_request_is_traced_from_the_client_to_the_upstream() {
     });
     assert_eq!(attempt.parent_id, server.span_id, "{attempt:?}");
     assert_eq!(attempt.attr("server.address"), upstream.address());
-    assert_eq!(attempt.attr("gateway.attempt"), "1");
-    assert_eq!(attempt.attr("http.response.status_code"), "200");
+    assert_eq!(attempt.int_attr("gateway.attempt"), "1");
+    assert_eq!(attempt.int_attr("http.response.status_code"), "200");
     assert_eq!(
         parse_traceparent(&received),
         (trace_id.clone(), attempt.span_id.clone()),
