@@ -459,6 +459,12 @@ struct Session {
     /// The last snapshot sent: it answers every NACK of an update sent
     /// before it.
     snapshot_sent: Option<Sent>,
+    /// Set while the data plane holds updates of another epoch (its Hello)
+    /// and nothing was sent to it: it gets no snapshot of a view holding no
+    /// config (see [`Session::send_snapshot`]).
+    holds_other_history: bool,
+    /// A snapshot was withheld for that reason (logged once).
+    withheld: bool,
     record: DataPlaneRecord,
 }
 
@@ -511,6 +517,8 @@ async fn run_session(
         tx,
         sent: None,
         snapshot_sent: None,
+        holds_other_history: false,
+        withheld: false,
         record,
     };
     let _ = session.run(hello, &mut inbound).await;
@@ -562,7 +570,22 @@ impl Session {
         Ok(())
     }
 
+    /// Sends a snapshot of the view, except to a data plane holding another
+    /// history while the view holds no config: the store lost its data and
+    /// no replica holding the config could write it back (all restarted).
+    /// That data plane keeps serving its last config until one is applied;
+    /// a view never loses its config, so the check cannot flip back.
     async fn send_snapshot(&mut self) -> Result<(), Closed> {
+        if self.holds_other_history {
+            if !self.ctx.view.read().configured() {
+                if !self.withheld {
+                    tracing::warn!(node_id = %self.record.node_id, "the store holds no config: the data plane keeps serving its own until one is applied");
+                }
+                self.withheld = true;
+                return Ok(());
+            }
+            self.holds_other_history = false;
+        }
         let generation = self.ctx.view.stamp().generation;
         let update = self.ctx.cache.snapshot(&self.ctx.view).await;
         let version = update.version();
@@ -606,6 +629,7 @@ impl Session {
         let seen = if same_epoch { hello.version } else { 0 };
         self.catch_up(seen).await;
         if !same_epoch {
+            self.holds_other_history = hello.version > 0;
             return self.send_snapshot().await;
         }
         let stamp = self.ctx.view.stamp();
@@ -762,7 +786,9 @@ mod tests {
                 version: 0,
                 config: GatewayConfig::default(),
                 config_json: GatewayConfig::default().to_json(),
+                configured: false,
                 instances: vec![],
+                lease_ttls_ms: Default::default(),
             },
             vec![],
             100,
@@ -853,6 +879,8 @@ mod tests {
             tx,
             sent: None,
             snapshot_sent: None,
+            holds_other_history: false,
+            withheld: false,
             record: DataPlaneRecord::default(),
         };
         let hello = pb::Hello {
@@ -865,6 +893,73 @@ mod tests {
         assert_eq!(first.version(), written.version);
         let decoded = pb::ConfigUpdate::decode(first.bytes().clone()).unwrap();
         assert_eq!(decoded.upserts.len(), 2);
+    }
+
+    fn session_of(view: Arc<View>) -> (Session, mpsc::Receiver<Result<EncodedUpdate, Status>>) {
+        let ctx = Arc::new(DiscoveryContext {
+            view,
+            store: Arc::new(crate::store::memory::MemoryStore::new()),
+            replica: "r".into(),
+            metrics: Arc::new(Metrics::new()),
+            cache: UpdateCache::default(),
+            sessions: Sessions::default(),
+            status: Arc::default(),
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        let (tx, rx) = mpsc::channel(4);
+        let session = Session {
+            ctx,
+            local_id: 0,
+            tx,
+            sent: None,
+            snapshot_sent: None,
+            holds_other_history: false,
+            withheld: false,
+            record: DataPlaneRecord::default(),
+        };
+        (session, rx)
+    }
+
+    #[tokio::test]
+    async fn a_data_plane_holding_another_history_gets_no_snapshot_of_a_store_without_config() {
+        let view = view();
+        let (mut session, mut rx) = session_of(view.clone());
+        let hello = pb::Hello {
+            node_id: "dp".into(),
+            epoch: "lost".into(),
+            version: 7,
+        };
+        assert!(session.greet(&hello).await.is_ok());
+        assert!(session.sync().await.is_ok());
+        assert!(rx.try_recv().is_err(), "it keeps serving what it holds");
+
+        let yaml = "version: 1\nservices:\n  - name: svc\nroutes:\n  - name: svc\n    match: { path_prefix: /svc }\n    service: svc\n";
+        let config = GatewayConfig::load(yaml.as_bytes()).unwrap().to_json();
+        view.apply(vec![crate::store::Change {
+            version: 1,
+            epoch: None,
+            delta: Delta {
+                config: Some(config),
+                ..Delta::default()
+            },
+        }])
+        .unwrap();
+        assert!(session.sync().await.is_ok());
+        let update = rx.try_recv().unwrap().unwrap();
+        assert!(update.is_snapshot(), "a config is applied: it gets it");
+        assert_eq!(update.version(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_new_data_plane_gets_the_snapshot_of_a_store_without_config_as_before() {
+        let (mut session, mut rx) = session_of(view());
+        let hello = pb::Hello {
+            node_id: "dp".into(),
+            ..pb::Hello::default()
+        };
+        assert!(session.greet(&hello).await.is_ok());
+        assert!(rx.try_recv().unwrap().unwrap().is_snapshot());
     }
 
     #[test]

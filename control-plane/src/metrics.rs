@@ -73,6 +73,8 @@ pub struct Metrics {
     pub updates_sent: Family<UpdateKindLabel, Counter>,
     /// Encoded bytes of the Discovery updates sent, by kind.
     pub update_sent_bytes: Family<UpdateKindLabel, Counter>,
+    /// Times this replica wrote its view back into a store that lost its data.
+    pub store_reseeds: Counter,
 }
 
 impl Default for Metrics {
@@ -97,6 +99,7 @@ impl Metrics {
             grpc_errors: Family::default(),
             updates_sent: Family::default(),
             update_sent_bytes: Family::default(),
+            store_reseeds: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -154,6 +157,11 @@ impl Metrics {
             "Encoded bytes of the Discovery updates sent to data planes, by kind",
             prometheus_client::registry::Unit::Bytes,
             m.update_sent_bytes.clone(),
+        );
+        registry.register(
+            "store_reseeds",
+            "Times this replica wrote its view back into a store that had lost its data",
+            m.store_reseeds.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -219,6 +227,7 @@ mod tests {
             "control_plane_health_checks_total{outcome=\"failure\"} 1",
             "control_plane_config_version 7",
             "control_plane_lease_expiries_total 0",
+            "control_plane_store_reseeds_total 0",
             "control_plane_connected_data_planes 0",
             "control_plane_dataplane_version_lag 0",
             "control_plane_discovery_updates_sent_total{kind=\"snapshot\"} 1",

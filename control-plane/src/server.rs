@@ -192,7 +192,7 @@ impl ControlPlane {
             ("HTTP server", served.map_err(anyhow::Error::from))
         });
 
-        let follower = view::follow(view.clone(), store.clone(), cancel.clone());
+        let follower = view::follow(view.clone(), store.clone(), metrics.clone(), cancel.clone());
         critical.spawn(async move { ("change-log follower", follower.await) });
 
         let (leading_tx, leading) = watch::channel(false);

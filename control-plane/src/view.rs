@@ -8,9 +8,15 @@
 //! store's epoch changed, the version went backwards) it reloads a snapshot
 //! and bumps its generation, which makes every Discovery session send a
 //! snapshot.
+//!
+//! A store that lost its data (Redis restarted empty) is never loaded over
+//! a view that holds a config: the view keeps its state and writes it back
+//! into the store ([`Store::seed`], at most once per loss whatever the
+//! number of replicas), then loads the seeded store under its new epoch.
 
-use crate::store::{Change, Delta, Snapshot, Store, StoreError};
-use gateway_common::registration::Instance;
+use crate::metrics::Metrics;
+use crate::store::{Change, Delta, Seed, SeedInstance, SeedOutcome, Snapshot, Store, StoreError};
+use gateway_common::registration::{Instance, DEFAULT_LEASE_TTL};
 use gateway_common::GatewayConfig;
 use parking_lot::{RwLock, RwLockReadGuard};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -47,7 +53,11 @@ pub struct ViewState {
     generation: u64,
     config: Arc<GatewayConfig>,
     config_json: Arc<str>,
+    /// Whether the store held a config (one was applied).
+    configured: bool,
     instances: BTreeMap<String, Instance>,
+    /// Lease TTL in ms of the registered instances, as last recorded.
+    lease_ttls_ms: HashMap<String, u64>,
     ring: VecDeque<(u64, Arc<Delta>)>,
     ring_config_bytes: usize,
 }
@@ -97,6 +107,38 @@ impl ViewState {
     /// Every instance, by id.
     pub fn instances(&self) -> &BTreeMap<String, Instance> {
         &self.instances
+    }
+
+    /// Whether the view holds a config that was applied (false for a store
+    /// that never held one).
+    pub fn configured(&self) -> bool {
+        self.configured
+    }
+
+    /// What to write back into a store that lost its data: `None` when the
+    /// view holds no applied config (nothing worth keeping). A registered
+    /// instance whose lease TTL was never recorded gets the default TTL.
+    pub fn seed(&self) -> Option<Seed> {
+        if !self.configured {
+            return None;
+        }
+        let instances = self
+            .instances
+            .values()
+            .map(|instance| SeedInstance {
+                lease_ttl: (!instance.spec.static_instance).then(|| {
+                    self.lease_ttls_ms
+                        .get(&instance.spec.id)
+                        .map_or(DEFAULT_LEASE_TTL, |ms| Duration::from_millis(*ms))
+                }),
+                instance: instance.clone(),
+            })
+            .collect();
+        Some(Seed {
+            config_json: self.config_json.to_string(),
+            version: self.version,
+            instances,
+        })
     }
 
     /// The deltas turning version `from` into version `to`, if the ring
@@ -163,12 +205,17 @@ pub fn merge(deltas: &[Arc<Delta>]) -> Delta {
         return (**only).clone();
     }
     let mut config = None;
+    let mut lease_ttls_ms = BTreeMap::new();
     let mut last: HashMap<&str, Option<&Instance>> = HashMap::new();
     let mut order: Vec<&str> = Vec::new();
     for delta in deltas {
         if let Some(c) = &delta.config {
             config = Some(c.clone());
         }
+        for id in &delta.removals {
+            lease_ttls_ms.remove(id);
+        }
+        lease_ttls_ms.extend(delta.lease_ttls_ms.iter().map(|(k, v)| (k.clone(), *v)));
         let changes = delta
             .upserts
             .iter()
@@ -182,6 +229,7 @@ pub fn merge(deltas: &[Arc<Delta>]) -> Delta {
     }
     let mut merged = Delta {
         config,
+        lease_ttls_ms,
         ..Delta::default()
     };
     for id in order {
@@ -204,7 +252,9 @@ impl View {
             generation: 0,
             config: Arc::new(GatewayConfig::default()),
             config_json: Arc::from(""),
+            configured: false,
             instances: BTreeMap::new(),
+            lease_ttls_ms: HashMap::new(),
             ring: VecDeque::new(),
             ring_config_bytes: 0,
         };
@@ -277,6 +327,8 @@ impl View {
         state.version = snapshot.version;
         state.config = Arc::new(snapshot.config);
         state.config_json = snapshot.config_json.into();
+        state.configured = snapshot.configured;
+        state.lease_ttls_ms = snapshot.lease_ttls_ms.into_iter().collect();
         state.instances = snapshot
             .instances
             .into_iter()
@@ -337,14 +389,19 @@ impl View {
             })?;
             state.config = Arc::new(config);
             state.config_json = json.as_str().into();
+            state.configured = true;
         }
         for instance in &change.delta.upserts {
             state
                 .instances
                 .insert(instance.spec.id.clone(), instance.clone());
         }
+        for (id, ttl) in &change.delta.lease_ttls_ms {
+            state.lease_ttls_ms.insert(id.clone(), *ttl);
+        }
         for id in &change.delta.removals {
             state.instances.remove(id);
+            state.lease_ttls_ms.remove(id);
         }
         state.version = change.version;
         state.push(change.version, Arc::new(change.delta), self.capacity);
@@ -366,8 +423,19 @@ pub async fn load_snapshot(store: &dyn Store) -> Result<(Snapshot, Vec<Change>),
     Ok((snapshot, history))
 }
 
-async fn reload(view: &View, store: &dyn Store) -> Result<(), StoreError> {
+/// Loads a snapshot of the store, unless the store lost its data (holds no
+/// config) while the view holds one: then the view's state is written back
+/// into the store, and the store is loaded again ([`Next::Reload`]), so that
+/// the view never publishes the empty store.
+async fn reload(view: &View, store: &dyn Store, metrics: &Metrics) -> Result<Next, StoreError> {
     let (snapshot, history) = load_snapshot(store).await?;
+    if !snapshot.configured {
+        let seed = view.read().seed();
+        if let Some(seed) = seed {
+            reseed(store, &seed, metrics).await?;
+            return Ok(Next::Reload);
+        }
+    }
     tracing::info!(
         epoch = %snapshot.epoch,
         version = snapshot.version,
@@ -375,6 +443,26 @@ async fn reload(view: &View, store: &dyn Store) -> Result<(), StoreError> {
         "loaded a snapshot of the store"
     );
     view.load(snapshot, history);
+    Ok(Next::Continue)
+}
+
+/// Writes `seed` into a store that lost its data (if no other replica or
+/// operator apply got there first).
+async fn reseed(store: &dyn Store, seed: &Seed, metrics: &Metrics) -> Result<(), StoreError> {
+    match store.seed(seed).await? {
+        SeedOutcome::Seeded { epoch, version } => {
+            metrics.store_reseeds.inc();
+            tracing::warn!(
+                %epoch,
+                version,
+                instances = seed.instances.len(),
+                "store lost its data; re-seeded version {version} under epoch {epoch} from this replica's view"
+            );
+        }
+        SeedOutcome::AlreadyConfigured => tracing::info!(
+            "the store lost its data and holds a config again (another replica re-seeded it, or one was applied); loading it"
+        ),
+    }
     Ok(())
 }
 
@@ -412,10 +500,12 @@ async fn step(view: &View, store: &dyn Store) -> Result<Next, StoreError> {
 }
 
 /// Keeps `view` in step with the store's change log until `cancel` fires.
-/// Store outages are retried with backoff; the view keeps its last state.
+/// Store outages are retried with backoff; the view keeps its last state,
+/// and writes it back into a store that comes back empty (see [`reload`]).
 pub async fn follow(
     view: Arc<View>,
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
@@ -424,10 +514,10 @@ pub async fn follow(
     loop {
         let attempt = async {
             if need_reload {
-                reload(&view, store.as_ref()).await?;
-                return Ok(Next::Continue);
+                reload(&view, store.as_ref(), &metrics).await
+            } else {
+                step(&view, store.as_ref()).await
             }
-            step(&view, store.as_ref()).await
         };
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -485,7 +575,9 @@ mod tests {
             version,
             config: GatewayConfig::default(),
             config_json: GatewayConfig::default().to_json(),
+            configured: false,
             instances: vec![],
+            lease_ttls_ms: Default::default(),
         }
     }
 
@@ -555,6 +647,61 @@ mod tests {
             }),
         ];
         assert_eq!(merge(&deltas).config.as_deref(), Some("two"));
+    }
+
+    #[test]
+    fn merge_and_apply_keep_the_lease_ttls_of_instances_still_there() {
+        let registered = |version, id: &str, ttl| {
+            let mut c = upsert(version, id, 1);
+            c.delta.lease_ttls_ms.insert(id.to_string(), ttl);
+            c
+        };
+        let changes = vec![
+            registered(1, "a", 1_000),
+            registered(2, "b", 2_000),
+            removal(3, "a"),
+            registered(4, "b", 3_000),
+        ];
+        let deltas: Vec<Arc<Delta>> = changes.iter().map(|c| Arc::new(c.delta.clone())).collect();
+        assert_eq!(
+            merge(&deltas).lease_ttls_ms,
+            BTreeMap::from([("b".to_string(), 3_000)])
+        );
+        let view = View::new(snapshot(0), vec![], 10);
+        view.apply(changes).unwrap();
+        let seed = view.read().seed();
+        assert!(seed.is_none(), "no config applied: nothing to write back");
+        assert_eq!(
+            view.read().lease_ttls_ms,
+            HashMap::from([("b".to_string(), 3_000)])
+        );
+    }
+
+    #[test]
+    fn a_seed_holds_every_instance_with_its_recorded_lease_ttl() {
+        let mut held = snapshot(5);
+        held.configured = true;
+        let mut fixed = instance("static:svc:10.0.0.1:3", 3);
+        fixed.spec.static_instance = true;
+        held.instances = vec![instance("a", 1), instance("b", 2), fixed];
+        held.lease_ttls_ms = BTreeMap::from([("b".to_string(), 2_000)]);
+        let view = View::new(held, vec![], 10);
+        let seed = view.read().seed().expect("configured");
+        assert_eq!(seed.version, 5);
+        let ttls: Vec<(&str, Option<Duration>)> = seed
+            .instances
+            .iter()
+            .map(|s| (s.instance.spec.id.as_str(), s.lease_ttl))
+            .collect();
+        assert_eq!(
+            ttls,
+            vec![
+                ("a", Some(DEFAULT_LEASE_TTL)),
+                ("b", Some(Duration::from_secs(2))),
+                ("static:svc:10.0.0.1:3", None)
+            ],
+            "unrecorded: the default TTL; static: no lease"
+        );
     }
 
     #[test]
@@ -653,5 +800,74 @@ mod tests {
             v.apply(vec![upsert(1, "a", 1)]).unwrap();
         });
         assert!(view.wait_for_version(1, Duration::from_secs(2)).await);
+    }
+
+    fn memory_store() -> crate::store::memory::MemoryStore {
+        crate::store::memory::MemoryStore::new()
+    }
+
+    const CONFIG: &str = "version: 1\nservices:\n  - name: svc\nroutes:\n  - name: svc\n    match: { path_prefix: /svc }\n    service: svc\n";
+
+    #[tokio::test]
+    async fn a_view_holding_a_config_seeds_a_lost_store_instead_of_loading_it() {
+        let live = memory_store();
+        let config = GatewayConfig::load(CONFIG.as_bytes()).unwrap();
+        live.update_config(&|_| Ok(config.clone()), false)
+            .await
+            .unwrap();
+        let ttl = Duration::from_secs(60);
+        live.register(&instance("a", 1).spec, ttl, false)
+            .await
+            .unwrap();
+        let (snapshot, history) = load_snapshot(&live).await.unwrap();
+        let view = View::new(snapshot, history, 10);
+        let before = view.stamp();
+        let mut stamps = view.subscribe();
+        stamps.borrow_and_update();
+        let metrics = Metrics::new();
+
+        let lost = memory_store();
+        let next = reload(&view, &lost, &metrics).await.unwrap();
+        assert!(matches!(next, Next::Reload), "seeded, then loads again");
+        assert!(
+            !stamps.has_changed().unwrap(),
+            "the empty store is never published"
+        );
+        assert_eq!(metrics.store_reseeds.get(), 1);
+
+        let next = reload(&view, &lost, &metrics).await.unwrap();
+        assert!(matches!(next, Next::Continue));
+        let lost_epoch = lost.head().await.unwrap().epoch;
+        let live_epoch = live.head().await.unwrap().epoch;
+        let state = view.read();
+        assert_eq!(Some(state.epoch()), lost_epoch.as_deref());
+        assert_ne!(Some(state.epoch()), live_epoch.as_deref());
+        assert_eq!(state.version(), before.version + 1);
+        assert_eq!(state.generation(), before.generation + 1);
+        assert_eq!(state.config().as_ref(), &config);
+        assert_eq!(state.instances().len(), 1);
+        assert_eq!(metrics.store_reseeds.get(), 1, "seeded once");
+    }
+
+    #[tokio::test]
+    async fn a_view_without_a_config_loads_an_empty_store_as_before() {
+        let first = memory_store();
+        first
+            .register(&instance("a", 1).spec, Duration::from_secs(60), false)
+            .await
+            .unwrap();
+        let (snapshot, history) = load_snapshot(&first).await.unwrap();
+        let view = View::new(snapshot, history, 10);
+        assert!(view.read().seed().is_none(), "nothing worth keeping");
+        let metrics = Metrics::new();
+        let empty = memory_store();
+        let next = reload(&view, &empty, &metrics).await.unwrap();
+        assert!(matches!(next, Next::Continue));
+        assert!(view.read().instances().is_empty());
+        assert!(
+            !empty.snapshot().await.unwrap().configured,
+            "nothing written"
+        );
+        assert_eq!(metrics.store_reseeds.get(), 0);
     }
 }

@@ -155,6 +155,15 @@ impl RedisServer {
         self.kill();
         self.spawn();
     }
+
+    /// Kills the server, deletes its data and starts it again on the same
+    /// port, empty: a Redis restarted without persistence.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::create_dir_all(&self.dir);
+        self.spawn();
+    }
 }
 
 /// The value of a non-array reply whose first line is `line`.

@@ -3,8 +3,8 @@
 
 use super::{
     initial_state, unix_ms, ApplyOutcome, Change, ConfigEdit, ConfigPlan, DataPlaneRecord, Delta,
-    Deregistered, HealthRecord, InstanceDetails, RegisterEffect, Registered, Snapshot, StateUpdate,
-    Store, StoreError, StoreHead, CHANGE_LOG_LEN,
+    Deregistered, HealthRecord, InstanceDetails, RegisterEffect, Registered, Seed, SeedOutcome,
+    Snapshot, StateUpdate, Store, StoreError, StoreHead, CHANGE_LOG_LEN,
 };
 use async_trait::async_trait;
 use gateway_common::registration::{Health, Instance, InstanceSpec, InstanceState};
@@ -73,6 +73,58 @@ impl State {
             self.log.pop_front();
         }
         self.version
+    }
+
+    /// [`Store::seed`] into a state that holds no config.
+    fn seed(&mut self, config: GatewayConfig, seed: &Seed) -> SeedOutcome {
+        self.epoch = uuid::Uuid::new_v4().to_string();
+        self.log.clear();
+        self.version = self.version.max(seed.version);
+        self.config = config;
+        self.config_json = Some(seed.config_json.clone());
+        let now = unix_ms();
+        for s in &seed.instances {
+            let id = &s.instance.spec.id;
+            match self.specs.get(id) {
+                None => {
+                    self.specs.insert(id.clone(), s.instance.spec.clone());
+                    self.states.insert(id.clone(), s.instance.state);
+                    if let Some(ttl) = s.lease_ttl {
+                        let ttl_ms = ttl.as_millis().max(1) as u64;
+                        let expiry_ms = now + ttl_ms;
+                        self.set_lease(id, Lease { expiry_ms, ttl_ms });
+                    }
+                }
+                Some(current) => {
+                    let same_spec = *current == s.instance.spec;
+                    let kept = self.states.entry(id.clone()).or_insert_with(initial_state);
+                    if same_spec {
+                        kept.health = s.instance.state.health;
+                    }
+                    kept.draining |= s.instance.state.draining;
+                }
+            }
+        }
+        let mut upserts: Vec<Instance> = self
+            .specs
+            .keys()
+            .filter_map(|id| self.instance(id))
+            .collect();
+        upserts.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+        let version = self.commit(Delta {
+            config: Some(seed.config_json.clone()),
+            upserts,
+            removals: Vec::new(),
+            lease_ttls_ms: self
+                .leases
+                .iter()
+                .map(|(id, l)| (id.clone(), l.ttl_ms))
+                .collect(),
+        });
+        SeedOutcome::Seeded {
+            epoch: self.epoch.clone(),
+            version,
+        }
     }
 
     fn changes_after(&self, version: u64, limit: usize) -> Vec<Change> {
@@ -160,7 +212,13 @@ impl Store for MemoryStore {
             version: state.version,
             config: state.config.clone(),
             config_json: state.config.to_json(),
+            configured: state.config_json.is_some(),
             instances,
+            lease_ttls_ms: state
+                .leases
+                .iter()
+                .map(|(id, lease)| (id.clone(), lease.ttl_ms))
+                .collect(),
         })
     }
 
@@ -293,6 +351,7 @@ impl Store for MemoryStore {
                     spec: spec.clone(),
                     state: new_state,
                 }],
+                lease_ttls_ms: [(spec.id.clone(), ttl_ms)].into(),
                 ..Delta::default()
             });
             Ok(Registered {
@@ -304,6 +363,19 @@ impl Store for MemoryStore {
                 version,
             })
         })
+    }
+
+    async fn seed(&self, seed: &Seed) -> Result<SeedOutcome, StoreError> {
+        // This store loses its data only with its process (and its view):
+        // the method exists for the trait's sake, with the Redis semantics.
+        let config = GatewayConfig::from_json(&seed.config_json)
+            .map_err(|e| StoreError::Invalid(vec![format!("seed config: {e}")]))?;
+        Ok(self.mutate(|state| {
+            if state.config_json.is_some() {
+                return SeedOutcome::AlreadyConfigured;
+            }
+            state.seed(config, seed)
+        }))
     }
 
     async fn renew_lease(&self, id: &str) -> Result<Option<Duration>, StoreError> {

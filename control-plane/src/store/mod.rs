@@ -19,7 +19,7 @@ use gateway_common::registration::{Health, Instance, InstanceSpec, InstanceState
 use gateway_common::{ConfigError, GatewayConfig};
 use gateway_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::Status;
 
@@ -92,6 +92,11 @@ pub struct Delta {
     /// Ids of instances removed.
     #[serde(default)]
     pub removals: Vec<String>,
+    /// Lease TTL in ms of the registered instances this change created or
+    /// re-registered with another spec (kept by the views so that a replica
+    /// can write the leases back into a store that lost them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lease_ttls_ms: BTreeMap<String, u64>,
 }
 
 /// A change-log entry.
@@ -125,8 +130,50 @@ pub struct Snapshot {
     pub config: GatewayConfig,
     /// Its canonical JSON.
     pub config_json: String,
+    /// False when the store holds no config at all (never applied, or lost).
+    pub configured: bool,
     /// Every instance.
     pub instances: Vec<Instance>,
+    /// Lease TTL in ms of every registered instance.
+    pub lease_ttls_ms: BTreeMap<String, u64>,
+}
+
+/// What a replica's view held, written back into a store that lost its
+/// data ([`Store::seed`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seed {
+    /// Canonical JSON of the config.
+    pub config_json: String,
+    /// The view's version: the store's version never goes below it, so
+    /// versions keep increasing across the loss.
+    pub version: u64,
+    /// Every instance the view held, static ones included.
+    pub instances: Vec<SeedInstance>,
+}
+
+/// One instance of a [`Seed`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeedInstance {
+    /// The instance as the view held it (drain flag and health included).
+    pub instance: Instance,
+    /// Its lease TTL; `None` for a static instance (no lease).
+    pub lease_ttl: Option<Duration>,
+}
+
+/// What [`Store::seed`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeedOutcome {
+    /// The store held no config and now holds the seed, at `version`
+    /// under the new `epoch`.
+    Seeded {
+        /// The new epoch.
+        epoch: String,
+        /// The version written.
+        version: u64,
+    },
+    /// The store already holds a config (another replica seeded it, or an
+    /// operator applied one): nothing was written.
+    AlreadyConfigured,
 }
 
 /// Result of a config apply.
@@ -364,6 +411,15 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
         create_only: bool,
     ) -> Result<Registered, StoreError>;
+
+    /// Writes `seed` back into a store that holds no config, in one atomic
+    /// step and under a new epoch: the config, the static instances and the
+    /// registered ones with fresh leases of their TTL. Instances registered
+    /// since the loss keep their spec and lease (the seed's drain flag
+    /// carries over, and its health verdict when the spec is the same).
+    /// A store that holds a config is left alone, so a store is seeded at
+    /// most once per loss whatever the number of replicas trying.
+    async fn seed(&self, seed: &Seed) -> Result<SeedOutcome, StoreError>;
 
     /// Renews a lease; `None` when the lease is unknown or already lapsed.
     async fn renew_lease(&self, id: &str) -> Result<Option<Duration>, StoreError>;

@@ -10,8 +10,8 @@
 use super::{
     initial_state, parse_stored_config, to_json, ApplyOutcome, CacheStats, Change, ConfigEdit,
     ConfigPlan, DataPlaneRecord, Delta, Deregistered, HealthRecord, InstanceDetails,
-    RegisterEffect, Registered, Snapshot, StateUpdate, Store, StoreError, StoreHead,
-    CHANGE_LOG_LEN,
+    RegisterEffect, Registered, Seed, SeedOutcome, Snapshot, StateUpdate, Store, StoreError,
+    StoreHead, CHANGE_LOG_LEN,
 };
 use async_trait::async_trait;
 use gateway_common::cache::CachePattern;
@@ -36,6 +36,7 @@ const CONFIG_CAS_ATTEMPTS: usize = 8;
 
 mod apikeys;
 mod cache;
+mod seed;
 
 /// Fully prefixed key names.
 #[derive(Debug, Clone)]
@@ -105,6 +106,7 @@ struct Scripts {
     health: Script,
     expire: Script,
     apply: Script,
+    seed: Script,
     snapshot: Script,
     details: Script,
     health_records: Script,
@@ -123,6 +125,7 @@ impl Scripts {
             health: with_prelude(include_str!("lua/health.lua")),
             expire: with_prelude(include_str!("lua/expire.lua")),
             apply: with_prelude(include_str!("lua/apply.lua")),
+            seed: with_prelude(include_str!("lua/seed.lua")),
             snapshot: with_prelude(include_str!("lua/snapshot.lua")),
             details: with_prelude(include_str!("lua/details.lua")),
             health_records: with_prelude(include_str!("lua/health_records.lua")),
@@ -358,10 +361,11 @@ impl Store for RedisStore {
 
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let value = self.run(&self.scripts.snapshot, &[]).await?;
-        let (epoch, version, config_json, instances, states): (
+        let (epoch, version, config_json, instances, states, ttls): (
             String,
             String,
             Option<String>,
+            Vec<String>,
             Vec<String>,
             Vec<String>,
         ) = parse(&value, "snapshot")?;
@@ -379,12 +383,17 @@ impl Store for RedisStore {
             list.push(Instance { spec, state });
         }
         list.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+        let lease_ttls_ms = pairs(ttls)
+            .map(|(id, ttl)| Ok((id, parse_u64(&ttl, "lease TTL")?)))
+            .collect::<Result<_, StoreError>>()?;
         Ok(Snapshot {
             epoch,
             version: parse_u64(&version, "version")?,
             config_json: config.to_json(),
             config,
+            configured: config_json.is_some(),
             instances: list,
+            lease_ttls_ms,
         })
     }
 
@@ -543,6 +552,10 @@ impl Store for RedisStore {
             effect,
             version: parse_u64(arg, "version")?,
         })
+    }
+
+    async fn seed(&self, seed: &Seed) -> Result<SeedOutcome, StoreError> {
+        self.write_back(seed).await
     }
 
     async fn renew_lease(&self, id: &str) -> Result<Option<Duration>, StoreError> {

@@ -18,7 +18,8 @@ local function instance_json(spec, state)
   return '{"spec":' .. spec .. ',"state":' .. state .. '}'
 end
 
-local function delta_json(config_quoted, upserts, removals)
+-- lease_ttls: optional flat list of (id, TTL ms) pairs.
+local function delta_json(config_quoted, upserts, removals, lease_ttls)
   local parts = {}
   if config_quoted then
     table.insert(parts, '"config":' .. config_quoted)
@@ -29,6 +30,13 @@ local function delta_json(config_quoted, upserts, removals)
     quoted[i] = cjson.encode(id)
   end
   table.insert(parts, '"removals":[' .. table.concat(quoted, ',') .. ']')
+  if lease_ttls and #lease_ttls > 0 then
+    local ttls = {}
+    for i = 1, #lease_ttls, 2 do
+      table.insert(ttls, cjson.encode(lease_ttls[i]) .. ':' .. lease_ttls[i + 1])
+    end
+    table.insert(parts, '"lease_ttls_ms":{' .. table.concat(ttls, ',') .. '}')
+  end
   return '{' .. table.concat(parts, ',') .. '}'
 end
 

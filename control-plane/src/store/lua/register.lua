@@ -29,7 +29,7 @@ if current then
 end
 redis.call('HSET', K_INSTANCES, id, spec)
 redis.call('HSET', K_STATES, id, state)
-local v = commit(delta_json(nil, {instance_json(spec, state)}, {}))
+local v = commit(delta_json(nil, {instance_json(spec, state)}, {}, {id, ARGV[6]}))
 if current then
   return {'updated', v}
 end
