@@ -1,11 +1,13 @@
-//! The admin listener: liveness, readiness (a config is applied, the
-//! revocation set is loaded or its grace period is over, and the data plane
-//! is not draining), the health report of its dependencies (`/health`, see
-//! [`crate::health`]) and Prometheus metrics.
+//! The admin listener: liveness, readiness (a config from the control plane
+//! or a file is applied, or the cached config serves and no control plane
+//! answered within its grace period; the revocation set is loaded or its
+//! grace period is over; and the data plane is not draining), the health
+//! report of its dependencies (`/health`, see [`crate::health`]) and
+//! Prometheus metrics.
 
 use crate::health::{HealthSources, Status};
 use crate::metrics::Metrics;
-use crate::runtime::Runtime;
+use crate::runtime::{ConfigSource, Runtime};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -55,7 +57,10 @@ async fn live() -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
-    let (epoch, version) = state.runtime.version();
+    let (epoch, version, source) = {
+        let held = state.runtime.load();
+        (held.epoch.clone(), held.version, held.source)
+    };
     let (status, text) = if *state.stopping.borrow() {
         (StatusCode::SERVICE_UNAVAILABLE, "stopping")
     } else if !state
@@ -66,12 +71,22 @@ async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
         (StatusCode::SERVICE_UNAVAILABLE, "loading revocations")
     } else if state.runtime.is_ready() {
         (StatusCode::OK, "ready")
+    } else if source == ConfigSource::Cache {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the control plane (the cached config serves meanwhile)",
+        )
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "waiting for config")
     };
     (
         status,
-        Json(serde_json::json!({ "status": text, "epoch": epoch, "version": version })),
+        Json(serde_json::json!({
+            "status": text,
+            "epoch": epoch,
+            "version": version,
+            "source": source.as_str(),
+        })),
     )
 }
 

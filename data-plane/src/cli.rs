@@ -183,6 +183,17 @@ pub struct Cli {
     #[arg(long, env = "GW_ACCESS_LOG", value_name = "BOOL", default_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub access_log: bool,
 
+    /// Directory where the last config from the control plane is kept and
+    /// read at start, so that a restart while no control plane answers still
+    /// serves; `off` (or empty): no cache. Not used with --config.
+    #[arg(long, env = "GW_CONFIG_CACHE", value_name = "DIR", default_value = crate::config_cache::DEFAULT_DIR)]
+    pub config_cache: String,
+
+    /// Time a starting data plane with a cached config waits for a control
+    /// plane before it reports ready serving the cached config.
+    #[arg(long, env = "GW_CONFIG_CACHE_GRACE", value_name = "DURATION", default_value = "2s", value_parser = gateway_common::duration::parse)]
+    pub config_cache_grace: Duration,
+
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, env = "LOG_LEVEL", value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -321,6 +332,8 @@ impl Cli {
             },
             session,
             access_log: self.access_log,
+            config_cache: settings::config_cache_dir(&self.config_cache),
+            config_cache_grace: self.config_cache_grace,
         })
     }
 }
@@ -520,6 +533,23 @@ mod tests {
             let result = parse(&bad).unwrap().into_settings(vec![]);
             assert!(result.is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn config_cache_flags() {
+        let s = parse(&[]).unwrap().into_settings(vec![]).unwrap();
+        assert_eq!(
+            s.config_cache.as_deref(),
+            Some(std::path::Path::new("/var/lib/gateway/data-plane"))
+        );
+        assert_eq!(s.config_cache_grace, Duration::from_secs(2));
+        let s = parse(&["--config-cache", "", "--config-cache-grace", "500ms"])
+            .unwrap()
+            .into_settings(vec![])
+            .unwrap();
+        assert_eq!(s.config_cache, None);
+        assert_eq!(s.config_cache_grace, Duration::from_millis(500));
+        assert!(parse(&["--config-cache-grace", "soon"]).is_err());
     }
 
     #[test]

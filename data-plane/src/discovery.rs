@@ -2,10 +2,16 @@
 //! version held, applies snapshots and deltas, ACKs or NACKs each, reports
 //! in-flight counts, and reconnects with capped, jittered backoff while the
 //! last good snapshot keeps serving.
+//!
+//! A control plane answers a Hello with nothing when the version said is
+//! its current one. A data plane serving its cached config takes that
+//! silence, [`DiscoveryTiming::current_after`] long on an open stream, for
+//! the control plane's word that the cached version is current.
 
 use crate::breaker::BreakerState;
+use crate::config_cache::Applied;
 use crate::metrics::Metrics;
-use crate::runtime::Runtime;
+use crate::runtime::{ConfigSource, Runtime};
 use gateway_proto::v1 as pb;
 use gateway_proto::v1::discovery_client::DiscoveryClient;
 use pb::data_plane_message::Kind;
@@ -44,6 +50,9 @@ pub struct DiscoveryTiming {
     pub report_max_silence: Duration,
     /// Time allowed to open the connection.
     pub connect_timeout: Duration,
+    /// Silence after a Hello with the cached version that means "current"
+    /// (a control plane answers a Hello within about a second).
+    pub current_after: Duration,
 }
 
 impl Default for DiscoveryTiming {
@@ -54,6 +63,7 @@ impl Default for DiscoveryTiming {
             report_interval: Duration::from_millis(500),
             report_max_silence: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
+            current_after: Duration::from_secs(2),
         }
     }
 }
@@ -84,11 +94,13 @@ enum SessionError {
     Token(String),
 }
 
-/// Runs the client until `shutdown` turns true.
+/// Runs the client until `shutdown` turns true; each version applied is
+/// announced to `applied` (the config cache's writer), when given.
 pub async fn run(
     config: DiscoveryConfig,
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
+    applied: Option<Applied>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut attempt: u32 = 0;
@@ -97,6 +109,7 @@ pub async fn run(
             config: &config,
             runtime: &runtime,
             metrics: &metrics,
+            applied: applied.as_ref(),
             received: false,
         };
         tokio::select! {
@@ -106,7 +119,7 @@ pub async fn run(
                     attempt = 0;
                 }
                 if let Err(e) = result {
-                    tracing::warn!(url = %config.url, error = %e, "discovery stream down; serving the last config");
+                    log_stream_down(&config.url, &e, &runtime);
                 }
             }
             _ = crate::shutdown::stopped(&mut shutdown) => break,
@@ -119,6 +132,27 @@ pub async fn run(
         }
     }
     metrics.control_plane_connected.set(0);
+}
+
+/// Says what keeps serving while the stream is down: the config held, or
+/// nothing at all.
+fn log_stream_down(url: &str, error: &SessionError, runtime: &Runtime) {
+    let snapshot = runtime.load();
+    match snapshot.source {
+        ConfigSource::None => tracing::warn!(
+            %url,
+            %error,
+            "discovery stream down; no config yet: answering 503 NO_CONFIG"
+        ),
+        source => tracing::warn!(
+            %url,
+            %error,
+            version = snapshot.version,
+            source = source.as_str(),
+            "discovery stream down; serving the last config (version {})",
+            snapshot.version
+        ),
+    }
 }
 
 /// Full-jitter exponential backoff: uniform in `[0, min(cap, base * 2^attempt)]`.
@@ -135,6 +169,7 @@ struct Session<'a> {
     config: &'a DiscoveryConfig,
     runtime: &'a Arc<Runtime>,
     metrics: &'a Metrics,
+    applied: Option<&'a Applied>,
     received: bool,
 }
 
@@ -153,12 +188,16 @@ impl Session<'_> {
             .connect()
             .await?;
         let (tx, rx) = mpsc::channel::<pb::DataPlaneMessage>(64);
-        let (epoch, version) = self.runtime.version();
+        let (epoch, version, mut cached) = {
+            let held = self.runtime.load();
+            let cached = held.source == ConfigSource::Cache;
+            (held.epoch.clone(), held.version, cached)
+        };
         send(
             &tx,
             Kind::Hello(pb::Hello {
                 node_id: self.config.node_id.clone(),
-                epoch,
+                epoch: epoch.clone(),
                 version,
             }),
         )
@@ -180,8 +219,22 @@ impl Session<'_> {
         let mut reporter = Reporter::new(self.config.timing.report_max_silence);
         let mut tick = tokio::time::interval(self.config.timing.report_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // While the cached config said in the Hello serves and nothing has
+        // come, silence means it is current.
+        let silence = tokio::time::sleep(self.config.timing.current_after);
+        tokio::pin!(silence);
         loop {
             tokio::select! {
+                _ = &mut silence, if cached && !self.received => {
+                    cached = false;
+                    if self.runtime.confirm_cached(&epoch, version) {
+                        tracing::info!(
+                            %epoch,
+                            version,
+                            "the control plane has nothing newer than the cached config; in sync"
+                        );
+                    }
+                }
                 message = inbound.message() => match message? {
                     Some(update) => {
                         let arrived = opened.elapsed();
@@ -227,6 +280,9 @@ impl Session<'_> {
         match applied {
             Ok(()) => {
                 self.metrics.observe_apply(update.snapshot, elapsed);
+                if let Some(applied) = self.applied {
+                    applied.notify(update.version);
+                }
                 let apply_ms = elapsed.as_secs_f64() * 1000.0;
                 // Instance-only deltas come by the thousand in a busy fleet.
                 if update.snapshot || !update.config_json.is_empty() {

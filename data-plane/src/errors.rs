@@ -3,7 +3,7 @@
 //! `X-Request-ID` and `Cache-Control: no-store`.
 
 use crate::body::ProxyBody;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,11 +16,17 @@ const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
     Err(_) => StatusCode::BAD_REQUEST,
 };
 
+/// `Retry-After` (seconds) of a `NO_CONFIG` answer.
+pub const NO_CONFIG_RETRY_AFTER: &str = "1";
+
 /// Why the gateway answered instead of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GatewayError {
     /// No route takes the path and host.
     RouteNotFound,
+    /// The data plane holds no config at all yet (nothing from a control
+    /// plane, no cached config): no route is known, not "no such route".
+    NoConfig,
     /// Routes take the path but not the method.
     MethodNotAllowed,
     /// The request body is over the route's limit.
@@ -82,7 +88,8 @@ impl GatewayError {
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NoHealthyInstance
+            Self::NoConfig
+            | Self::NoHealthyInstance
             | Self::UpstreamUnavailable
             | Self::CircuitOpen
             | Self::ServiceUnavailable
@@ -108,6 +115,7 @@ impl GatewayError {
     pub fn code(self) -> &'static str {
         match self {
             Self::RouteNotFound => "ROUTE_NOT_FOUND",
+            Self::NoConfig => "NO_CONFIG",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Self::NoHealthyInstance => "NO_HEALTHY_INSTANCE",
@@ -169,6 +177,11 @@ impl GatewayError {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(id) = request_id {
             headers.insert(X_REQUEST_ID, id.clone());
+        }
+        if self == Self::NoConfig {
+            // A config usually arrives within a second of the control plane
+            // answering.
+            headers.insert(RETRY_AFTER, HeaderValue::from_static(NO_CONFIG_RETRY_AFTER));
         }
         // Marks the answer as the gateway's own (a webhook route turns its
         // upstream failures into 500).
@@ -244,6 +257,19 @@ mod tests {
         assert_eq!(v["requestId"], "abc");
         assert_eq!(v["message"], "no instance of echo");
         assert_eq!(v.as_object().unwrap().len(), 6);
+    }
+
+    #[tokio::test]
+    async fn no_config_is_a_503_with_retry_after() {
+        let resp = GatewayError::NoConfig.response("no config", None);
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], NO_CONFIG_RETRY_AFTER);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["code"], "NO_CONFIG");
+        assert_eq!(v["error"], "Service Unavailable");
+        let resp = GatewayError::RouteNotFound.response("none", None);
+        assert!(!resp.headers().contains_key("retry-after"));
     }
 
     #[tokio::test]

@@ -6,21 +6,24 @@
 //!   service has a routable instance: the data plane cannot serve.
 //! * `degraded` (HTTP 200): it serves, but something is missing: Redis is
 //!   configured and not answering (rate limits and the cache run locally),
-//!   the control plane is disconnected (the last config keeps serving), or
-//!   some services have no routable instance.
+//!   the control plane is disconnected (the last config keeps serving), the
+//!   config cache cannot be written, or some services have no routable
+//!   instance.
 //! * `ok` (HTTP 200): none of the above.
 //!
 //! Liveness (`/health/live`) and readiness (`/health/ready`) stay separate
 //! and simpler: an orchestrator should not restart or unroute a data plane
 //! because a backend service is down.
 
+use crate::config_cache::CacheStatus;
+use crate::errors::iso8601;
 use crate::metrics::Metrics;
-use crate::runtime::Runtime;
+use crate::runtime::{ConfigSource, Runtime};
 use crate::shared_state::SharedState;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// Overall or per-check status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -61,6 +64,8 @@ pub struct Checks {
     pub redis: DependencyCheck,
     /// The Discovery stream to the control plane.
     pub control_plane: ControlPlaneCheck,
+    /// The config cache on local disk.
+    pub config_cache: CacheCheck,
     /// Each service of the config applied.
     pub services: BTreeMap<String, ServiceCheck>,
 }
@@ -84,6 +89,36 @@ pub struct ControlPlaneCheck {
     pub epoch: String,
     /// Version of the config held.
     pub config_version: u64,
+    /// Where the config held came from: `none`, `control_plane`, `cache`
+    /// or `file`.
+    pub source: &'static str,
+    /// When the cached config served was written (source `cache` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_at: Option<String>,
+    /// Its age in seconds (source `cache` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_age_seconds: Option<u64>,
+}
+
+/// Status of the config cache.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheCheck {
+    /// `ok` (written, or nothing to write yet), `error` (the last write
+    /// failed) or `not_configured` (off, or standalone).
+    pub status: Status,
+    /// The cache file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Version in the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub written_version: Option<u64>,
+    /// When the file was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub written_at: Option<String>,
+    /// Why the last write failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Routable instances of one service.
@@ -108,6 +143,8 @@ pub struct HealthSources {
     pub shared: Option<Arc<SharedState>>,
     /// True when the config comes from a file.
     pub standalone: bool,
+    /// The config cache, when one is kept.
+    pub config_cache: Option<Arc<CacheStatus>>,
     /// When the data plane started.
     pub started: Instant,
 }
@@ -142,14 +179,28 @@ impl HealthSources {
         } else {
             Status::Error
         };
+        let cache = self.config_cache.as_ref().map(|c| c.state());
+        let loaded = cache
+            .as_ref()
+            .and_then(|c| c.loaded.as_ref())
+            .filter(|_| snapshot.source == ConfigSource::Cache);
         let checks = Checks {
             redis: DependencyCheck { status: redis },
             control_plane: ControlPlaneCheck {
                 status: control_plane,
-                config_applied: ready,
+                config_applied: snapshot.source != ConfigSource::None,
                 epoch: snapshot.epoch.clone(),
                 config_version: snapshot.version,
+                source: snapshot.source.as_str(),
+                cached_at: loaded.map(|l| iso8601(l.written_at)),
+                cache_age_seconds: loaded.map(|l| {
+                    SystemTime::now()
+                        .duration_since(l.written_at)
+                        .unwrap_or_default()
+                        .as_secs()
+                }),
             },
+            config_cache: self.cache_check(cache),
             services,
         };
         HealthReport {
@@ -163,6 +214,29 @@ impl HealthSources {
 }
 
 impl HealthSources {
+    fn cache_check(&self, state: Option<crate::config_cache::CacheState>) -> CacheCheck {
+        let (Some(status), Some(state)) = (&self.config_cache, state) else {
+            return CacheCheck {
+                status: Status::NotConfigured,
+                path: None,
+                written_version: None,
+                written_at: None,
+                error: None,
+            };
+        };
+        CacheCheck {
+            status: if state.error.is_some() {
+                Status::Error
+            } else {
+                Status::Ok
+            },
+            path: Some(status.path().display().to_string()),
+            written_version: state.written.as_ref().map(|w| w.version),
+            written_at: state.written.as_ref().map(|w| iso8601(w.written_at)),
+            error: state.error,
+        }
+    }
+
     /// Pings Redis (bounded by the shared state's timeout) rather than
     /// trusting the last request's call: an idle data plane has made none.
     /// The outcome is recorded, so the request path learns of it too.
@@ -200,6 +274,7 @@ fn overall(stopping: bool, ready: bool, checks: &Checks) -> Status {
     }
     if checks.redis.status == Status::Error
         || checks.control_plane.status == Status::Error
+        || checks.config_cache.status == Status::Error
         || routable < checks.services.len()
     {
         return Status::Degraded;
@@ -225,6 +300,16 @@ mod tests {
                 config_applied: true,
                 epoch: String::new(),
                 config_version: 1,
+                source: "control_plane",
+                cached_at: None,
+                cache_age_seconds: None,
+            },
+            config_cache: CacheCheck {
+                status: Status::Ok,
+                path: None,
+                written_version: Some(1),
+                written_at: None,
+                error: None,
             },
             services: services
                 .iter()
@@ -262,6 +347,9 @@ mod tests {
         assert_eq!(overall(false, true, &c), Status::Degraded);
         let c = checks(Status::Ok, Status::Ok, &[1, 0]);
         assert_eq!(overall(false, true, &c), Status::Degraded);
+        let mut c = checks(Status::Ok, Status::Ok, &[1]);
+        c.config_cache.status = Status::Error;
+        assert_eq!(overall(false, true, &c), Status::Degraded);
     }
 
     #[test]
@@ -287,6 +375,9 @@ mod tests {
         assert_eq!(json["status"], "ok");
         assert_eq!(json["checks"]["redis"]["status"], "not_configured");
         assert_eq!(json["checks"]["controlPlane"]["status"], "ok");
+        assert_eq!(json["checks"]["controlPlane"]["source"], "control_plane");
+        assert!(json["checks"]["controlPlane"].get("cachedAt").is_none());
+        assert_eq!(json["checks"]["configCache"]["writtenVersion"], 1);
         assert_eq!(json["checks"]["services"]["s0"]["healthy"], 1);
         assert!(json["timestamp"].as_str().unwrap().ends_with('Z'));
     }

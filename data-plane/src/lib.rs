@@ -16,6 +16,7 @@ pub mod body;
 pub mod breaker;
 pub mod cache;
 pub mod cli;
+pub mod config_cache;
 pub mod cors;
 pub mod credentials;
 pub mod deadline;
@@ -83,8 +84,8 @@ pub struct DataPlane {
 
 impl DataPlane {
     /// Binds both listeners, loads the file config in standalone mode (a bad
-    /// file refuses to start) or starts the Discovery client, and returns
-    /// once serving.
+    /// file refuses to start) or the cached config and starts the Discovery
+    /// client, and returns once serving.
     pub async fn start(settings: Settings) -> anyhow::Result<DataPlane> {
         let metrics = Arc::new(Metrics::new());
         let runtime = Arc::new(Runtime::new(metrics.clone()));
@@ -97,6 +98,15 @@ impl DataPlane {
                 "*_SERVICE_URL variables only apply in standalone mode (--config); ignored"
             );
         }
+        // Standalone mode has its file: no cache.
+        let config_cache = match (&settings.config_file, &settings.config_cache) {
+            (None, Some(dir)) => {
+                let cache = Arc::new(config_cache::ConfigCache::new(dir));
+                cache.restore(&runtime);
+                Some(cache)
+            }
+            _ => None,
+        };
         let listener = bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let admin_listener = TcpListener::bind(settings.admin_listen)
@@ -147,6 +157,7 @@ impl DataPlane {
             metrics: metrics.clone(),
             shared: shared.clone(),
             standalone: settings.config_file.is_some(),
+            config_cache: config_cache.as_ref().map(|c| c.status().clone()),
             started,
         };
         let proxy = Arc::new(
@@ -196,10 +207,28 @@ impl DataPlane {
                     token: settings.dataplane_token.clone(),
                     timing: discovery::DiscoveryTiming::default(),
                 };
+                let applied = config_cache.map(|cache| {
+                    let (applied, rx) = config_cache::Applied::channel();
+                    background.push(tokio::spawn(config_cache::run_writer(
+                        cache,
+                        runtime.clone(),
+                        metrics.clone(),
+                        rx,
+                        stop_rx.clone(),
+                    )));
+                    background.push(tokio::spawn(config_cache::serve_after_grace(
+                        runtime.clone(),
+                        metrics.clone(),
+                        settings.config_cache_grace,
+                        stop_rx.clone(),
+                    )));
+                    applied
+                });
                 background.push(tokio::spawn(discovery::run(
                     config,
                     runtime.clone(),
                     metrics.clone(),
+                    applied,
                     stop_rx.clone(),
                 )));
             }

@@ -70,6 +70,20 @@ pub struct CacheLabels {
     pub result: &'static str,
 }
 
+/// Labels of `gateway_config_source`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `none`, `control_plane`, `cache` or `file`.
+    pub source: &'static str,
+}
+
+/// Labels of `gateway_config_cache_writes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
 /// Labels of the per-kind Discovery update series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpdateKindLabels {
@@ -226,6 +240,10 @@ pub struct Metrics {
     pub sync_seconds: SecondsGauge,
     /// From the start of the data plane to its first config applied.
     pub ready_seconds: SecondsGauge,
+    /// 1 for where the config in force came from, 0 for the other sources.
+    config_source: Family<SourceLabels, Gauge>,
+    /// Writes of the config cache file, by result.
+    pub config_cache_writes: Family<ResultLabels, Counter>,
     /// Rate-limit rejections and mode.
     pub ratelimit: crate::ratelimit::RateLimitMetrics,
     unmatched: Arc<RouteMetrics>,
@@ -366,6 +384,18 @@ impl Metrics {
             "From the start of the data plane to its first config applied",
             ready_seconds.clone(),
         );
+        let config_source = Family::<SourceLabels, Gauge>::default();
+        let config_cache_writes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_source",
+            "Where the config in force came from: 1 for its source (none, control_plane, cache, file), 0 for the others",
+            config_source.clone(),
+        );
+        registry.register(
+            "config_cache_writes",
+            "Writes of the config cache file, by result (ok, error)",
+            config_cache_writes.clone(),
+        );
         let cache_requests = Family::<CacheLabels, Counter>::default();
         let cache_redis_errors = Counter::default();
         registry.register(
@@ -386,7 +416,7 @@ impl Metrics {
             empty.clone(),
             empty,
         ));
-        Self {
+        let metrics = Self {
             registry,
             requests,
             latency,
@@ -408,11 +438,35 @@ impl Metrics {
             apply_seconds,
             sync_seconds,
             ready_seconds,
+            config_source,
+            config_cache_writes,
             ratelimit,
             unmatched,
             cache_requests,
             cache_redis_errors,
+        };
+        metrics.set_config_source(crate::runtime::ConfigSource::None);
+        metrics
+    }
+
+    /// Records where the config in force came from.
+    pub fn set_config_source(&self, source: crate::runtime::ConfigSource) {
+        for each in crate::runtime::ConfigSource::ALL {
+            self.config_source
+                .get_or_create(&SourceLabels {
+                    source: each.as_str(),
+                })
+                .set(i64::from(each == source));
         }
+    }
+
+    /// Counts one write of the config cache file.
+    pub fn count_cache_write(&self, ok: bool) {
+        self.config_cache_writes
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
     }
 
     /// Handles of a route's response-cache counters.

@@ -13,7 +13,7 @@ use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::ratelimit::{RateLimitSettings, RateLimiter};
 use crate::retry::{self, RetryPolicy};
 use crate::rolling::now_ms;
-use crate::runtime::{RouteRuntime, Runtime, ServiceRuntime};
+use crate::runtime::{ConfigSource, RouteRuntime, Runtime, ServiceRuntime};
 use crate::security;
 use crate::shared_state::SharedState;
 use crate::upstream::{self, Failure};
@@ -421,6 +421,12 @@ impl Proxy {
                     req.method(),
                     req.uri().path()
                 ),
+            )),
+            // Checked on this path only: a matched request pays nothing.
+            Lookup::NotFound if snapshot.source == ConfigSource::None => Err((
+                GatewayError::NoConfig,
+                "No config yet: the gateway has not received its routes from the control plane"
+                    .to_string(),
             )),
             Lookup::NotFound => Err((
                 GatewayError::RouteNotFound,

@@ -114,6 +114,35 @@ pub struct ServiceRuntime {
     pub errors: UpstreamErrorMetrics,
 }
 
+/// Where the config in force came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// No config yet: nothing from a control plane, no usable cache.
+    None,
+    /// A control plane's Discovery stream (or its silence after a Hello
+    /// with the version held: that version is current).
+    ControlPlane,
+    /// The data plane's config cache on disk, read at start.
+    Cache,
+    /// The standalone config file.
+    File,
+}
+
+impl ConfigSource {
+    /// Every source, in label order.
+    pub const ALL: [ConfigSource; 4] = [Self::None, Self::ControlPlane, Self::Cache, Self::File];
+
+    /// The label (`none`, `control_plane`, `cache`, `file`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::ControlPlane => "control_plane",
+            Self::Cache => "cache",
+            Self::File => "file",
+        }
+    }
+}
+
 /// One immutable view of config and instances.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -121,6 +150,8 @@ pub struct Snapshot {
     pub epoch: String,
     /// Config version.
     pub version: u64,
+    /// Where this config came from.
+    pub source: ConfigSource,
     /// The config.
     pub config: Arc<GatewayConfig>,
     /// Route table.
@@ -135,6 +166,7 @@ impl Snapshot {
         Self {
             epoch: String::new(),
             version: 0,
+            source: ConfigSource::None,
             config: Arc::new(GatewayConfig::default()),
             router: Arc::new(Router::empty()),
             services: Vec::new(),
@@ -187,6 +219,8 @@ impl UpdateError {
 /// A change to apply, whatever its source.
 #[derive(Debug)]
 pub struct Change {
+    /// Where the change comes from.
+    pub source: ConfigSource,
     /// Epoch after the change.
     pub epoch: String,
     /// Version after the change.
@@ -202,8 +236,12 @@ pub struct Change {
 }
 
 impl Change {
-    /// Reads a Discovery update; the config and instances are validated.
-    pub fn from_proto(update: &pb::ConfigUpdate) -> Result<Self, UpdateError> {
+    /// Reads a Discovery update (or the cached snapshot, given `source`);
+    /// the config and instances are validated.
+    pub fn from_proto(
+        update: &pb::ConfigUpdate,
+        source: ConfigSource,
+    ) -> Result<Self, UpdateError> {
         let config = if !update.config_json.is_empty() {
             Some(GatewayConfig::from_json(&update.config_json)?)
         } else if update.snapshot {
@@ -218,6 +256,7 @@ impl Change {
             .collect::<Result<Vec<_>, _>>()
             .map_err(UpdateError::Instance)?;
         Ok(Self {
+            source,
             epoch: update.epoch.clone(),
             version: update.version,
             replace_all: update.snapshot,
@@ -352,9 +391,92 @@ impl Runtime {
         self.current.load_full()
     }
 
-    /// Whether a config has been applied.
+    /// Whether it is ready for traffic: a config from a control plane or a
+    /// file is applied, or the cached config serves and no control plane
+    /// answered within the grace period ([`Runtime::serve_cached`]).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Where the config in force came from.
+    pub fn source(&self) -> ConfigSource {
+        self.current.load().source
+    }
+
+    /// Marks the cached config in force as ready for traffic (no control
+    /// plane answered in time); its version, or `None` when the config in
+    /// force is not the cached one.
+    pub fn serve_cached(&self) -> Option<u64> {
+        let _store = self.lock();
+        let snap = self.current.load();
+        if snap.source != ConfigSource::Cache {
+            return None;
+        }
+        self.mark_ready("serving the cached config");
+        Some(snap.version)
+    }
+
+    /// A control plane said nothing after a Hello with `epoch`/`version`:
+    /// it holds nothing newer, so the cached config in force is its
+    /// current one. True when that turned the source to the control plane.
+    pub fn confirm_cached(&self, epoch: &str, version: u64) -> bool {
+        let _store = self.lock();
+        let snap = self.current.load_full();
+        if snap.source != ConfigSource::Cache || snap.epoch != epoch || snap.version != version {
+            return false;
+        }
+        let confirmed = Snapshot {
+            epoch: snap.epoch.clone(),
+            version: snap.version,
+            source: ConfigSource::ControlPlane,
+            config: snap.config.clone(),
+            router: snap.router.clone(),
+            services: snap.services.clone(),
+            service_index: snap.service_index.clone(),
+        };
+        self.current.store(Arc::new(confirmed));
+        self.metrics.set_config_source(ConfigSource::ControlPlane);
+        self.mark_ready("the control plane confirmed the cached config");
+        true
+    }
+
+    /// The whole state in force as a snapshot update (config, every
+    /// instance with its state), when it came from a control plane: what
+    /// the config cache keeps.
+    pub fn export(&self) -> Option<pb::ConfigUpdate> {
+        let (snap, upserts) = {
+            let store = self.lock();
+            let snap = self.current.load_full();
+            if snap.source != ConfigSource::ControlPlane {
+                return None;
+            }
+            let upserts: Vec<pb::Instance> = store
+                .instances
+                .values()
+                .map(|e| e.instance.to_proto())
+                .collect();
+            (snap, upserts)
+        };
+        Some(pb::ConfigUpdate {
+            epoch: snap.epoch.clone(),
+            version: snap.version,
+            snapshot: true,
+            base_version: 0,
+            config_json: snap.config.to_json(),
+            upserts,
+            removals: Vec::new(),
+        })
+    }
+
+    fn mark_ready(&self, why: &'static str) {
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            let elapsed = self.created.elapsed();
+            self.metrics.ready_seconds.set(elapsed.as_secs_f64());
+            tracing::info!(
+                ready_after_ms = elapsed.as_secs_f64() * 1000.0,
+                "ready: {why}"
+            );
+        }
     }
 
     /// Epoch and version held.
@@ -427,7 +549,7 @@ impl Runtime {
                 });
             }
         }
-        self.apply(Change::from_proto(update)?)
+        self.apply(Change::from_proto(update, ConfigSource::ControlPlane)?)
     }
 
     /// Applies a change (validated whole first; nothing is half-applied).
@@ -492,6 +614,7 @@ impl Runtime {
         let snapshot = Snapshot {
             epoch: change.epoch,
             version: change.version,
+            source: change.source,
             config,
             router,
             services,
@@ -503,14 +626,13 @@ impl Runtime {
         self.metrics
             .instances
             .set(i64::try_from(store.instances.len()).unwrap_or(i64::MAX));
+        let source = snapshot.source;
         self.current.store(Arc::new(snapshot));
-        if !self.ready.swap(true, Ordering::AcqRel) {
-            let elapsed = self.created.elapsed();
-            self.metrics.ready_seconds.set(elapsed.as_secs_f64());
-            tracing::info!(
-                ready_after_ms = elapsed.as_secs_f64() * 1000.0,
-                "ready: first config applied"
-            );
+        self.metrics.set_config_source(source);
+        // The cached config serves at once but is ready only once the grace
+        // period is over (see `serve_cached`).
+        if source != ConfigSource::Cache {
+            self.mark_ready("first config applied");
         }
         drop(store);
         Ok(())
@@ -860,6 +982,7 @@ mod tests {
             static_instance: true,
         };
         rt.apply(Change {
+            source: ConfigSource::File,
             epoch: "standalone".into(),
             version: 1,
             replace_all: true,

@@ -89,6 +89,12 @@ pub struct Settings {
     pub session: Option<crate::session::SessionSettings>,
     /// One access-log line per request (`GW_ACCESS_LOG`).
     pub access_log: bool,
+    /// Directory of the config cache (`GW_CONFIG_CACHE`); `None`: no cache.
+    /// Not used in standalone mode.
+    pub config_cache: Option<PathBuf>,
+    /// Time a starting data plane serving its cached config waits for a
+    /// control plane before it reports ready (`GW_CONFIG_CACHE_GRACE`).
+    pub config_cache_grace: Duration,
 }
 
 impl Default for Settings {
@@ -112,6 +118,8 @@ impl Default for Settings {
             rate_limit: crate::ratelimit::RateLimitSettings::default(),
             session: None,
             access_log: true,
+            config_cache: None,
+            config_cache_grace: crate::config_cache::DEFAULT_GRACE,
         }
     }
 }
@@ -216,6 +224,15 @@ pub fn check_session(
     Ok(())
 }
 
+/// The config cache directory of `--config-cache`: `off` or an empty
+/// value means none.
+pub fn config_cache_dir(value: &str) -> Option<PathBuf> {
+    match value.trim() {
+        "" | "off" => None,
+        dir => Some(PathBuf::from(dir)),
+    }
+}
+
 /// Reads `HOST:PORT`, or a bare port number meaning `0.0.0.0:PORT`.
 pub fn parse_listen(text: &str) -> Result<SocketAddr, SettingsError> {
     let text = text.trim();
@@ -268,6 +285,13 @@ mod tests {
             "127.0.0.1:1".parse().unwrap()
         );
         assert!(parse_listen("localhost").is_err());
+    }
+
+    #[test]
+    fn config_cache_can_be_off() {
+        assert_eq!(config_cache_dir("off"), None);
+        assert_eq!(config_cache_dir(" "), None);
+        assert_eq!(config_cache_dir("/tmp/x"), Some(PathBuf::from("/tmp/x")));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! from its static `instances:` (with the seed's `*_SERVICE_URL` variables
 //! replacing those of their service), and no control plane is involved.
 
-use crate::runtime::{Change, Runtime, UpdateError};
+use crate::runtime::{Change, ConfigSource, Runtime, UpdateError};
 use gateway_common::config::{parse_instance_url, ConfigError};
 use gateway_common::registration::{static_instances, Instance, InstanceState};
 use gateway_common::GatewayConfig;
@@ -95,6 +95,7 @@ pub fn change(config: GatewayConfig, version: u64) -> Change {
         })
         .collect();
     Change {
+        source: ConfigSource::File,
         epoch: STANDALONE_EPOCH.to_string(),
         version,
         replace_all: true,

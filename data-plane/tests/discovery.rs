@@ -214,7 +214,10 @@ async fn snapshot_then_deltas_are_acked_nacked_and_routed() {
         other => panic!("expected hello, got {other:?}"),
     }
     assert_eq!(admin_get(&plane, "/health/ready").await.status, 503);
-    get(&plane, "/x").await.assert_error(404, "ROUTE_NOT_FOUND");
+    // No config at all is not "no such route".
+    let answer = get(&plane, "/x").await;
+    answer.assert_error(503, "NO_CONFIG");
+    assert_eq!(answer.headers["retry-after"], "1");
 
     session.send(snapshot(
         "ep",
@@ -374,4 +377,98 @@ async fn keeps_serving_without_control_plane_and_resumes() {
     assert_eq!(upstreams.into_iter().collect::<Vec<_>>(), vec!["a", "b"]);
     plane.shutdown().await;
     cp.stop(vec![session]).await;
+}
+
+/// A data plane keeping its config cache in `dir`, streaming from `url`.
+async fn start_cached_plane(url: String, dir: &std::path::Path, grace: Duration) -> DataPlane {
+    let mut settings = local_settings();
+    settings.control_plane = url;
+    settings.config_cache = Some(dir.to_path_buf());
+    settings.config_cache_grace = grace;
+    DataPlane::start(settings).await.unwrap()
+}
+
+async fn cache_written(plane: &DataPlane, version: u64) -> bool {
+    for _ in 0..100 {
+        let health = admin_get(plane, "/health").await.json();
+        if health["checks"]["configCache"]["writtenVersion"] == version {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_restarted_data_plane_serves_its_cached_config_and_says_hello_with_it() {
+    let a = Upstream::start("a").await;
+    let dir = std::env::temp_dir().join(format!("gw-dp-cache-{}", uuid::Uuid::new_v4().simple()));
+    let mut cp = FakeControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let plane = start_cached_plane(cp.url(), &dir, Duration::from_secs(60)).await;
+    let mut session = cp.next_session(Duration::from_secs(5)).await;
+    assert!(matches!(session.recv().await, Kind::Hello(_)));
+    session.send(snapshot("ep", 5, vec![instance("a", &a, 1)]));
+    expect_ack(session.recv().await, 5);
+    assert!(cache_written(&plane, 5).await);
+    session.send(delta("ep", 5, vec![]));
+    expect_ack(session.recv().await, 6);
+    assert!(
+        cache_written(&plane, 6).await,
+        "the next version is written too"
+    );
+    plane.shutdown().await;
+    cp.stop(vec![session]).await;
+
+    // A control plane that is current says nothing: after that silence the
+    // cached version counts as the control plane's.
+    let mut cp = FakeControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let plane = start_cached_plane(cp.url(), &dir, Duration::from_secs(60)).await;
+    assert_eq!(
+        get(&plane, "/x").await.status,
+        200,
+        "served from the cache at once"
+    );
+    let ready = admin_get(&plane, "/health/ready").await;
+    assert_eq!(
+        ready.status, 503,
+        "not ready before the control plane or the grace"
+    );
+    assert_eq!(ready.json()["source"], "cache");
+    let mut session = cp.next_session(Duration::from_secs(5)).await;
+    match session.recv().await {
+        Kind::Hello(hello) => assert_eq!((hello.epoch.as_str(), hello.version), ("ep", 6)),
+        other => panic!("expected hello, got {other:?}"),
+    }
+    let metrics = plane.metrics().clone();
+    assert!(
+        eventually(Duration::from_secs(5), || plane.runtime().source()
+            == data_plane::runtime::ConfigSource::ControlPlane)
+        .await
+    );
+    let ready = admin_get(&plane, "/health/ready").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["source"], "control_plane");
+    assert_eq!(metrics.control_plane_connected.get(), 1);
+    plane.shutdown().await;
+    cp.stop(vec![session]).await;
+
+    // No control plane at all: ready with the cached config after the grace.
+    let nowhere = format!("http://127.0.0.1:{}", gateway_tests::free_port());
+    let plane = start_cached_plane(nowhere, &dir, Duration::from_millis(300)).await;
+    assert_eq!(get(&plane, "/x").await.status, 200);
+    let runtime = plane.runtime().clone();
+    assert!(eventually(Duration::from_secs(5), || runtime.is_ready()).await);
+    let health = admin_get(&plane, "/health").await.json();
+    let control_plane = &health["checks"]["controlPlane"];
+    assert_eq!(control_plane["source"], "cache", "{health}");
+    assert_eq!(control_plane["configVersion"], 6);
+    assert!(control_plane["cachedAt"].is_string(), "{health}");
+    assert_eq!(health["status"], "degraded");
+    let text = admin_get(&plane, "/metrics").await.text();
+    assert!(
+        text.contains(r#"gateway_config_source{source="cache"} 1"#),
+        "{text}"
+    );
+    plane.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -242,12 +242,16 @@ pub struct DataPlaneProc {
     pub admin: SocketAddr,
     /// Node id.
     pub node_id: String,
+    /// Its own config cache directory (removed when dropped), unless the
+    /// test set `GW_CONFIG_CACHE` itself.
+    cache_dir: Option<PathBuf>,
 }
 
 impl DataPlaneProc {
     /// Starts a data plane streaming from `control_plane_url`; waits until
     /// it is live (it is ready only once it holds a config: see
-    /// [`DataPlaneProc::wait_ready`]).
+    /// [`DataPlaneProc::wait_ready`]). It keeps its config cache in a
+    /// directory of its own, kept across [`Proc::restart`].
     pub fn start(node_id: &str, control_plane_url: &str, redis_url: Option<&str>) -> Self {
         Self::start_with_env(node_id, control_plane_url, redis_url, &[])
     }
@@ -270,6 +274,18 @@ impl DataPlaneProc {
             .env("GW_SHUTDOWN_GRACE", "5s")
             .env("LOG_LEVEL", "info")
             .env("LOG_FORMAT", "pretty");
+        // Never the default directory: data planes of other tests (and of
+        // the machine) must not share a cache.
+        let cache_dir = (!env.iter().any(|(k, _)| *k == "GW_CONFIG_CACHE")).then(|| {
+            std::env::temp_dir().join(format!(
+                "gw-e2e-cache-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ))
+        });
+        if let Some(dir) = &cache_dir {
+            spec = spec.env("GW_CONFIG_CACHE", dir.to_string_lossy());
+        }
         if let Some(url) = redis_url {
             spec = spec.env("REDIS_URL", url);
         }
@@ -281,6 +297,7 @@ impl DataPlaneProc {
             listen,
             admin,
             node_id: node_id.to_string(),
+            cache_dir,
         };
         if let Err(e) = wait_for_port(admin, STARTUP_TIMEOUT) {
             dp.proc.assert_running();
@@ -318,9 +335,15 @@ impl DataPlaneProc {
             listen,
             admin,
             node_id: node_id.to_string(),
+            cache_dir: None,
         };
         dp.wait_ready();
         dp
+    }
+
+    /// The directory of its config cache, when the kit chose it.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache_dir.as_deref()
     }
 
     /// Everything it has logged so far.
@@ -384,6 +407,15 @@ impl DataPlaneProc {
     /// The process itself (signals, log).
     pub fn process(&mut self) -> &mut Proc {
         &mut self.proc
+    }
+}
+
+impl Drop for DataPlaneProc {
+    fn drop(&mut self) {
+        self.proc.kill();
+        if let Some(dir) = &self.cache_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

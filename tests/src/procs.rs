@@ -115,12 +115,14 @@ pub struct Spec {
 
 /// Environment variables of the gateway that must not leak from the
 /// developer's shell into the processes under test.
-const SCRUBBED_ENV: [&str; 22] = [
+const SCRUBBED_ENV: [&str; 24] = [
     "GW_ADMIN_TOKEN",
     "GW_REGISTRATION_TOKEN",
     "GW_DATAPLANE_TOKEN",
     "GW_CONTROL_PLANE",
     "GW_CONFIG",
+    "GW_CONFIG_CACHE",
+    "GW_CONFIG_CACHE_GRACE",
     "GW_LISTEN",
     "GW_ADMIN_LISTEN",
     "GW_NODE_ID",
