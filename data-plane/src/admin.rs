@@ -2,8 +2,8 @@
 //! or a file is applied, or the cached config serves and no control plane
 //! answered within its grace period; the revocation set is loaded or its
 //! grace period is over; and the data plane is not draining), the health
-//! report of its dependencies (`/health`, see [`crate::health`]) and
-//! Prometheus metrics.
+//! report of its dependencies (`/health`, see [`crate::health`]), what it
+//! serves (`/config`, see [`crate::config_dump`]) and Prometheus metrics.
 
 use crate::health::{HealthSources, Status};
 use crate::metrics::Metrics;
@@ -39,6 +39,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/config", get(config))
         .with_state(state)
 }
 
@@ -88,6 +89,11 @@ async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
             "source": source.as_str(),
         })),
     )
+}
+
+/// What this data plane serves ([`crate::config_dump`]).
+async fn config(State(state): State<AdminState>) -> impl IntoResponse {
+    Json(crate::config_dump::dump(&state.runtime))
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {

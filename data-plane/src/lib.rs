@@ -17,6 +17,7 @@ pub mod breaker;
 pub mod cache;
 pub mod cli;
 pub mod config_cache;
+pub mod config_dump;
 pub mod cors;
 pub mod credentials;
 pub mod deadline;

@@ -524,6 +524,19 @@ impl Runtime {
             .collect()
     }
 
+    /// Every instance held with its in-flight requests, by id.
+    pub fn instances(&self) -> Vec<(Instance, u64)> {
+        let store = self.lock();
+        let mut all: Vec<(Instance, u64)> = store
+            .instances
+            .values()
+            .map(|e| (e.instance.clone(), e.endpoint.load.in_flight()))
+            .collect();
+        drop(store);
+        all.sort_by(|a, b| a.0.spec.id.cmp(&b.0.spec.id));
+        all
+    }
+
     /// In-flight requests of one instance (0 when unknown).
     pub fn in_flight_of(&self, id: &str) -> u64 {
         self.lock().load_of(id).in_flight()

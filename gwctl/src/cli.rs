@@ -62,8 +62,19 @@ pub enum Command {
     Token(TokenArgs),
     /// Run a whole gateway in this process: control plane, echo upstream and one data plane.
     Dev(DevArgs),
+    /// Show what `apply -f FILE` would change, as a unified diff against the control plane's
+    /// config (exit code 0: no difference, 1: differences, 2: an error).
+    Diff(DiffArgs),
     /// Print a shell completion script (e.g. `source <(gwctl completion bash)`).
     Completion(CompletionArgs),
+}
+
+/// Flags of `diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The config document (YAML or JSON); `-` reads standard input.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 /// Flags of `completion`.
@@ -107,6 +118,8 @@ pub enum GetKind {
     Instances,
     /// Data planes with acked version, connection and in-flight requests.
     Dataplanes,
+    /// The control plane's current config as a document `gwctl apply` takes (YAML unless -o json).
+    Config,
 }
 
 /// Flags of `register`.

@@ -33,8 +33,15 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
+    // `diff` answers as `kubectl diff` does: 1 for a difference, 2 for an error.
+    let diff = matches!(cli.command, cli::Command::Diff(_));
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is::<commands::Differs>() => ExitCode::from(EXIT_FAILURE),
+        Err(error) if diff => {
+            fail(&format!("{error:#}"));
+            ExitCode::from(EXIT_USAGE)
+        }
         Err(error) => fail(&format!("{error:#}")),
     }
 }

@@ -249,3 +249,99 @@ fn health_degrades_without_redis_or_control_plane_and_serves_on() {
     assert_eq!(request(&dp, "/open/still", &[]).status, 200);
     dp.process().assert_running();
 }
+
+/// What a data plane serves (`GET /config` on its admin port) is what the
+/// control plane holds (`gwctl get config`); `gwctl diff` shows what an
+/// apply would change and answers 0 (none), 1 (some) or 2 (an error).
+#[test]
+fn config_dump_get_config_and_diff_agree_with_the_control_plane() {
+    let _guard = start_test();
+    let redis = RedisServer::start();
+    let tokens = Tokens::random();
+    let mut cp = ControlPlaneProc::start("dump-cp", Some(&redis.url()), &tokens);
+    cp.wait_ready();
+    let upstream = Upstream::start("dump-up");
+    let yaml = format!(
+        "version: 1\nservices:\n  - name: echo\n    instances: [\"{}\"]\n    circuit_breaker: {{ error_threshold_percent: 50 }}\nroutes:\n  - name: open\n    match: {{ path_prefix: /open }}\n    service: echo\n",
+        upstream.url()
+    );
+    let gwctl = cp.gwctl();
+    gwctl.apply(&yaml).success();
+    let mut dp = DataPlaneProc::start("dump-dp", &cp.url(), None);
+    dp.wait_ready();
+
+    let from_cp = gwctl.run(&["get", "config", "-o", "json"]).json();
+    let version = from_cp["version"].as_u64().unwrap();
+    let dump = wait_until(
+        "the data plane at the control plane's version",
+        Duration::from_secs(10),
+        || {
+            let dump = http::get(dp.admin, "/config")
+                .map_err(|e| e.to_string())?
+                .json();
+            if dump["version"] == version {
+                Ok(dump)
+            } else {
+                Err(dump.to_string())
+            }
+        },
+    );
+    assert_eq!(dump["source"], "control_plane", "{dump}");
+    assert_eq!(
+        dump["config"], from_cp["config"],
+        "the data plane serves the control plane's config"
+    );
+    assert_eq!(dump["breakers"]["echo"], "closed", "{dump}");
+    let instances = dump["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 1, "{dump}");
+    assert_eq!(instances[0]["spec"]["port"], upstream.port(), "{dump}");
+
+    // The YAML of `get config` is a document apply takes: no difference.
+    let document = gwctl.run(&["get", "config"]).success().to_string();
+    assert!(
+        document.starts_with(&format!("# version {version}\n")),
+        "{document}"
+    );
+    let same = write_temp_file("same.yaml", &document);
+    let out = gwctl.run(&["diff", "-f", &same.to_string_lossy()]);
+    assert_eq!((out.code, out.stdout.as_str()), (0, ""), "{}", out.stderr);
+    // The original file, with its defaults left out, is no difference either.
+    let original = write_temp_file("original.yaml", &yaml);
+    assert_eq!(
+        gwctl.run(&["diff", "-f", &original.to_string_lossy()]).code,
+        0
+    );
+
+    let changed = write_temp_file("changed.yaml", &yaml.replace("/open", "/opened"));
+    let out = gwctl.run(&["diff", "-f", &changed.to_string_lossy()]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains(&format!("--- control plane (version {version})")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("-    path_prefix: /open\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("+    path_prefix: /opened\n"),
+        "{}",
+        out.stdout
+    );
+    // Nothing was written.
+    assert_eq!(
+        gwctl.run(&["get", "config", "-o", "json"]).json()["version"],
+        version
+    );
+
+    let broken = write_temp_file(
+        "broken.yaml",
+        "version: 1\nroutes:\n  - name: x\n    service: nowhere\n",
+    );
+    let out = gwctl.run(&["diff", "-f", &broken.to_string_lossy()]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.starts_with("error: "), "{}", out.stderr);
+}

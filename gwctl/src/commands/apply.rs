@@ -81,7 +81,7 @@ fn render(view: &ApplyView) -> String {
 }
 
 /// Reads the document at `path`, or standard input for `-`.
-fn read_document(path: &Path) -> anyhow::Result<Vec<u8>> {
+pub fn read_document(path: &Path) -> anyhow::Result<Vec<u8>> {
     if path.as_os_str() == "-" {
         let mut document = Vec::new();
         std::io::stdin()

@@ -1,4 +1,4 @@
-//! `gwctl get services|routes|instances|dataplanes`.
+//! `gwctl get services|routes|instances|dataplanes|config`.
 
 use super::{emit, Context};
 use crate::cli::{GetArgs, GetKind};
@@ -36,6 +36,10 @@ pub async fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<()> {
                 instances_table(&instances).render()
             })?
         }
+        GetKind::Config => {
+            let (config, version) = versioned_config(&cp).await?;
+            render_config(ctx.format, &config, version)?
+        }
         GetKind::Dataplanes => {
             let data_planes = list_data_planes(&cp).await?;
             render(ctx.format, &data_planes, || {
@@ -59,6 +63,11 @@ fn render<T: serde::Serialize>(
 
 /// The control plane's current config (not re-validated: it is shown as stored).
 pub async fn current_config(cp: &ControlPlane) -> anyhow::Result<GatewayConfig> {
+    Ok(versioned_config(cp).await?.0)
+}
+
+/// The control plane's current config and its version.
+pub async fn versioned_config(cp: &ControlPlane) -> anyhow::Result<(GatewayConfig, u64)> {
     let answer = cp
         .admin()
         .get_config(pb::GetConfigRequest {})
@@ -66,10 +75,29 @@ pub async fn current_config(cp: &ControlPlane) -> anyhow::Result<GatewayConfig> 
         .map_err(|s| cp.explain(Api::Admin, s))?
         .into_inner();
     if answer.config_json.trim().is_empty() {
-        return Ok(GatewayConfig::default());
+        return Ok((GatewayConfig::default(), answer.version));
     }
-    serde_json::from_str(&answer.config_json)
-        .context("the control plane sent a config gwctl cannot read")
+    let config = serde_json::from_str(&answer.config_json)
+        .context("the control plane sent a config gwctl cannot read")?;
+    Ok((config, answer.version))
+}
+
+/// The config as a document `gwctl apply -f` takes back.
+pub fn config_document(config: &GatewayConfig) -> anyhow::Result<String> {
+    Ok(serde_norway::to_string(config)?)
+}
+
+/// `get config`: YAML with its version as a comment, or JSON with both.
+fn render_config(format: Format, config: &GatewayConfig, version: u64) -> anyhow::Result<String> {
+    match format {
+        Format::Json => structured(
+            format,
+            &serde_json::json!({ "version": version, "config": config }),
+        ),
+        Format::Table | Format::Yaml => {
+            Ok(format!("# version {version}\n{}", config_document(config)?))
+        }
+    }
 }
 
 /// Instances of one service (or all for an empty name).

@@ -4,12 +4,14 @@ mod apikey;
 mod apply;
 mod breaker;
 mod cache;
+mod diff;
 mod drain;
 mod get;
 mod register;
 mod token;
 mod topology;
 
+pub use diff::Differs;
 pub use token::MIN_SECRET_BYTES as MIN_JWT_SECRET_BYTES;
 
 use crate::cli::{Cli, Command};
@@ -51,6 +53,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apikey(args) => apikey::run(&ctx, args).await,
         Command::Token(args) => token::run(&ctx, args),
         Command::Dev(args) => crate::dev::run(args).await,
+        Command::Diff(args) => diff::run(&ctx, args).await,
         Command::Completion(args) => completion(args.shell),
     }
 }
