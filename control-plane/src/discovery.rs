@@ -491,6 +491,13 @@ async fn run_session(
             return;
         }
     };
+    if let Err(reason) = crate::compat::check(crate::compat::VERSION, &hello.build_version) {
+        tracing::warn!(node_id = %hello.node_id, data_plane_version = %hello.build_version, "{reason}");
+        let status = Status::failed_precondition(reason);
+        ctx.metrics.grpc_error("Discovery/Stream", &status);
+        let _ = tx.send(Err(status)).await;
+        return;
+    }
     let now = unix_ms();
     // What the data plane holds counts as acknowledged only in this epoch.
     let held = if ctx.view.read().epoch() == hello.epoch {
@@ -506,9 +513,10 @@ async fn run_session(
         connected_at_unix_ms: now,
         last_seen_unix_ms: now,
         connected: true,
+        build_version: hello.build_version.clone(),
         ..DataPlaneRecord::default()
     };
-    tracing::info!(node_id = %hello.node_id, epoch = %hello.epoch, version = hello.version, "data plane connected");
+    tracing::info!(node_id = %hello.node_id, epoch = %hello.epoch, version = hello.version, build_version = %hello.build_version, "data plane connected");
     let local_id = ctx.sessions.open();
     ctx.sessions.ack(local_id, held);
     let mut session = Session {
@@ -929,6 +937,7 @@ mod tests {
             node_id: "dp".into(),
             epoch: "lost".into(),
             version: 7,
+            ..pb::Hello::default()
         };
         assert!(session.greet(&hello).await.is_ok());
         assert!(session.sync().await.is_ok());

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod apikeys;
 pub mod auth;
 pub mod cli;
+pub mod compat;
 pub mod discovery;
 pub mod health;
 pub mod http;

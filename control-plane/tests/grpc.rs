@@ -966,3 +966,66 @@ async fn a_reset_store_sends_every_data_plane_a_snapshot_of_the_new_epoch() {
     assert_eq!(delta.epoch, fresh.epoch);
     cp.shutdown().await;
 }
+
+/// A data plane outside the version window is refused with
+/// FAILED_PRECONDITION and a reason that says the rule; one inside it is
+/// served and its version is listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_planes_outside_the_version_window_are_refused() {
+    let cp = start(None).await;
+    let too_new = {
+        let (major, rest) = control_plane::compat::VERSION.split_once('.').unwrap();
+        format!("{}.{rest}", major.parse::<u64>().unwrap() + 1)
+    };
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(common::hello_as("future", "", 0, &too_new))
+        .await
+        .unwrap();
+    let refused = match discovery(&cp).await.stream(ReceiverStream::new(rx)).await {
+        Err(status) => status,
+        Ok(response) => response
+            .into_inner()
+            .message()
+            .await
+            .expect_err("a data plane of another major version is refused"),
+    };
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("upgrade control planes first"),
+        "{}",
+        refused.message()
+    );
+
+    let (tx, rx) = mpsc::channel(1);
+    let version = control_plane::compat::VERSION;
+    tx.send(common::hello_as("current", "", 0, version))
+        .await
+        .unwrap();
+    let mut updates = discovery(&cp)
+        .await
+        .stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(updates.message().await.unwrap().unwrap().snapshot);
+    let listed = tokio::time::timeout(SECONDS_5, async {
+        loop {
+            let planes = admin(&cp)
+                .await
+                .list_data_planes(pb::ListDataPlanesRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .data_planes;
+            if let Some(found) = planes.into_iter().find(|d| d.node_id == "current") {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the data plane is listed");
+    assert_eq!(listed.build_version, version);
+    drop(tx);
+    cp.shutdown().await;
+}

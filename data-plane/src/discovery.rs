@@ -199,6 +199,7 @@ impl Session<'_> {
                 node_id: self.config.node_id.clone(),
                 epoch: epoch.clone(),
                 version,
+                build_version: env!("CARGO_PKG_VERSION").to_string(),
             }),
         )
         .await?;

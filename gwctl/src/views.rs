@@ -166,6 +166,9 @@ pub struct DataPlaneView {
     pub in_flight: BTreeMap<String, u64>,
     /// Breaker state per service.
     pub breakers: BTreeMap<String, &'static str>,
+    /// Build version of the data plane (empty: it did not say).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
 }
 
 fn breaker_name(state: i32) -> &'static str {
@@ -201,6 +204,7 @@ impl DataPlaneView {
                 .iter()
                 .map(|b| (b.service.clone(), breaker_name(b.state)))
                 .collect(),
+            version: status.build_version.clone(),
         }
     }
 
@@ -228,6 +232,7 @@ impl DataPlaneView {
 pub fn data_planes_table(data_planes: &[DataPlaneView]) -> Table {
     let mut table = Table::new([
         "NODE",
+        "VERSION",
         "REPLICA",
         "ACKED",
         "CONNECTED",
@@ -239,6 +244,7 @@ pub fn data_planes_table(data_planes: &[DataPlaneView]) -> Table {
     for d in data_planes {
         table.row(vec![
             d.node_id.clone(),
+            or_dash(&d.version),
             or_dash(&d.replica),
             d.acked_version.to_string(),
             if d.connected { "yes" } else { "no" }.into(),

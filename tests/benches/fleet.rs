@@ -275,6 +275,7 @@ async fn plane_session(
         node_id: node.to_string(),
         epoch,
         version,
+        ..pb::Hello::default()
     });
     if tx.send(message(hello)).await.is_err() {
         return false;

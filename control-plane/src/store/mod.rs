@@ -317,6 +317,9 @@ pub struct DataPlaneRecord {
     /// Reported breaker states.
     #[serde(default)]
     pub breakers: Vec<BreakerStatus>,
+    /// The build version its Hello carried.
+    #[serde(default)]
+    pub build_version: String,
 }
 
 /// A data plane not heard from for this long counts as disconnected.
@@ -337,6 +340,7 @@ impl DataPlaneRecord {
             connected_at_unix_ms: self.connected_at_unix_ms,
             last_seen_unix_ms: self.last_seen_unix_ms,
             connected: self.connected && !silent,
+            build_version: self.build_version.clone(),
             in_flight: self
                 .in_flight
                 .iter()

@@ -98,11 +98,22 @@ pub struct DataPlane {
 }
 
 pub fn hello(node_id: &str, epoch: &str, version: u64) -> pb::DataPlaneMessage {
+    hello_as(node_id, epoch, version, "")
+}
+
+/// A Hello from a data plane of build version `build_version`.
+pub fn hello_as(
+    node_id: &str,
+    epoch: &str,
+    version: u64,
+    build_version: &str,
+) -> pb::DataPlaneMessage {
     pb::DataPlaneMessage {
         kind: Some(pb::data_plane_message::Kind::Hello(pb::Hello {
             node_id: node_id.into(),
             epoch: epoch.into(),
             version,
+            build_version: build_version.into(),
         })),
     }
 }

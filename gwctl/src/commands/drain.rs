@@ -209,6 +209,7 @@ mod tests {
             in_flight_total: in_flight,
             in_flight: BTreeMap::from([("a".to_string(), in_flight)]),
             breakers: BTreeMap::new(),
+            version: String::new(),
         }
     }
 
