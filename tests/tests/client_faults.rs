@@ -15,7 +15,7 @@ use std::time::Duration;
 
 /// A service behind a breaker and outlier detection that a handful of
 /// failures would trip, so that any failure blamed on it shows.
-fn config(upstreams: &[&Upstream], extra_service: &str) -> String {
+fn config(upstreams: &[&Upstream]) -> String {
     let instances = upstreams
         .iter()
         .map(|u| format!("\"{}\"", u.url()))
@@ -30,7 +30,6 @@ services:
     instances: [{instances}]
     circuit_breaker: {{ error_threshold_percent: 50, volume_threshold: 3, reset_timeout: 60s, rolling_window: 60s, rolling_buckets: 6 }}
     outlier_detection: {{ consecutive_failures: 2, base_ejection_time: 60s }}
-{extra_service}
 routes:
   - name: app
     match: {{ path_prefix: /app }}
@@ -90,7 +89,7 @@ fn chunked_head(dp: &DataPlaneProc, id: &str) -> String {
 fn malformed_chunked_bodies_get_400_and_are_not_blamed_on_the_upstream() {
     let _test = start_test();
     let u = Upstream::start("faults-1");
-    let dp = start("dp-malformed", &config(&[&u], ""));
+    let dp = start("dp-malformed", &config(&[&u]));
     let bodies: [&[u8]; 4] = [
         // An invalid chunk size after a good chunk that already went out.
         b"5\r\nhello\r\nzz\r\nabc\r\n0\r\n\r\n",
@@ -126,7 +125,7 @@ fn malformed_chunked_bodies_get_400_and_are_not_blamed_on_the_upstream() {
 fn a_client_that_hangs_up_mid_body_is_logged_as_499_and_not_blamed_on_the_upstream() {
     let _test = start_test();
     let u = Upstream::start("faults-2");
-    let dp = start("dp-hangup", &config(&[&u], ""));
+    let dp = start("dp-hangup", &config(&[&u]));
     for i in 0..6 {
         let id = format!("hangup-{i}");
         let head = format!(
@@ -188,7 +187,7 @@ fn a_client_that_hangs_up_mid_body_is_logged_as_499_and_not_blamed_on_the_upstre
 fn a_body_that_does_not_arrive_in_time_gets_408_not_an_upstream_timeout() {
     let _test = start_test();
     let u = Upstream::start("faults-3");
-    let dp = start("dp-slow-body", &config(&[&u], ""));
+    let dp = start("dp-slow-body", &config(&[&u]));
     for i in 0..4 {
         let id = format!("slow-{i}");
         let head = format!(
@@ -226,7 +225,7 @@ fn a_body_that_does_not_arrive_in_time_gets_408_not_an_upstream_timeout() {
 fn a_413_reaches_a_client_that_sends_its_whole_body_before_reading() {
     let _test = start_test();
     let u = Upstream::start("faults-4");
-    let dp = start("dp-413", &config(&[&u], ""));
+    let dp = start("dp-413", &config(&[&u]));
     let script = r#"
 import http.client, json, sys
 host, port = sys.argv[1].rsplit(":", 1)

@@ -106,6 +106,29 @@ fn steady_load(dp: &DataPlaneProc, stop: &Arc<AtomicBool>, outcomes: &Outcomes) 
     })
 }
 
+/// Stops the load and fails if any request failed; returns what it saw.
+fn stop_and_check<'a>(
+    load: JoinHandle<()>,
+    stop: &AtomicBool,
+    outcomes: &'a Outcomes,
+    restarted: Instant,
+) -> std::sync::MutexGuard<'a, Vec<(Instant, &'static str, Option<String>)>> {
+    stop.store(true, Ordering::SeqCst);
+    load.join()
+        .unwrap_or_else(|_| panic!("the load thread panicked"));
+    let outcomes = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+    let failures: Vec<_> = outcomes.iter().filter(|(_, _, f)| f.is_some()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed, the first {:?} after the restart: {:?}",
+        failures.len(),
+        outcomes.len(),
+        failures[0].0.saturating_duration_since(restarted),
+        failures[0]
+    );
+    outcomes
+}
+
 fn redis_get(redis: &RedisServer, args: &[&str]) -> String {
     redis
         .command(args)
@@ -209,20 +232,7 @@ fn redis_restarted_empty_under_load_fails_no_request_and_gets_its_config_back() 
         // Longer than a lease: keepalives renew what the seed wrote back.
         std::thread::sleep(Duration::from_secs(TTL_SECONDS + 1));
     }
-    stop.store(true, Ordering::SeqCst);
-    load.join()
-        .unwrap_or_else(|_| panic!("the load thread panicked"));
-
-    let outcomes = outcomes.lock().unwrap_or_else(|e| e.into_inner());
-    let failures: Vec<_> = outcomes.iter().filter(|(_, _, f)| f.is_some()).collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed, the first {:?} after the restart: {:?}",
-        failures.len(),
-        outcomes.len(),
-        failures[0].0.saturating_duration_since(restarted),
-        failures[0]
-    );
+    let outcomes = stop_and_check(load, &stop, &outcomes, restarted);
     for path in LOAD_PATHS {
         let after = outcomes
             .iter()
@@ -315,19 +325,8 @@ fn with_the_store_and_every_replica_restarted_empty_data_planes_keep_serving_unt
         redis.command(&["GET", "gw:config"]).is_err(),
         "no config in the store"
     );
-    stop.store(true, Ordering::SeqCst);
-    load.join()
-        .unwrap_or_else(|_| panic!("the load thread panicked"));
     {
-        let outcomes = outcomes.lock().unwrap_or_else(|e| e.into_inner());
-        let failures: Vec<_> = outcomes.iter().filter(|(_, _, f)| f.is_some()).collect();
-        assert!(
-            failures.is_empty(),
-            "{} of {} requests failed, e.g. {:?}",
-            failures.len(),
-            outcomes.len(),
-            failures[0]
-        );
+        let outcomes = stop_and_check(load, &stop, &outcomes, restarted);
         let after = outcomes.iter().filter(|(t, _, _)| *t > restarted).count();
         assert!(after > 50, "only {after} requests after the restart");
     }
