@@ -42,9 +42,13 @@ fn notice(text: &str) {
 /// Every YAML document of a file (relative to the repository), merge keys (`<<`) applied,
 /// as JSON values; empty documents are left out.
 fn yaml_documents(rel: &str) -> Vec<Value> {
-    let text = read(rel);
+    yaml_text_documents(rel, &read(rel))
+}
+
+/// Every YAML document of `text` (named `rel` in messages), as [`yaml_documents`] reads them.
+fn yaml_text_documents(rel: &str, text: &str) -> Vec<Value> {
     let mut documents = Vec::new();
-    for (i, document) in serde_norway::Deserializer::from_str(&text).enumerate() {
+    for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let mut value = serde_norway::Value::deserialize(document)
             .unwrap_or_else(|e| panic!("{rel}: document {i} is not YAML: {e}"));
         value
@@ -114,8 +118,12 @@ fn strings(values: &[Value]) -> Vec<&str> {
     values.iter().filter_map(Value::as_str).collect()
 }
 
-/// Port of a `HOST:PORT` listen address.
+/// Port of a `HOST:PORT` listen address, or of a bare port (which the data plane's listen
+/// flags also take).
 fn port_of(addr: &str) -> u16 {
+    if let Ok(port) = addr.trim().parse::<u16>() {
+        return port;
+    }
     addr.parse::<SocketAddr>()
         .unwrap_or_else(|e| panic!("{addr:?} is not HOST:PORT: {e}"))
         .port()
@@ -135,6 +143,23 @@ fn host_port_of_url(url: &str) -> (String, u16) {
         port.parse()
             .unwrap_or_else(|e| panic!("{url:?}: bad port: {e}")),
     )
+}
+
+/// `(host, port)` of a `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` URL.
+fn redis_host_port(url: &str) -> (String, u16) {
+    let rest = url
+        .strip_prefix("redis://")
+        .unwrap_or_else(|| panic!("{url:?} is not a redis:// URL"));
+    let authority = rest.split('/').next().unwrap_or_default();
+    let address = authority.rsplit('@').next().unwrap_or_default();
+    match address.rsplit_once(':') {
+        Some((host, port)) => (
+            host.to_string(),
+            port.parse()
+                .unwrap_or_else(|e| panic!("{url:?}: bad port: {e}")),
+        ),
+        None => (address.to_string(), 6379),
+    }
 }
 
 /// The gateway crates whose sources define what the binaries read.
@@ -236,18 +261,65 @@ fn clap_default(source: &str, variable: &str, constants_file: Option<&str>) -> S
         .to_string()
 }
 
+/// The `--long` flag of the clap argument that reads `variable` in `source` (clap names it
+/// after the field unless the attribute says `long = "..."`).
+fn clap_long(source: &str, variable: &str) -> String {
+    let code = read(source);
+    let at = code
+        .find(&format!("env = \"{variable}\""))
+        .unwrap_or_else(|| panic!("{source} reads no {variable}"));
+    let attribute_start = code[..at].rfind("#[arg(").unwrap_or(0);
+    let attribute_end = code[at..]
+        .find(")]")
+        .map(|e| at + e)
+        .unwrap_or_else(|| panic!("{source}: the attribute of {variable} does not end"));
+    if let Some(long) = literals_after(&code[attribute_start..attribute_end], "long = \"").first() {
+        return format!("--{long}");
+    }
+    let field = code[attribute_end..]
+        .split("pub ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("{source}: no field reads {variable}"));
+    format!("--{}", field.trim().replace('_', "-"))
+}
+
+/// Paths an axum router of `source` serves (its `.route("...")` calls).
+fn routes(source: &str) -> BTreeSet<String> {
+    let paths: BTreeSet<String> = literals_after(&read(source), ".route(\"")
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    assert!(!paths.is_empty(), "{source} routes nothing");
+    paths
+}
+
+/// Sources of the binaries' settings.
+const CP_CLI: &str = "control-plane/src/cli.rs";
+const DP_CLI: &str = "data-plane/src/cli.rs";
+
 /// The ports and endpoints the deployment must agree with, read from the sources.
 struct Facts {
     cp_grpc: u16,
     cp_http: u16,
+    /// Paths of the control plane's HTTP server.
+    cp_http_paths: BTreeSet<String>,
+    /// The control plane's Redis key prefix (`CP_KEY_PREFIX`).
+    cp_key_prefix: String,
     dp_listen: u16,
     dp_admin: u16,
+    /// Paths of the data plane's admin server.
+    dp_admin_paths: BTreeSet<String>,
+    /// The data plane's Redis key prefix (`GW_KEY_PREFIX`).
+    dp_key_prefix: String,
+    /// The data plane's config cache directory (`GW_CONFIG_CACHE`).
+    dp_config_cache: String,
     binaries: BTreeSet<String>,
 }
 
 fn facts() -> Facts {
-    let cp = "control-plane/src/cli.rs";
-    let dp = "data-plane/src/cli.rs";
+    let cp = CP_CLI;
+    let dp = DP_CLI;
     let dp_settings = Some("data-plane/src/settings.rs");
     let dp_listen = literals_after(
         &read("data-plane/src/settings.rs"),
@@ -269,8 +341,17 @@ fn facts() -> Facts {
     Facts {
         cp_grpc: port_of(&clap_default(cp, "CP_GRPC_ADDR", None)),
         cp_http: port_of(&clap_default(cp, "CP_HTTP_ADDR", None)),
+        cp_http_paths: routes("control-plane/src/http.rs"),
+        cp_key_prefix: clap_default(cp, "CP_KEY_PREFIX", None),
         dp_listen,
         dp_admin: port_of(&clap_default(dp, "GW_ADMIN_LISTEN", dp_settings)),
+        dp_admin_paths: routes("data-plane/src/admin.rs"),
+        dp_key_prefix: clap_default(dp, "GW_KEY_PREFIX", Some("data-plane/src/shared_state.rs")),
+        dp_config_cache: clap_default(
+            dp,
+            "GW_CONFIG_CACHE",
+            Some("data-plane/src/config_cache.rs"),
+        ),
         binaries,
     }
 }
@@ -289,9 +370,11 @@ fn every_yaml_file_under_deploy_parses() {
         "deploy/compose.yaml",
         "deploy/examples/dev.yaml",
         "deploy/examples/cluster.yaml",
-        "deploy/k8s/kustomization.yaml",
-        "deploy/k8s/control-plane.yaml",
-        "deploy/k8s/data-plane.yaml",
+        "deploy/k8s/base/kustomization.yaml",
+        "deploy/k8s/base/control-plane.yaml",
+        "deploy/k8s/base/data-plane.yaml",
+        "deploy/k8s/overlays/dev/kustomization.yaml",
+        "deploy/k8s/overlays/production/kustomization.yaml",
     ] {
         assert!(files.iter().any(|f| f == expected), "{expected} is missing");
     }
@@ -804,7 +887,10 @@ fn the_compose_file_runs_redis_two_control_planes_two_data_planes_and_backends()
                 read_by_binaries.contains(&variable),
                 "{name}: no binary reads {variable}"
             );
-            if variable.ends_with("_TOKEN") || variable.ends_with("_SECRET") {
+            if ["_TOKEN", "_SECRET", "_SALT"]
+                .iter()
+                .any(|suffix| variable.ends_with(suffix))
+            {
                 assert!(
                     value.starts_with("${") && value.ends_with('}'),
                     "{name}: {variable} must come from deploy/.env, not the compose file"
@@ -816,20 +902,28 @@ fn the_compose_file_runs_redis_two_control_planes_two_data_planes_and_backends()
     // Control planes: two or more, one Redis, probed on their HTTP port.
     let control_planes = by_binary("control-plane");
     assert!(control_planes.len() >= 2, "fewer than two control planes");
-    for (name, service) in &control_planes {
-        let env = compose_env(service);
-        let redis_url = env
+    let redis_of = |name: &str, env: &BTreeMap<String, String>| {
+        let url = env
             .get("REDIS_URL")
-            .unwrap_or_else(|| panic!("{name}: no REDIS_URL"));
-        let redis_host = redis_url
-            .trim_start_matches("redis://")
-            .split([':', '/'])
-            .next()
-            .unwrap_or_default();
+            .unwrap_or_else(|| panic!("{name}: no REDIS_URL"))
+            .clone();
         assert_eq!(
-            redis_host, "redis",
+            redis_host_port(&url).0,
+            "redis",
             "{name}: REDIS_URL is not the compose Redis"
         );
+        url
+    };
+    let prefix_of = |env: &BTreeMap<String, String>, variable: &str, default: &str| {
+        env.get(variable).cloned().unwrap_or(default.to_string())
+    };
+    let mut cp_redis = BTreeSet::new();
+    for (name, service) in &control_planes {
+        let env = compose_env(service);
+        cp_redis.insert((
+            redis_of(name, &env),
+            prefix_of(&env, "CP_KEY_PREFIX", &facts.cp_key_prefix),
+        ));
         let http = env
             .get("CP_HTTP_ADDR")
             .map_or(facts.cp_http, |a| port_of(a));
@@ -844,12 +938,33 @@ fn the_compose_file_runs_redis_two_control_planes_two_data_planes_and_backends()
     }
     let cp_names: BTreeSet<&str> = control_planes.iter().map(|(n, _)| n.as_str()).collect();
 
-    // Data planes: two or more, each streaming from a control plane of this file, probed on
-    // the admin port, with time to drain on stop.
+    assert_eq!(cp_redis.len(), 1, "the control planes use different stores");
+
+    // Data planes: two or more, each streaming from a control plane of this file, sharing its
+    // Redis (under the same key prefix) and one IP_SALT, probed on the admin port, with time to
+    // drain on stop.
     let data_planes = by_binary("data-plane");
     assert!(data_planes.len() >= 2, "fewer than two data planes");
+    let mut salts = BTreeSet::new();
     for (name, service) in &data_planes {
         let env = compose_env(service);
+        let store = (
+            redis_of(name, &env),
+            prefix_of(&env, "GW_KEY_PREFIX", &facts.dp_key_prefix),
+        );
+        assert!(
+            cp_redis.contains(&store),
+            "{name}: REDIS_URL and GW_KEY_PREFIX {store:?} are not the control planes' {cp_redis:?}: API keys and revocations would not reach it"
+        );
+        assert!(
+            service.pointer("/depends_on/redis").is_some(),
+            "{name} does not wait for redis"
+        );
+        salts.insert(
+            env.get("IP_SALT")
+                .unwrap_or_else(|| panic!("{name}: no IP_SALT"))
+                .clone(),
+        );
         let url = env
             .get("CONTROL_PLANE_URL")
             .unwrap_or_else(|| panic!("{name}: no CONTROL_PLANE_URL"));
@@ -879,6 +994,11 @@ fn the_compose_file_runs_redis_two_control_planes_two_data_planes_and_backends()
             "{name}: stop_grace_period must exceed GW_SHUTDOWN_GRACE"
         );
     }
+    assert_eq!(
+        salts.len(),
+        1,
+        "the data planes have different IP_SALTs, so limits by client IP are not shared"
+    );
 
     // The config job applies a mounted file that is a valid config, whose static instances
     // are backends of this file with a healthcheck.
@@ -965,463 +1085,13 @@ fn the_compose_file_runs_redis_two_control_planes_two_data_planes_and_backends()
 
 // ------------------------------------------------------------------------------ Kubernetes
 
-const K8S: &str = "deploy/k8s";
-
-/// Every manifest file of deploy/k8s (the kustomization aside).
-fn manifest_files() -> Vec<String> {
-    files_under(K8S, &[".yaml", ".yml"])
-        .into_iter()
-        .filter(|f| !f.ends_with("kustomization.yaml"))
-        .collect()
-}
-
-/// Every object of the manifests, by (kind, name).
-fn manifests() -> BTreeMap<(String, String), Value> {
-    let mut objects = BTreeMap::new();
-    for file in manifest_files() {
-        for object in yaml_documents(&file) {
-            let kind = text(&object, "/kind", &file).to_string();
-            let name = text(&object, "/metadata/name", &file).to_string();
-            let previous = objects.insert((kind.clone(), name.clone()), object);
-            assert!(previous.is_none(), "{kind}/{name} is defined twice");
-        }
-    }
-    objects
-}
-
-fn object<'a>(objects: &'a BTreeMap<(String, String), Value>, kind: &str, name: &str) -> &'a Value {
-    objects
-        .get(&(kind.to_string(), name.to_string()))
-        .unwrap_or_else(|| panic!("no {kind}/{name} in {K8S}"))
-}
-
-/// The one container of a workload's pod template.
-fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
-    list(workload, "/spec/template/spec/containers")
-        .iter()
-        .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
-        .unwrap_or_else(|| panic!("no container {name}"))
-}
-
-/// Literal env values of a container (valueFrom entries map to None).
-fn container_env(container: &Value) -> BTreeMap<String, Option<String>> {
-    list(container, "/env")
-        .iter()
-        .map(|e| {
-            (
-                text(e, "/name", "env entry").to_string(),
-                e.get("value").and_then(Value::as_str).map(str::to_string),
-            )
-        })
-        .collect()
-}
-
-/// The container port a probe or Service port names (by name or number).
-fn resolve_port(container: &Value, port: &Value) -> u16 {
-    match port {
-        Value::Number(n) => n.as_u64().expect("port") as u16,
-        Value::String(name) => list(container, "/ports")
-            .iter()
-            .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
-            .and_then(|p| p.get("containerPort").and_then(Value::as_u64))
-            .unwrap_or_else(|| panic!("no container port named {name}"))
-            as u16,
-        other => panic!("bad port {other}"),
-    }
-}
-
-/// (port, path) of an httpGet probe.
-fn http_probe(container: &Value, probe: &str) -> (u16, String) {
-    let get = container
-        .pointer(&format!("/{probe}/httpGet"))
-        .unwrap_or_else(|| panic!("no httpGet {probe}"));
-    (
-        resolve_port(container, &get["port"]),
-        text(get, "/path", probe).to_string(),
-    )
-}
-
-fn labels_match(selector: &Value, labels: &Value) -> bool {
-    selector
-        .as_object()
-        .is_some_and(|s| !s.is_empty() && s.iter().all(|(k, v)| labels.get(k) == Some(v)))
-}
-
-/// Pod-level and container-level hardening of a workload.
-fn assert_hardened(kind_name: &str, workload: &Value) {
-    let pod = workload
-        .pointer("/spec/template/spec")
-        .unwrap_or_else(|| panic!("{kind_name}: no pod template"));
-    assert_eq!(
-        pod.pointer("/securityContext/runAsNonRoot"),
-        Some(&Value::Bool(true)),
-        "{kind_name}: runAsNonRoot"
-    );
-    let uid = pod
-        .pointer("/securityContext/runAsUser")
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("{kind_name}: no runAsUser"));
-    assert_ne!(uid, 0, "{kind_name}: runs as root");
-    for c in list(pod, "/containers") {
-        let name = text(c, "/name", kind_name);
-        let sc = c
-            .get("securityContext")
-            .unwrap_or_else(|| panic!("{kind_name}/{name}: no securityContext"));
-        assert_eq!(
-            sc.get("readOnlyRootFilesystem"),
-            Some(&Value::Bool(true)),
-            "{kind_name}/{name}: readOnlyRootFilesystem"
-        );
-        assert_eq!(
-            sc.get("allowPrivilegeEscalation"),
-            Some(&Value::Bool(false)),
-            "{kind_name}/{name}: allowPrivilegeEscalation"
-        );
-        assert!(
-            strings(list(sc, "/capabilities/drop")).contains(&"ALL"),
-            "{kind_name}/{name}: capabilities not dropped"
-        );
-        for resource in ["cpu", "memory"] {
-            assert!(
-                c.pointer(&format!("/resources/requests/{resource}"))
-                    .is_some(),
-                "{kind_name}/{name}: no {resource} request"
-            );
-        }
-        assert!(
-            c.pointer("/resources/limits/memory").is_some(),
-            "{kind_name}/{name}: no memory limit"
-        );
-    }
-}
-
-/// A PodDisruptionBudget and a Service select the workload's pods.
-fn assert_selected_by(
-    objects: &BTreeMap<(String, String), Value>,
-    kind: &str,
-    workload_name: &str,
-    workload: &Value,
-) {
-    let labels = workload
-        .pointer("/spec/template/metadata/labels")
-        .expect("pod labels");
-    let selector_pointer = if kind == "Service" {
-        "/spec/selector"
-    } else {
-        "/spec/selector/matchLabels"
-    };
-    let selecting: Vec<&String> = objects
-        .iter()
-        .filter(|((k, _), o)| {
-            k == kind
-                && o.pointer(selector_pointer)
-                    .is_some_and(|s| labels_match(s, labels))
-        })
-        .map(|((_, n), _)| n)
-        .collect();
-    assert!(
-        !selecting.is_empty(),
-        "no {kind} selects the pods of {workload_name}"
-    );
-}
-
-#[test]
-fn the_kubernetes_manifests_hold_what_a_production_deployment_needs() {
-    let facts = facts();
-    let objects = manifests();
-    let read_by_binaries = variables_read();
-
-    // kustomization.yaml applies every manifest.
-    let kustomization = &yaml_documents(&format!("{K8S}/kustomization.yaml"))[0];
-    let listed: BTreeSet<String> = strings(list(kustomization, "/resources"))
-        .into_iter()
-        .map(|r| format!("{K8S}/{r}"))
-        .collect();
-    assert_eq!(
-        listed,
-        manifest_files().into_iter().collect::<BTreeSet<_>>(),
-        "kustomization.yaml resources"
-    );
-
-    // One namespace holds everything.
-    let namespace = object(&objects, "Namespace", "gateway");
-    let ns = text(namespace, "/metadata/name", "Namespace");
-    for ((kind, name), o) in &objects {
-        if kind != "Namespace" {
-            assert_eq!(
-                o.pointer("/metadata/namespace").and_then(Value::as_str),
-                Some(ns),
-                "{kind}/{name} is not in namespace {ns}"
-            );
-        }
-    }
-
-    // Secrets: the tokens and the JWT secret, each a placeholder clearly marked.
-    let secret = object(&objects, "Secret", "gateway-secrets");
-    let secret_data = secret
-        .get("stringData")
-        .and_then(Value::as_object)
-        .expect("Secret stringData");
-    for key in [
-        "GW_ADMIN_TOKEN",
-        "GW_REGISTRATION_TOKEN",
-        "GW_DATAPLANE_TOKEN",
-        "JWT_SECRET",
-    ] {
-        let value = secret_data
-            .get(key)
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("Secret lacks {key}"));
-        assert!(
-            value.starts_with("REPLACE_ME"),
-            "Secret {key} is not marked as a placeholder"
-        );
-        assert!(
-            value.len() >= 32,
-            "Secret {key}: even the placeholder must be 32 bytes or more"
-        );
-    }
-
-    // Every workload: references resolve; gateway containers run the gateway's binaries with
-    // variables they read.
-    for ((kind, name), workload) in &objects {
-        let Some(pod) = workload.pointer("/spec/template/spec") else {
-            continue;
-        };
-        assert_hardened(&format!("{kind}/{name}"), workload);
-        for c in list(pod, "/containers") {
-            for e in list(c, "/env") {
-                if let Some(reference) = e.pointer("/valueFrom/secretKeyRef") {
-                    let secret_name = text(reference, "/name", name);
-                    let key = text(reference, "/key", name);
-                    let s = object(&objects, "Secret", secret_name);
-                    assert!(
-                        s.pointer(&format!("/stringData/{key}")).is_some()
-                            || s.pointer(&format!("/data/{key}")).is_some(),
-                        "{kind}/{name}: Secret {secret_name} has no key {key}"
-                    );
-                }
-            }
-            let image = text(c, "/image", name);
-            if !image.starts_with("gateway:") {
-                continue;
-            }
-            let binary = strings(list(c, "/command"))
-                .first()
-                .map(|b| b.rsplit('/').next().unwrap_or(b).to_string())
-                .unwrap_or_else(|| panic!("{kind}/{name}: no command"));
-            assert!(
-                facts.binaries.contains(&binary),
-                "{kind}/{name}: {binary} is not in the image"
-            );
-            for variable in container_env(c).keys() {
-                assert!(
-                    read_by_binaries.contains(variable),
-                    "{kind}/{name}: no binary reads {variable}"
-                );
-            }
-        }
-        for v in list(pod, "/volumes") {
-            if let Some(map) = v.pointer("/configMap/name").and_then(Value::as_str) {
-                object(&objects, "ConfigMap", map);
-            }
-        }
-    }
-
-    // Control plane: two replicas spread over nodes, probed on its HTTP port, with a Service
-    // for gRPC and HTTP and a disruption budget.
-    let cp = object(&objects, "Deployment", "control-plane");
-    assert_eq!(
-        cp.pointer("/spec/replicas").and_then(Value::as_u64),
-        Some(2),
-        "control-plane replicas"
-    );
-    assert!(
-        cp.pointer("/spec/template/spec/affinity/podAntiAffinity")
-            .is_some(),
-        "control-plane has no anti-affinity"
-    );
-    let cp_container = container(cp, "control-plane");
-    let cp_env = container_env(cp_container);
-    let cp_http = cp_env
-        .get("CP_HTTP_ADDR")
-        .and_then(|v| v.as_deref())
-        .map_or(facts.cp_http, port_of);
-    let cp_grpc = cp_env
-        .get("CP_GRPC_ADDR")
-        .and_then(|v| v.as_deref())
-        .map_or(facts.cp_grpc, port_of);
-    assert_eq!(
-        http_probe(cp_container, "readinessProbe"),
-        (cp_http, "/health/ready".into())
-    );
-    assert_eq!(
-        http_probe(cp_container, "livenessProbe"),
-        (cp_http, "/health/live".into())
-    );
-    for variable in ["REDIS_URL", "GW_ADMIN_TOKEN", "GW_REGISTRATION_TOKEN"] {
-        assert!(
-            cp_env.contains_key(variable),
-            "control-plane lacks {variable}"
-        );
-    }
-    let cp_service = object(&objects, "Service", "control-plane");
-    let cp_service_ports: BTreeMap<u16, u16> = list(cp_service, "/spec/ports")
-        .iter()
-        .map(|p| {
-            let port = p["port"].as_u64().expect("port") as u16;
-            (
-                port,
-                resolve_port(cp_container, p.get("targetPort").unwrap_or(&p["port"])),
-            )
-        })
-        .collect();
-    let target_ports: BTreeSet<u16> = cp_service_ports.values().copied().collect();
-    assert!(
-        target_ports.contains(&cp_grpc) && target_ports.contains(&cp_http),
-        "control-plane Service ports"
-    );
-    assert_selected_by(&objects, "Service", "control-plane", cp);
-    assert_selected_by(&objects, "PodDisruptionBudget", "control-plane", cp);
-
-    // Data plane: probed on its admin port, drained on stop, autoscaled, with a Service and a
-    // disruption budget; it streams from the control plane's Service.
-    let dp = object(&objects, "Deployment", "data-plane");
-    assert!(
-        dp.pointer("/spec/replicas").is_none(),
-        "data-plane sets replicas, which fights its HorizontalPodAutoscaler"
-    );
-    let dp_container = container(dp, "data-plane");
-    let dp_env = container_env(dp_container);
-    let dp_admin = dp_env
-        .get("GW_ADMIN_LISTEN")
-        .and_then(|v| v.as_deref())
-        .map_or(facts.dp_admin, port_of);
-    assert_eq!(
-        http_probe(dp_container, "readinessProbe"),
-        (dp_admin, "/health/ready".into())
-    );
-    assert_eq!(
-        http_probe(dp_container, "livenessProbe"),
-        (dp_admin, "/health/live".into())
-    );
-    let url = dp_env
-        .get("CONTROL_PLANE_URL")
-        .and_then(Clone::clone)
-        .expect("data-plane CONTROL_PLANE_URL");
-    let (host, port) = host_port_of_url(&url);
-    assert!(
-        host == "control-plane" || host.starts_with(&format!("control-plane.{ns}.")),
-        "CONTROL_PLANE_URL {url} is not the control-plane Service"
-    );
-    assert!(
-        cp_service_ports.get(&port) == Some(&cp_grpc),
-        "CONTROL_PLANE_URL port {port} is not the gRPC port"
-    );
-    let pre_stop = strings(list(dp_container, "/lifecycle/preStop/exec/command"));
-    let sleep = match pre_stop.as_slice() {
-        ["sleep", seconds] => Duration::from_secs(seconds.parse().expect("sleep seconds")),
-        other => panic!("data-plane preStop is not `sleep N`: {other:?}"),
-    };
-    let grace = duration(
-        dp_env
-            .get("GW_SHUTDOWN_GRACE")
-            .and_then(|v| v.as_deref())
-            .unwrap_or("30s"),
-    );
-    let termination = Duration::from_secs(
-        dp.pointer("/spec/template/spec/terminationGracePeriodSeconds")
-            .and_then(Value::as_u64)
-            .expect("data-plane terminationGracePeriodSeconds"),
-    );
-    assert!(
-        termination > sleep + grace,
-        "terminationGracePeriodSeconds ({termination:?}) must exceed preStop ({sleep:?}) + GW_SHUTDOWN_GRACE ({grace:?})"
-    );
-    let hpa = object(&objects, "HorizontalPodAutoscaler", "data-plane");
-    assert_eq!(text(hpa, "/apiVersion", "HPA"), "autoscaling/v2");
-    assert_eq!(text(hpa, "/spec/scaleTargetRef/kind", "HPA"), "Deployment");
-    assert_eq!(text(hpa, "/spec/scaleTargetRef/name", "HPA"), "data-plane");
-    assert!(
-        hpa.pointer("/spec/minReplicas").and_then(Value::as_u64) >= Some(2),
-        "HPA minReplicas"
-    );
-    assert!(
-        list(hpa, "/spec/metrics")
-            .iter()
-            .any(|m| m.pointer("/resource/name").and_then(Value::as_str) == Some("cpu")),
-        "the HPA does not scale on CPU"
-    );
-    assert!(
-        dp_container.pointer("/resources/requests/cpu").is_some(),
-        "CPU utilisation needs a CPU request"
-    );
-    assert_selected_by(&objects, "Service", "data-plane", dp);
-    assert_selected_by(&objects, "PodDisruptionBudget", "data-plane", dp);
-
-    // Redis: a StatefulSet keeping its data on a volume claim.
-    let redis = object(&objects, "StatefulSet", "redis");
-    let claims = list(redis, "/spec/volumeClaimTemplates");
-    assert!(!claims.is_empty(), "redis keeps no data on a volume");
-    let redis_container = container(redis, "redis");
-    assert!(
-        list(redis_container, "/volumeMounts")
-            .iter()
-            .any(|m| m.get("name") == claims[0].pointer("/metadata/name")),
-        "redis does not mount its volume claim"
-    );
-    assert_selected_by(&objects, "Service", "redis", redis);
-
-    // Config: the ConfigMap holds a valid config, applied by a Job running `gwctl apply`.
-    let configmap = object(&objects, "ConfigMap", "gateway-config");
-    let job = object(&objects, "Job", "gateway-config-apply");
-    let job_container = &list(job, "/spec/template/spec/containers")[0];
-    let command = strings(list(job_container, "/command"));
-    assert_eq!(
-        &command[..2],
-        ["gwctl", "apply"],
-        "the Job does not run gwctl apply"
-    );
-    let file = command
-        .iter()
-        .position(|w| *w == "-f")
-        .and_then(|i| command.get(i + 1))
-        .expect("apply -f FILE");
-    let (dir, key) = file.rsplit_once('/').expect("FILE is a path");
-    let mount = list(job_container, "/volumeMounts")
-        .iter()
-        .find(|m| m.get("mountPath").and_then(Value::as_str) == Some(dir))
-        .unwrap_or_else(|| panic!("the Job does not mount {dir}"));
-    let volume = list(job, "/spec/template/spec/volumes")
-        .iter()
-        .find(|v| v.get("name") == mount.get("name"))
-        .expect("the mounted volume");
-    assert_eq!(
-        volume.pointer("/configMap/name").and_then(Value::as_str),
-        Some("gateway-config"),
-        "the Job does not mount the ConfigMap"
-    );
-    let document = text(configmap, &format!("/data/{key}"), "ConfigMap");
-    GatewayConfig::load(document.as_bytes()).unwrap_or_else(|e| {
-        panic!("the ConfigMap's {key} is not a config gwctl apply accepts: {e}")
-    });
-    let job_env = container_env(job_container);
-    let (host, port) = host_port_of_url(
-        job_env
-            .get("GW_CONTROL_PLANE")
-            .and_then(|v| v.as_deref())
-            .expect("the Job's GW_CONTROL_PLANE"),
-    );
-    assert!(
-        host == "control-plane" || host.starts_with(&format!("control-plane.{ns}.")),
-        "the Job's GW_CONTROL_PLANE is not the control-plane Service"
-    );
-    assert_eq!(cp_service_ports.get(&port), Some(&cp_grpc));
-    assert!(
-        job_env.contains_key("GW_ADMIN_TOKEN"),
-        "the Job sends no GW_ADMIN_TOKEN"
-    );
-}
+// The Kubernetes deployment (`deploy/k8s`: a kustomize base and overlays): reading what each
+// kustomization renders, and the checks every rendering must pass.
+#[path = "deploy/k8s_checks.rs"]
+mod k8s_checks;
+#[path = "deploy/k8s_objects.rs"]
+mod k8s_objects;
+use k8s_objects::*;
 
 // ------------------------------------------------------------------------------ validators
 
@@ -1450,10 +1120,41 @@ fn tool_version(program: &str) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
+/// A file under the system's temporary directory holding `contents`, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "gateway-deploy-{}-{}",
+            std::process::id(),
+            name.replace('/', "-")
+        ));
+        std::fs::write(&path, contents)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 #[test]
 fn the_kubernetes_manifests_pass_the_schema_validator() {
     const PROGRAM: &str = "kubernetes-validate";
-    let files = manifest_files();
+    // The base's files as written, and what each kustomization renders (overlay patches are
+    // partial objects: only their result is a manifest).
+    let renders: Vec<TempFile> = kustomizations()
+        .iter()
+        .map(|dir| TempFile::new(&format!("{dir}.yaml"), &kustomize(dir)))
+        .collect();
+    let files: Vec<String> = manifest_files()
+        .into_iter()
+        .chain(renders.iter().map(|f| f.0.to_string_lossy().into_owned()))
+        .collect();
     // The validator's newest Kubernetes version, and the oldest the README promises.
     for version in [None, Some("1.28.0")] {
         let mut args = vec!["--strict".to_string()];
@@ -1473,7 +1174,7 @@ fn the_kubernetes_manifests_pass_the_schema_validator() {
         );
         let passed = report.lines().filter(|l| l.contains(" passed ")).count();
         assert!(
-            passed >= 10,
+            passed >= 40,
             "{PROGRAM} checked too few resources:\n{report}"
         );
         notice(&format!(
@@ -1512,19 +1213,23 @@ fn the_compose_file_passes_the_compose_spec_schema() {
 
 #[test]
 fn the_kustomization_builds_with_kubectl() {
-    let output = run_tool("kubectl", &["kustomize".to_string(), K8S.to_string()]);
-    assert!(
-        output.status.success(),
-        "kubectl kustomize failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let built = String::from_utf8_lossy(&output.stdout);
-    let objects = serde_norway::Deserializer::from_str(&built).count();
-    assert_eq!(
-        objects,
-        manifests().len(),
-        "kubectl kustomize built a different number of objects"
-    );
+    let mut built = Vec::new();
+    for dir in kustomizations() {
+        let count = serde_norway::Deserializer::from_str(&kustomize(&dir)).count();
+        if dir == K8S_BASE {
+            assert_eq!(
+                count,
+                manifests().len(),
+                "kubectl kustomize {dir} built a different number of objects"
+            );
+        }
+        assert!(count >= 10, "kubectl kustomize {dir} built {count} objects");
+        built.push(format!(
+            "{} {count}",
+            dir.trim_start_matches(&format!("{K8S}/"))
+        ));
+    }
+    let objects = built.join(", ");
     notice(&format!(
         "deploy: kubectl kustomize deploy/k8s: {objects} objects"
     ));
