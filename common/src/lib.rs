@@ -16,12 +16,14 @@
 //!   channel that carries their changes to the data planes.
 //! * [`duration`]: human-friendly durations (`250ms`, `5s`, `1m`) in configs.
 //! * [`process`]: a process's default identity (`hostname-pid`) and logging.
+//! * [`metrics`]: `build_info` and the `process_*` metrics of both planes.
 
 pub mod aggregation;
 pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod duration;
+pub mod metrics;
 pub mod process;
 pub mod registration;
 pub mod request_schema;

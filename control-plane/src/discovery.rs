@@ -26,7 +26,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify, OnceCell};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -454,6 +454,9 @@ struct Closed;
 struct Session {
     ctx: Arc<DiscoveryContext>,
     local_id: u64,
+    /// When the data plane said Hello: only versions applied since are
+    /// timed to its ACK (catching up after a reconnect is not propagation).
+    opened: Instant,
     tx: mpsc::Sender<Result<EncodedUpdate, Status>>,
     sent: Option<Sent>,
     /// The last snapshot sent: it answers every NACK of an update sent
@@ -522,6 +525,7 @@ async fn run_session(
     let mut session = Session {
         ctx: ctx.clone(),
         local_id,
+        opened: Instant::now(),
         tx,
         sent: None,
         snapshot_sent: None,
@@ -698,6 +702,7 @@ impl Session {
         self.record.last_seen_unix_ms = unix_ms();
         match message.kind {
             Some(Kind::Ack(ack)) => {
+                self.time_propagation(ack.version);
                 self.record.acked_version = ack.version;
                 self.ctx.sessions.ack(self.local_id, ack.version);
             }
@@ -722,6 +727,22 @@ impl Session {
         }
         self.publish_record();
         Ok(())
+    }
+
+    /// Times an ACK from the view's apply of the oldest version it covers
+    /// (`control_plane_config_propagation_seconds`).
+    fn time_propagation(&self, acked: u64) {
+        let previous = self.record.acked_version;
+        if acked <= previous {
+            return;
+        }
+        let applied = self.ctx.view.read().applied_at(previous + 1);
+        if let Some(at) = applied.filter(|at| *at >= self.opened) {
+            self.ctx
+                .metrics
+                .config_propagation
+                .observe(at.elapsed().as_secs_f64());
+        }
     }
 
     /// Reports carry the in-flight counts that changed (zero: gone) and the
@@ -884,6 +905,7 @@ mod tests {
         let mut session = Session {
             ctx,
             local_id: 0,
+            opened: Instant::now(),
             tx,
             sent: None,
             snapshot_sent: None,
@@ -919,6 +941,7 @@ mod tests {
         let session = Session {
             ctx,
             local_id: 0,
+            opened: Instant::now(),
             tx,
             sent: None,
             snapshot_sent: None,
@@ -969,6 +992,37 @@ mod tests {
         };
         assert!(session.greet(&hello).await.is_ok());
         assert!(rx.try_recv().unwrap().unwrap().is_snapshot());
+    }
+
+    fn propagations_timed(session: &Session) -> String {
+        let text = session.ctx.metrics.encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix("control_plane_config_propagation_seconds_count "))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    async fn ack(session: &mut Session, version: u64) {
+        let ack = pb::data_plane_message::Kind::Ack(pb::Ack { version });
+        let message = pb::DataPlaneMessage { kind: Some(ack) };
+        assert!(session.handle(message).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn acks_are_timed_from_the_apply_of_the_oldest_version_they_cover() {
+        let view = view();
+        view.apply(vec![upsert(1, "a")]).unwrap();
+        let (mut session, _rx) = session_of(view.clone());
+        // Applied before the data plane connected: catching up is not timed.
+        ack(&mut session, 1).await;
+        assert_eq!(propagations_timed(&session), "0");
+        view.apply(vec![upsert(2, "b"), upsert(3, "c")]).unwrap();
+        ack(&mut session, 3).await;
+        assert_eq!(propagations_timed(&session), "1");
+        // The same version again, or an older one, is no new propagation.
+        ack(&mut session, 3).await;
+        ack(&mut session, 2).await;
+        assert_eq!(propagations_timed(&session), "1");
     }
 
     #[test]

@@ -5,8 +5,24 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
 use tonic::Status;
+
+/// Upper bounds (seconds) of the RPC latency buckets.
+const RPC_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Upper bounds (seconds) of the propagation buckets.
+const PROPAGATION_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
+
+fn rpc_histogram() -> Histogram {
+    Histogram::new(RPC_BUCKETS)
+}
 
 /// Labels of registration counts.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,8 +63,19 @@ pub struct GrpcErrorLabels {
     pub code: String,
 }
 
+/// Labels of `control_plane_grpc_request_duration_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcRequestLabels {
+    /// RPC, e.g. `Registry/Register`.
+    pub method: Arc<String>,
+    /// gRPC status code name (`Ok`, `Unavailable`, ...).
+    pub code: &'static str,
+}
+
 /// Every metric of the control plane.
 pub struct Metrics {
+    /// The unprefixed root: `process_*` there, `control_plane_*` in a
+    /// sub-registry.
     registry: Registry,
     /// Registrations by effect.
     pub registrations: Family<EffectLabel, Counter>,
@@ -75,6 +102,11 @@ pub struct Metrics {
     pub update_sent_bytes: Family<UpdateKindLabel, Counter>,
     /// Times this replica wrote its view back into a store that lost its data.
     pub store_reseeds: Counter,
+    /// Latency of unary RPCs, by method and code.
+    pub grpc_request_duration: Family<GrpcRequestLabels, Histogram, fn() -> Histogram>,
+    /// From this replica's view applying a version to a data plane
+    /// acknowledging it (see `discovery`).
+    pub config_propagation: Histogram,
 }
 
 impl Default for Metrics {
@@ -86,7 +118,8 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("control_plane");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("control_plane");
         let m = Metrics {
             registrations: Family::default(),
             deregistrations: Counter::default(),
@@ -100,6 +133,8 @@ impl Metrics {
             updates_sent: Family::default(),
             update_sent_bytes: Family::default(),
             store_reseeds: Counter::default(),
+            grpc_request_duration: Family::new_with_constructor(rpc_histogram),
+            config_propagation: Histogram::new(PROPAGATION_BUCKETS),
             registry: Registry::default(),
         };
         registry.register(
@@ -163,7 +198,21 @@ impl Metrics {
             "Times this replica wrote its view back into a store that had lost its data",
             m.store_reseeds.clone(),
         );
-        Metrics { registry, ..m }
+        registry.register(
+            "grpc_request_duration_seconds",
+            "Time to answer a unary gRPC call, by method and code (streams are not timed)",
+            m.grpc_request_duration.clone(),
+        );
+        registry.register(
+            "config_propagation_seconds",
+            "From this replica's view applying a version to a data plane acknowledging it (the oldest change each acknowledgement covers)",
+            m.config_propagation.clone(),
+        );
+        gateway_common::metrics::register_common(&mut root, "control_plane");
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
     /// Counts a Discovery update of `bytes` encoded bytes sent to one data plane.
@@ -193,6 +242,16 @@ impl Metrics {
         result
     }
 
+    /// Records one unary call of `method` answered with gRPC status `code`.
+    pub fn observe_rpc(&self, method: Arc<String>, code: u16, elapsed: Duration) {
+        self.grpc_request_duration
+            .get_or_create(&GrpcRequestLabels {
+                method,
+                code: code_name(code),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -200,6 +259,31 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The name of a gRPC status code, as `tonic::Code`'s `Debug` spells it
+/// (and `grpc_errors_total{code}` shows it).
+fn code_name(code: u16) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "Ok",
+        "Cancelled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    NAMES.get(usize::from(code)).copied().unwrap_or("Unknown")
 }
 
 #[cfg(test)]
@@ -220,6 +304,17 @@ mod tests {
         m.update_sent(true, 100);
         m.update_sent(false, 10);
         m.update_sent(false, 5);
+        m.observe_rpc(
+            Arc::new("Admin/GetConfig".into()),
+            0,
+            Duration::from_millis(3),
+        );
+        m.observe_rpc(
+            Arc::new("Admin/GetConfig".into()),
+            16,
+            Duration::from_millis(30),
+        );
+        m.config_propagation.observe(0.02);
         let text = m.encode();
         for needle in [
             "control_plane_registrations_total{effect=\"created\"} 1",
@@ -233,8 +328,21 @@ mod tests {
             "control_plane_discovery_updates_sent_total{kind=\"snapshot\"} 1",
             "control_plane_discovery_updates_sent_total{kind=\"delta\"} 2",
             "control_plane_discovery_update_sent_bytes_total{kind=\"delta\"} 15",
+            "control_plane_grpc_request_duration_seconds_bucket{le=\"0.005\",method=\"Admin/GetConfig\",code=\"Ok\"} 1",
+            "control_plane_grpc_request_duration_seconds_count{method=\"Admin/GetConfig\",code=\"Unauthenticated\"} 1",
+            "control_plane_config_propagation_seconds_bucket{le=\"0.025\"} 1",
+            "control_plane_build_info{version=",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn code_names_follow_tonic() {
+        for n in 0..=16u16 {
+            let code = tonic::Code::from_i32(i32::from(n));
+            assert_eq!(code_name(n), format!("{code:?}"));
+        }
+        assert_eq!(code_name(99), "Unknown");
     }
 }

@@ -82,7 +82,7 @@ fn rpc_span<B>(req: &http::Request<B>) -> Option<Span> {
 /// The status in the response head: an error answered at once is there
 /// (trailers-only); a call that got as far as a body is OK there, its
 /// final status following in the trailers.
-fn grpc_status(headers: &http::HeaderMap) -> u16 {
+pub(crate) fn grpc_status(headers: &http::HeaderMap) -> u16 {
     headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())

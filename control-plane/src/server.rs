@@ -305,7 +305,10 @@ impl Drop for ControlPlane {
 }
 
 type GrpcRouter = tonic::transport::server::Router<
-    tower::layer::util::Stack<crate::rpc_spans::RpcSpansLayer, tower::layer::util::Identity>,
+    tower::layer::util::Stack<
+        crate::rpc_metrics::RpcMetricsLayer,
+        tower::layer::util::Stack<crate::rpc_spans::RpcSpansLayer, tower::layer::util::Identity>,
+    >,
 >;
 
 fn grpc_server(
@@ -353,10 +356,18 @@ fn grpc_server(
             metrics.clone(),
         ),
     );
+    let timing = crate::rpc_metrics::RpcMetricsLayer::new(
+        metrics.clone(),
+        &[
+            gateway_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ],
+    );
     Ok(tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .layer(crate::rpc_spans::RpcSpansLayer)
+        .layer(timing)
         .add_service(health)
         .add_service(reflection)
         .add_service(registry)

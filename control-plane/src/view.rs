@@ -15,13 +15,14 @@
 //! number of replicas), then loads the seeded store under its new epoch.
 
 use crate::metrics::Metrics;
+use crate::propagation::AppliedTimes;
 use crate::store::{Change, Delta, Seed, SeedInstance, SeedOutcome, Snapshot, Store, StoreError};
 use gateway_common::registration::{Instance, DEFAULT_LEASE_TTL};
 use gateway_common::GatewayConfig;
 use parking_lot::{RwLock, RwLockReadGuard};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -60,6 +61,8 @@ pub struct ViewState {
     lease_ttls_ms: HashMap<String, u64>,
     ring: VecDeque<(u64, Arc<Delta>)>,
     ring_config_bytes: usize,
+    /// When the view applied each recent version from the change log.
+    applied: AppliedTimes,
 }
 
 fn config_bytes(delta: &Delta) -> usize {
@@ -139,6 +142,12 @@ impl ViewState {
             version: self.version,
             instances,
         })
+    }
+
+    /// When the view applied `version` from the change log; `None` for a
+    /// version it loaded with a snapshot or no longer remembers.
+    pub fn applied_at(&self, version: u64) -> Option<Instant> {
+        self.applied.get(version)
     }
 
     /// The deltas turning version `from` into version `to`, if the ring
@@ -257,6 +266,7 @@ impl View {
             lease_ttls_ms: HashMap::new(),
             ring: VecDeque::new(),
             ring_config_bytes: 0,
+            applied: AppliedTimes::default(),
         };
         let view = Arc::new(View {
             state: RwLock::new(state),
@@ -313,6 +323,7 @@ impl View {
         state.generation += 1;
         state.ring.clear();
         state.ring_config_bytes = 0;
+        state.applied.clear();
         let consecutive = history.windows(2).all(|w| w[1].version == w[0].version + 1);
         let ends_at_snapshot = history.last().map(|c| c.version) == Some(snapshot.version);
         let same_epoch = history
@@ -348,6 +359,7 @@ impl View {
     pub fn apply(&self, changes: Vec<Change>) -> Result<(), FollowError> {
         let mut state = self.state.write();
         let mut result = Ok(());
+        let now = Instant::now();
         for change in changes {
             if change.version <= state.version {
                 continue;
@@ -363,10 +375,12 @@ impl View {
                 result = Err(FollowError::EpochChanged);
                 break;
             }
+            let version = change.version;
             if let Err(e) = self.apply_one(&mut state, change) {
                 result = Err(e);
                 break;
             }
+            state.applied.record(version, now);
         }
         let stamp = Stamp {
             generation: state.generation,

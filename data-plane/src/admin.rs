@@ -57,12 +57,9 @@ async fn live() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
-    let (epoch, version, source) = {
-        let held = state.runtime.load();
-        (held.epoch.clone(), held.version, held.source)
-    };
-    let (status, text) = if *state.stopping.borrow() {
+/// Whether the data plane takes traffic, and why not.
+fn readiness(state: &AdminState, source: ConfigSource) -> (StatusCode, &'static str) {
+    if *state.stopping.borrow() {
         (StatusCode::SERVICE_UNAVAILABLE, "stopping")
     } else if !state
         .credentials
@@ -79,7 +76,15 @@ async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
         )
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "waiting for config")
+    }
+}
+
+async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
+    let (epoch, version, source) = {
+        let held = state.runtime.load();
+        (held.epoch.clone(), held.version, held.source)
     };
+    let (status, text) = readiness(&state, source);
     (
         status,
         Json(serde_json::json!({
@@ -97,6 +102,8 @@ async fn config(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let (status, _) = readiness(&state, state.runtime.source());
+    state.metrics.ready.set(i64::from(status == StatusCode::OK));
     (
         [(
             header::CONTENT_TYPE,

@@ -57,8 +57,33 @@ pub struct ServiceLabels {
 /// Labels of `gateway_config_updates_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpdateLabels {
-    /// `applied` or `rejected`.
+    /// See [`UpdateResult`].
     pub result: &'static str,
+}
+
+/// What became of a config update, as counted in
+/// `gateway_config_updates_total{result}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateResult {
+    /// In force.
+    Applied,
+    /// Refused for its content (NACKed with a reason); the config held
+    /// serves on.
+    Rejected,
+    /// A delta that does not start from the version held; a snapshot was
+    /// asked for (the stream heals itself).
+    OutOfSequence,
+}
+
+impl UpdateResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Rejected => "rejected",
+            Self::OutOfSequence => "out_of_sequence",
+        }
+    }
 }
 
 /// Labels of `gateway_cache_requests_total`.
@@ -207,6 +232,7 @@ impl EncodeMetric for LatencyHistogram {
 
 /// Every metric of a data plane, registered in one registry.
 pub struct Metrics {
+    /// The unprefixed root: `process_*` there, `gateway_*` in a sub-registry.
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, LatencyHistogram>,
@@ -228,6 +254,8 @@ pub struct Metrics {
     pub instances: Gauge,
     /// 1 while the Discovery stream is up.
     pub control_plane_connected: Gauge,
+    /// 1 while `/health/ready` answers 200 (set at every scrape).
+    pub ready: Gauge,
     /// Discovery updates received, by kind.
     pub updates_received: Family<UpdateKindLabels, Counter>,
     /// Encoded bytes of the Discovery updates received, by kind.
@@ -267,7 +295,8 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("gateway");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<RouteLabels, LatencyHistogram>::default();
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
@@ -276,6 +305,7 @@ impl Metrics {
         let config_version = Gauge::default();
         let instances = Gauge::default();
         let control_plane_connected = Gauge::default();
+        let ready = Gauge::default();
         let breaker_state = Family::<ServiceLabels, Gauge>::default();
         let breaker_rejections = Family::<ServiceLabels, Counter>::default();
         let retries = Family::<ServiceLabels, Counter>::default();
@@ -336,8 +366,13 @@ impl Metrics {
         );
         registry.register(
             "config_updates",
-            "Config updates applied or rejected",
+            "Config updates by result: applied, rejected (refused for their content) or out_of_sequence (a snapshot was asked for)",
             updates.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while the data plane is ready for traffic (/health/ready answers 200)",
+            ready.clone(),
         );
         registry.register(
             "in_flight_requests",
@@ -408,7 +443,8 @@ impl Metrics {
             "Redis calls of the response cache that failed or timed out (the cache then serves from memory or the upstream)",
             cache_redis_errors.clone(),
         );
-        let ratelimit = crate::ratelimit::RateLimitMetrics::register(&mut registry);
+        let ratelimit = crate::ratelimit::RateLimitMetrics::register(registry);
+        gateway_common::metrics::register_common(&mut root, "gateway");
         let empty = Arc::new(String::new());
         let unmatched = Arc::new(RouteMetrics::build(
             &requests,
@@ -417,7 +453,7 @@ impl Metrics {
             empty,
         ));
         let metrics = Self {
-            registry,
+            registry: root,
             requests,
             latency,
             upstream_errors,
@@ -433,6 +469,7 @@ impl Metrics {
             config_version,
             instances,
             control_plane_connected,
+            ready,
             updates_received,
             update_bytes,
             apply_seconds,
@@ -547,9 +584,12 @@ impl Metrics {
     }
 
     /// Counts a config update.
-    pub fn count_update(&self, applied: bool) {
-        let result = if applied { "applied" } else { "rejected" };
-        self.updates.get_or_create(&UpdateLabels { result }).inc();
+    pub fn count_update(&self, result: UpdateResult) {
+        self.updates
+            .get_or_create(&UpdateLabels {
+                result: result.as_str(),
+            })
+            .inc();
     }
 
     /// Counts a Discovery update of `bytes` encoded bytes as received.
@@ -723,7 +763,7 @@ mod tests {
         metrics
             .upstream_errors(&Arc::new("echo-svc".into()))
             .count(UpstreamErrorKind::Timeout);
-        metrics.count_update(true);
+        metrics.count_update(UpdateResult::Applied);
         let text = metrics.encode();
         assert!(text.contains(
             r#"gateway_requests_total{route="echo",service="echo-svc",method="GET",status="200"} 2"#

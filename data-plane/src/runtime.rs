@@ -10,7 +10,7 @@
 use crate::balancer::{Balancer, Endpoint, InstanceLoad};
 use crate::breaker::{BreakerState, CircuitBreaker, Fallback};
 use crate::deadline::EndpointTimeouts;
-use crate::metrics::{Metrics, RouteMetrics, UpstreamErrorMetrics};
+use crate::metrics::{Metrics, RouteMetrics, UpdateResult, UpstreamErrorMetrics};
 use crate::outlier::OutlierDetector;
 use crate::retry::RetryPolicy;
 use crate::rolling::now_ms;
@@ -546,7 +546,11 @@ impl Runtime {
     /// must start from the version held. Refused updates change nothing.
     pub fn apply_update(&self, update: &pb::ConfigUpdate) -> Result<(), UpdateError> {
         let result = self.apply_update_inner(update);
-        self.metrics.count_update(result.is_ok());
+        self.metrics.count_update(match &result {
+            Ok(()) => UpdateResult::Applied,
+            Err(e) if e.wants_snapshot() => UpdateResult::OutOfSequence,
+            Err(_) => UpdateResult::Rejected,
+        });
         result
     }
 

@@ -286,8 +286,13 @@ async fn snapshot_then_deltas_are_acked_nacked_and_routed() {
         "{metrics}"
     );
     assert!(metrics.contains("gateway_config_version 2"), "{metrics}");
+    // Two refused for their content, two out of sequence (a snapshot asked for).
     assert!(
-        metrics.contains(r#"gateway_config_updates_total{result="rejected"} 4"#),
+        metrics.contains(r#"gateway_config_updates_total{result="rejected"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"gateway_config_updates_total{result="out_of_sequence"} 2"#),
         "{metrics}"
     );
     plane.shutdown().await;

@@ -4,7 +4,8 @@
 //! The end-to-end harness: [`procs`] (the gateway's binaries as child
 //! processes with logs), [`cluster`] (control planes, data planes,
 //! upstreams, gwctl, one-test-at-a-time guard), [`http`] (a tiny blocking
-//! HTTP client) and [`grpc`] (a blocking Registry/Admin client).
+//! HTTP client) and [`grpc`] (a blocking Registry/Admin client); [`promql`]
+//! finds the metric names of alert and dashboard expressions.
 //!
 //! Tests never touch the shared Redis on 6379: each [`RedisServer`] is a
 //! child process with its own port and data directory, killed on drop.
@@ -14,6 +15,7 @@ pub mod grpc;
 pub mod help;
 pub mod http;
 pub mod procs;
+pub mod promql;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};

@@ -1234,3 +1234,260 @@ fn the_kustomization_builds_with_kubectl() {
         "deploy: kubectl kustomize deploy/k8s: {objects} objects"
     ));
 }
+
+// ------------------------------------------------------------------------------ monitoring
+
+const MONITORING: &str = "deploy/monitoring";
+
+/// The alerts the runbooks of docs/operations.md cover, each required in the PrometheusRule.
+const ALERTS: [&str; 9] = [
+    "GatewayDataPlaneNotReady",
+    "GatewayDataPlaneServingCachedConfig",
+    "GatewayDataPlaneDisconnected",
+    "GatewayConfigRejected",
+    "GatewayConfigVersionSkew",
+    "GatewayCircuitBreakerOpen",
+    "GatewayUpstream5xxRatioHigh",
+    "GatewayRateLimiterLocalFallback",
+    "GatewayControlPlaneNoLeader",
+];
+
+/// Every object of the monitoring files (the kustomization aside), with the file it is in.
+fn monitoring_objects() -> Vec<(String, Value)> {
+    files_under(MONITORING, &[".yaml", ".yml"])
+        .into_iter()
+        .filter(|f| !f.ends_with("kustomization.yaml"))
+        .flat_map(|file| {
+            yaml_documents(&file)
+                .into_iter()
+                .map(move |o| (file.clone(), o))
+        })
+        .collect()
+}
+
+/// GitHub's anchors of the headings of a Markdown text.
+fn markdown_anchors(markdown: &str) -> BTreeSet<String> {
+    markdown
+        .lines()
+        .filter_map(|line| line.strip_prefix('#'))
+        .map(|heading| {
+            heading
+                .trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == '-' || *c == '_' || *c == ' ')
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn the_monitoring_files_stay_out_of_the_base_and_scrape_its_pods() {
+    let facts = facts();
+    let objects = manifests();
+
+    // A cluster without the Prometheus Operator refuses its CRDs: not in the base.
+    let base = &yaml_documents(&format!("{K8S}/kustomization.yaml"))[0];
+    for resource in strings(list(base, "/resources")) {
+        assert!(
+            !resource.contains("monitoring"),
+            "{K8S}/kustomization.yaml lists {resource}"
+        );
+    }
+    let kustomization = &yaml_documents(&format!("{MONITORING}/kustomization.yaml"))[0];
+    let listed: BTreeSet<String> = strings(list(kustomization, "/resources"))
+        .into_iter()
+        .map(|r| format!("{MONITORING}/{r}"))
+        .collect();
+    let files: BTreeSet<String> = monitoring_objects().into_iter().map(|(f, _)| f).collect();
+    assert_eq!(listed, files, "{MONITORING}/kustomization.yaml resources");
+    let generated: Vec<&str> = list(kustomization, "/configMapGenerator")
+        .iter()
+        .flat_map(|g| strings(list(g, "/files")))
+        .collect();
+    assert_eq!(generated, ["grafana-dashboard.json"]);
+
+    let mut scraped = BTreeSet::new();
+    for (file, object) in monitoring_objects() {
+        let kind = text(&object, "/kind", &file);
+        let name = text(&object, "/metadata/name", &file);
+        assert_eq!(
+            text(&object, "/apiVersion", &file),
+            "monitoring.coreos.com/v1",
+            "{file}: {kind}/{name}"
+        );
+        assert!(
+            ["PodMonitor", "PrometheusRule"].contains(&kind),
+            "{file}: unexpected kind {kind}"
+        );
+        if kind != "PodMonitor" {
+            continue;
+        }
+        let selector = object
+            .pointer("/spec/selector/matchLabels")
+            .unwrap_or_else(|| panic!("PodMonitor/{name}: no matchLabels"));
+        let workloads: Vec<(&String, &Value)> = objects
+            .iter()
+            .filter(|((k, _), w)| {
+                k == "Deployment"
+                    && w.pointer("/spec/template/metadata/labels")
+                        .is_some_and(|labels| labels_match(selector, labels))
+            })
+            .map(|((_, n), w)| (n, w))
+            .collect();
+        let [(workload_name, workload)] = workloads.as_slice() else {
+            panic!("PodMonitor/{name} selects {} Deployments", workloads.len());
+        };
+        assert_eq!(
+            object.pointer("/metadata/namespace"),
+            workload.pointer("/metadata/namespace"),
+            "PodMonitor/{name}: namespace"
+        );
+        let metrics_port = match workload_name.as_str() {
+            "data-plane" => facts.dp_admin,
+            "control-plane" => facts.cp_http,
+            other => panic!("PodMonitor/{name} selects {other}"),
+        };
+        let endpoints = list(&object, "/spec/podMetricsEndpoints");
+        assert!(!endpoints.is_empty(), "PodMonitor/{name}: no endpoint");
+        for endpoint in endpoints {
+            let port = endpoint
+                .get("port")
+                .unwrap_or_else(|| panic!("PodMonitor/{name}: endpoint without a port name"));
+            assert!(port.is_string(), "PodMonitor/{name}: port must be a name");
+            assert_eq!(
+                resolve_port(container(workload, workload_name), port),
+                metrics_port,
+                "PodMonitor/{name}: port {port} is not the /metrics port"
+            );
+            assert_eq!(text(endpoint, "/path", name), "/metrics");
+        }
+        scraped.insert(workload_name.to_string());
+    }
+    assert_eq!(
+        scraped,
+        BTreeSet::from(["control-plane".to_string(), "data-plane".to_string()]),
+        "both planes are scraped"
+    );
+}
+
+#[test]
+fn every_alert_has_a_runbook_and_the_dashboard_asks_for_its_datasource() {
+    let anchors = markdown_anchors(&read("docs/operations.md"));
+    let rules: Vec<Value> = monitoring_objects()
+        .into_iter()
+        .filter(|(_, o)| o["kind"] == "PrometheusRule")
+        .flat_map(|(_, o)| list(&o, "/spec/groups").to_vec())
+        .flat_map(|g| list(&g, "/rules").to_vec())
+        .collect();
+    let mut names = BTreeSet::new();
+    for rule in &rules {
+        let alert = text(rule, "/alert", "rule");
+        assert!(names.insert(alert.to_string()), "{alert} is defined twice");
+        assert!(!text(rule, "/expr", alert).trim().is_empty());
+        assert!(
+            ["warning", "critical"].contains(&text(rule, "/labels/severity", alert)),
+            "{alert}: severity"
+        );
+        for annotation in ["summary", "description"] {
+            assert!(!text(rule, &format!("/annotations/{annotation}"), alert).is_empty());
+        }
+        let runbook = text(rule, "/annotations/runbook", alert);
+        let anchor = runbook
+            .strip_prefix("docs/operations.md#")
+            .unwrap_or_else(|| panic!("{alert}: runbook {runbook} is not in docs/operations.md"));
+        assert!(
+            anchors.contains(anchor),
+            "{alert}: docs/operations.md has no section #{anchor}"
+        );
+    }
+    for alert in ALERTS {
+        assert!(names.contains(alert), "no alert {alert}");
+    }
+
+    let dashboard: Value =
+        serde_json::from_str(&read(&format!("{MONITORING}/grafana-dashboard.json")))
+            .expect("grafana-dashboard.json is JSON");
+    assert!(
+        dashboard["schemaVersion"].as_u64().unwrap_or(0) >= 36,
+        "not a Grafana 10 dashboard model"
+    );
+    let variables = list(&dashboard, "/templating/list");
+    assert!(
+        variables.iter().any(|v| v["name"] == "datasource"
+            && v["type"] == "datasource"
+            && v["query"] == "prometheus"),
+        "no datasource variable"
+    );
+    let mut ids = BTreeSet::new();
+    let mut queries = 0;
+    let mut panels: Vec<&Value> = list(&dashboard, "/panels").iter().collect();
+    while let Some(panel) = panels.pop() {
+        panels.extend(list(panel, "/panels"));
+        let title = text(panel, "/title", "panel");
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("panel id")),
+            "{title}: id reused"
+        );
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        for target in list(panel, "/targets") {
+            assert_eq!(target["datasource"]["uid"], "${datasource}", "{title}");
+            assert!(!text(target, "/expr", title).trim().is_empty(), "{title}");
+            queries += 1;
+        }
+    }
+    assert!(queries >= 20, "{queries} queries");
+}
+
+#[test]
+fn the_monitoring_kustomization_builds_with_kubectl() {
+    let output = run_tool(
+        "kubectl",
+        &["kustomize".to_string(), MONITORING.to_string()],
+    );
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {MONITORING} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let built = String::from_utf8_lossy(&output.stdout);
+    let mut kinds = Vec::new();
+    for document in serde_norway::Deserializer::from_str(&built) {
+        let object: Value = serde_json::to_value(
+            serde_norway::Value::deserialize(document).expect("kustomize output is YAML"),
+        )
+        .expect("JSON form");
+        let kind = text(&object, "/kind", "built object").to_string();
+        assert_eq!(
+            text(&object, "/metadata/namespace", &kind),
+            "gateway",
+            "{kind}: namespace"
+        );
+        if kind == "ConfigMap" {
+            assert_eq!(
+                object.pointer("/metadata/labels/grafana_dashboard"),
+                Some(&Value::String("1".into()))
+            );
+            let embedded: Value =
+                serde_json::from_str(text(&object, "/data/grafana-dashboard.json", "ConfigMap"))
+                    .expect("the dashboard in the ConfigMap is JSON");
+            assert_eq!(embedded["uid"], "gateway-overview");
+        }
+        kinds.push(kind);
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["ConfigMap", "PodMonitor", "PodMonitor", "PrometheusRule"],
+        "kubectl kustomize {MONITORING}"
+    );
+    notice(&format!(
+        "deploy: kubectl kustomize {MONITORING}: {} objects",
+        kinds.len()
+    ));
+}
