@@ -1289,11 +1289,11 @@ fn the_monitoring_files_stay_out_of_the_base_and_scrape_its_pods() {
     let objects = manifests();
 
     // A cluster without the Prometheus Operator refuses its CRDs: not in the base.
-    let base = &yaml_documents(&format!("{K8S}/kustomization.yaml"))[0];
+    let base = &yaml_documents(&format!("{K8S_BASE}/kustomization.yaml"))[0];
     for resource in strings(list(base, "/resources")) {
         assert!(
             !resource.contains("monitoring"),
-            "{K8S}/kustomization.yaml lists {resource}"
+            "{K8S_BASE}/kustomization.yaml lists {resource}"
         );
     }
     let kustomization = &yaml_documents(&format!("{MONITORING}/kustomization.yaml"))[0];
