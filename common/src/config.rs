@@ -479,6 +479,12 @@ pub struct RouteConfig {
     /// without a valid, fresh signature is refused with 401.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<SignatureConfig>,
+    /// Pass request headers whose names contain `_` on to the service
+    /// (dropped by default: CGI and WSGI servers read `X_User_Id` as
+    /// `X-User-Id`). Underscore spellings of the gateway's own headers are
+    /// dropped even so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_underscore_headers: bool,
 }
 
 /// Default signature header of a signed route.
@@ -1369,6 +1375,17 @@ impl GatewayConfig {
                 }
             }
             route.validate(&at, &mut errors);
+            if let Some(name) = self
+                .service(&route.service)
+                .and_then(|s| s.load_balancer.hash_on.as_deref())
+                .and_then(|key| key.strip_prefix("header:"))
+                .filter(|name| name.contains('_') && !route.allow_underscore_headers)
+            {
+                errors.push(format!(
+                    "{at}: service {:?} hashes on header {name:?}, which this route drops (names with '_'); set allow_underscore_headers: true",
+                    route.service
+                ));
+            }
         }
         if errors.is_empty() {
             if let Err(e) =
@@ -1947,6 +1964,13 @@ impl RouteConfig {
         }
         if let Some(signature) = &self.signature {
             signature.validate(&format!("{at}.signature"), errors);
+            for name in [&signature.header, &signature.timestamp_header] {
+                if name.contains('_') && !self.allow_underscore_headers {
+                    errors.push(format!(
+                        "{at}.signature: header {name:?} has a '_', and such headers are dropped unless the route sets allow_underscore_headers: true"
+                    ));
+                }
+            }
             if self.validation.is_some() {
                 errors.push(format!(
                     "{at}.validation: a signed body is forwarded byte for byte, never validated or rewritten"
@@ -3002,5 +3026,57 @@ routes:
             b"version: 1\nservices: [ { name: api } ]\nroutes: [ { name: a, match: { path: /a }, service: api, cache: { shared: true } } ]\n",
         );
         assert!(missing_ttl.is_err());
+    }
+
+    #[test]
+    fn underscore_headers_are_a_route_switch() {
+        let ok = GatewayConfig::load(
+            br#"
+version: 1
+services:
+  - { name: api }
+  - { name: sticky, load_balancer: { strategy: consistent-hash, hash_on: "header:x_session" } }
+routes:
+  - { name: a, match: { path: /a }, service: api }
+  - { name: b, match: { path: /b }, service: api, allow_underscore_headers: true }
+  - { name: c, match: { path: /c }, service: sticky, allow_underscore_headers: true }
+  - name: d
+    match: { path: /d, methods: [POST] }
+    service: api
+    allow_underscore_headers: true
+    signature: { secret_env: D_SECRET, header: x_sig }
+"#,
+        )
+        .unwrap();
+        assert!(!ok.routes[0].allow_underscore_headers);
+        assert!(ok.routes[1].allow_underscore_headers);
+        let json = serde_json::to_string(&ok).unwrap();
+        // The default is not written out: configs without it keep their form.
+        assert_eq!(json.matches("allow_underscore_headers").count(), 3);
+        assert_eq!(GatewayConfig::load(json.as_bytes()).unwrap(), ok);
+
+        let errors = invalid(
+            r#"
+version: 1
+services:
+  - { name: api }
+  - { name: sticky, load_balancer: { strategy: consistent-hash, hash_on: "header:x_session" } }
+routes:
+  - { name: c, match: { path: /c }, service: sticky }
+  - name: d
+    match: { path: /d, methods: [POST] }
+    service: api
+    signature: { secret_env: D_SECRET, timestamp_header: x_ts }
+"#,
+        );
+        for expected in [
+            "routes[0]: service \"sticky\" hashes on header \"x_session\", which this route drops",
+            "routes[1].signature: header \"x_ts\" has a '_'",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "missing {expected:?} in {errors}"
+            );
+        }
     }
 }

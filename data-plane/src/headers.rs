@@ -19,7 +19,7 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy ones).
-const HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -38,7 +38,7 @@ const ORIGINAL_IP_BIT: u16 = 1 << 11;
 /// The names the proxy sets on a request it sends upstream (a client's
 /// copies go): `X-Forwarded-Proto`, `X-Forwarded-Host`,
 /// `X-Gateway-Forwarded` and the deadline.
-const REPLACED: [HeaderName; 4] = [
+static REPLACED: [HeaderName; 4] = [
     X_FORWARDED_PROTO,
     X_FORWARDED_HOST,
     crate::security::X_GATEWAY_FORWARDED,
@@ -83,30 +83,46 @@ fn scan(headers: &HeaderMap) -> u16 {
 /// over the names finds which are present, only those are removed, and the
 /// names a `Connection` header lists are removed without allocating.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    remove_present_hop_by_hop(headers, scan(headers));
+    let present = scan(headers);
+    if present & 1 != 0 {
+        remove_connection_options(headers, None);
+    }
+    remove_listed_hop_by_hop(headers, present);
 }
 
-fn remove_present_hop_by_hop(headers: &mut HeaderMap, present: u16) {
-    if present & HOP_BY_HOP_BITS == 0 {
-        return;
-    }
-    if present & 1 != 0 {
-        // Header values hyper parsed share the read buffer: cloning is cheap,
-        // and the usual single `Connection` header needs no vector.
-        let mut values = headers.get_all(CONNECTION).iter();
-        let first = values.next().cloned();
-        let more: Vec<HeaderValue> = values.cloned().collect();
-        for value in first.iter().chain(&more) {
-            let Ok(text) = value.to_str() else { continue };
-            for token in text.split(',').map(str::trim) {
-                if !token.is_empty()
-                    && !token.eq_ignore_ascii_case("close")
-                    && !token.eq_ignore_ascii_case("keep-alive")
-                {
-                    headers.remove(token);
-                }
+/// Removes the fields the `Connection` headers name (RFC 9110 section
+/// 7.6.1), but `keep`, and the `Connection` headers themselves.
+///
+/// A request's are removed on arrival, from what the client sent, before
+/// the gateway sets any header of its own: a client naming `x-user-id`
+/// there must not strip the identity the gateway sets later. `keep` is the
+/// one header the gateway sets before that (the request id).
+pub fn remove_connection_options(headers: &mut HeaderMap, keep: Option<&HeaderName>) {
+    // Header values hyper parsed share the read buffer: cloning is cheap,
+    // and the usual single `Connection` header needs no vector.
+    let mut values = headers.get_all(CONNECTION).iter();
+    let first = values.next().cloned();
+    let more: Vec<HeaderValue> = values.cloned().collect();
+    for value in first.iter().chain(&more) {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',').map(str::trim) {
+            let kept = keep.is_some_and(|k| token.eq_ignore_ascii_case(k.as_str()));
+            if !token.is_empty()
+                && !kept
+                && !token.eq_ignore_ascii_case("close")
+                && !token.eq_ignore_ascii_case("keep-alive")
+            {
+                headers.remove(token);
             }
         }
+    }
+    headers.remove(CONNECTION);
+}
+
+/// Removes the hop-by-hop headers of the fixed list found by a [`scan`].
+fn remove_listed_hop_by_hop(headers: &mut HeaderMap, present: u16) {
+    if present & HOP_BY_HOP_BITS == 0 {
+        return;
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
@@ -234,7 +250,10 @@ impl Forwarding {
 /// Prepares the headers of a request going upstream: hop-by-hop headers
 /// and the client's copies of `Host`, `X-Forwarded-*`,
 /// `X-Gateway-Forwarded` and the deadline removed, and what replaces them
-/// worked out. `X-Forwarded-For` extends the client's list with `peer`;
+/// worked out. The fields a client's `Connection` named are not looked at
+/// here: screening removed them on arrival
+/// ([`remove_connection_options`]), so that nothing the gateway set since
+/// goes with them. `X-Forwarded-For` extends the client's list with `peer`;
 /// `X-Forwarded-Host` is the original host (the `Host` header, else
 /// `uri_host`).
 pub fn forwarding(
@@ -243,7 +262,7 @@ pub fn forwarding(
     uri_host: Option<&str>,
 ) -> Forwarding {
     let present = scan(headers);
-    remove_present_hop_by_hop(headers, present);
+    remove_listed_hop_by_hop(headers, present);
     let host = if present & HOST_BIT != 0 {
         headers.remove(HOST)
     } else {
@@ -294,6 +313,43 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_options_go_but_the_kept_one() {
+        let rid = HeaderName::from_static("x-request-id");
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("close, X-Foo, x-request-id"),
+        );
+        h.append(CONNECTION, HeaderValue::from_static("x-bar, not a name"));
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("x-bar", HeaderValue::from_static("2"));
+        h.insert(rid.clone(), HeaderValue::from_static("r-1"));
+        h.insert("x-kept", HeaderValue::from_static("3"));
+        remove_connection_options(&mut h, Some(&rid));
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[&rid], "r-1");
+        assert_eq!(h["x-kept"], "3");
+    }
+
+    #[test]
+    fn forwarding_leaves_what_a_connection_header_names() {
+        // Screening removed the client's options on arrival; a name listed
+        // now is one the gateway set since, and it stays.
+        let peer = peer_value("10.1.2.3".parse().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("x-user-id, x-original-ip"),
+        );
+        h.insert("x-user-id", HeaderValue::from_static("u-1"));
+        h.insert("x-original-ip", HeaderValue::from_static("203.0.113.7"));
+        let seen = sent(&mut h, &peer, None);
+        assert_eq!(seen["x-user-id"], "u-1");
+        assert_eq!(seen["x-original-ip"], "203.0.113.7");
+        assert!(!seen.contains_key(CONNECTION));
     }
 
     /// The head an upstream would see: what is left of `h` after

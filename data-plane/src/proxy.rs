@@ -186,13 +186,16 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let method = req.method().clone();
         let request_id = req.headers().get(X_REQUEST_ID).cloned();
-        if let Err((error, message)) = screen(peer, framing, &mut req, request_id.as_ref()) {
-            let response = error.response(message, request_id.as_ref());
-            self.metrics
-                .unmatched()
-                .record(&method, response.status(), start.elapsed());
-            return response;
-        }
+        let underscores = match screen(peer, framing, &mut req, request_id.as_ref()) {
+            Ok(underscores) => underscores,
+            Err((error, message)) => {
+                let response = error.response(message, request_id.as_ref());
+                self.metrics
+                    .unmatched()
+                    .record(&method, response.status(), start.elapsed());
+                return response;
+            }
+        };
         if let Some(sessions) = &self.sessions {
             req = match Box::pin(sessions.serve(req, peer, request_id.as_ref())).await {
                 Ok(response) => return response,
@@ -206,6 +209,13 @@ impl Proxy {
         match self.route(&req) {
             Ok(target) => {
                 let route = target.route.clone();
+                if underscores && !route.allow_underscore_headers {
+                    security::drop_underscore_headers(
+                        req.headers_mut(),
+                        &route.name,
+                        request_id.as_ref(),
+                    );
+                }
                 access_log::note_route(log, &route);
                 // Only routes with a CORS policy look at the origin.
                 let origin = route
@@ -436,30 +446,37 @@ impl Proxy {
     }
 }
 
-/// Request hygiene before routing: refuses ambiguous framing and control
-/// characters, removes headers only the gateway may set, and replaces the
-/// path by its normalised form (so that the path routed, checked against
-/// public paths and sent upstream is the same one).
+/// Request hygiene before routing: refuses ambiguous heads, removes the
+/// fields the client's `Connection` names and headers only the gateway may
+/// set, and replaces the path by its normalised form (so that the path
+/// routed, checked against public paths and sent upstream is the same
+/// one). `Ok(true)`: some header name has `_` (removed once the route is
+/// known, unless it allows them).
 fn screen(
     peer: &HeaderValue,
     framing: &FramingWatch,
     req: &mut Request<Incoming>,
     request_id: Option<&HeaderValue>,
-) -> Result<(), (GatewayError, &'static str)> {
+) -> Result<bool, (GatewayError, &'static str)> {
     let log_id = || request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
     let ip = || peer.to_str().unwrap_or("");
-    if let Err(e) = security::check_head(req.headers(), framing.take_conflict()) {
-        crate::security_event!(
-            "malformed_request",
-            "medium",
-            reason = e.message(),
-            ip = ip(),
-            request_id = log_id(),
-            "request refused"
-        );
-        return Err((GatewayError::BadRequest, e.message()));
-    }
-    if let Some(name) = security::strip_client_forbidden(req.headers_mut()) {
+    let version = req.version();
+    let screened =
+        match security::screen_headers(req.headers_mut(), version, framing.take_conflict()) {
+            Ok(screened) => screened,
+            Err(e) => {
+                crate::security_event!(
+                    e.event(),
+                    "medium",
+                    reason = e.message(),
+                    ip = ip(),
+                    request_id = log_id(),
+                    "request refused"
+                );
+                return Err((GatewayError::BadRequest, e.message()));
+            }
+        };
+    if let Some(name) = &screened.spoofed {
         crate::security_event!(
             "header_spoofing",
             "medium",
@@ -471,7 +488,7 @@ fn screen(
         );
     }
     let normalized = match security::normalize_path(req.uri().path()) {
-        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(screened.underscores),
         Ok(std::borrow::Cow::Owned(path)) => path,
         Err(e) => {
             crate::security_event!(
@@ -501,7 +518,7 @@ fn screen(
     match Uri::from_parts(parts) {
         Ok(uri) => {
             *req.uri_mut() = uri;
-            Ok(())
+            Ok(screened.underscores)
         }
         Err(_) => Err((
             GatewayError::BadRequest,

@@ -80,6 +80,9 @@ pub struct RouteRuntime {
     pub rate_limit: crate::ratelimit::RouteLimit,
     /// HMAC request signatures, when the route requires them.
     pub signature: Option<crate::signature::RouteSignature>,
+    /// Whether request headers with `_` in their names are passed on
+    /// (never the gateway's own names spelled with `_`).
+    pub allow_underscore_headers: bool,
     /// Cached metric handles.
     pub metrics: RouteMetrics,
 }
@@ -735,6 +738,7 @@ impl Runtime {
                     .signature
                     .as_ref()
                     .map(|config| crate::signature::RouteSignature::compile(&route.name, config)),
+                allow_underscore_headers: route.allow_underscore_headers,
             };
             routes.push((route, Arc::new(runtime)));
         }

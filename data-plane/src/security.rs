@@ -4,8 +4,9 @@
 //! never set, and the security event log.
 
 use crate::auth::IDENTITY_HEADERS;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName};
+use crate::credentials::{API_KEY_HEADER, API_KEY_IDENTITY_HEADERS};
+use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Version};
 use std::borrow::Cow;
 
 /// `x-gateway-forwarded: true`, set on every request sent upstream.
@@ -16,13 +17,31 @@ pub const X_ORIGINAL_IP: HeaderName = HeaderName::from_static("x-original-ip");
 /// Request headers that only the gateway may set: a client's copies are
 /// removed before anything else looks at the request (the seed's blocked
 /// list, the identity headers, and every `x-internal-*`).
-const CLIENT_FORBIDDEN: [HeaderName; 5] = [
+///
+/// The lists are statics: iterating a `const` array of header names builds
+/// and drops a copy of it each time.
+static CLIENT_FORBIDDEN: [HeaderName; 5] = [
     X_GATEWAY_FORWARDED,
     X_ORIGINAL_IP,
     HeaderName::from_static("x-admin-token"),
     HeaderName::from_static("x-privileged"),
     HeaderName::from_static("x-real-ip"),
 ];
+
+/// Headers the gateway sets on what it forwards, in place of a client's
+/// copies: their spellings with `_` are dropped on every route.
+static SET_BY_GATEWAY: [HeaderName; 5] = [
+    crate::headers::X_FORWARDED_FOR,
+    crate::headers::X_FORWARDED_PROTO,
+    crate::headers::X_FORWARDED_HOST,
+    crate::deadline::DEADLINE_HEADER,
+    crate::errors::X_REQUEST_ID,
+];
+
+/// The identity headers authentication sets.
+static IDENTITY: [HeaderName; 6] = IDENTITY_HEADERS;
+/// The identity headers of an API key.
+static API_KEY_IDENTITY: [HeaderName; 2] = API_KEY_IDENTITY_HEADERS;
 
 /// Logs a security event as one structured line with a `severity` field
 /// (`low`, `medium`, `high`, `critical`), as the seed's `logSecurityEvent`.
@@ -317,6 +336,15 @@ pub enum HeadError {
     ConflictingFraming,
     /// More than one `Content-Length`.
     DuplicateContentLength,
+    /// More than one `Authorization`: which one would be verified, and
+    /// which one would the service read?
+    DuplicateAuthorization,
+    /// More than one `Host` (RFC 9112 section 3.2).
+    DuplicateHost,
+    /// More than one `X-API-Key`.
+    DuplicateApiKey,
+    /// An HTTP/1.1 request without `Host` (RFC 9112 section 3.2).
+    MissingHost,
 }
 
 impl HeadError {
@@ -327,56 +355,203 @@ impl HeadError {
                 "Requests must not carry both Content-Length and Transfer-Encoding"
             }
             Self::DuplicateContentLength => "Requests must carry at most one Content-Length",
+            Self::DuplicateAuthorization => "Requests must carry at most one Authorization",
+            Self::DuplicateHost => "Requests must carry at most one Host",
+            Self::DuplicateApiKey => "Requests must carry at most one X-API-Key",
+            Self::MissingHost => "HTTP/1.1 requests must carry a Host",
+        }
+    }
+
+    /// The security event it is logged as.
+    pub fn event(self) -> &'static str {
+        match self {
+            Self::ConflictingFraming | Self::DuplicateContentLength => "malformed_request",
+            Self::DuplicateAuthorization | Self::DuplicateHost | Self::DuplicateApiKey => {
+                "duplicate_header"
+            }
+            Self::MissingHost => "missing_host",
         }
     }
 }
 
-/// Checks the framing of a request head. hyper accepts a request with both
-/// `Content-Length` and `Transfer-Encoding: chunked` (chunked wins); a
-/// proxy must not, as the next hop might frame it by the length.
+/// What screening did to a request's headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Screened {
+    /// The first header only the gateway may set that the client sent (all
+    /// of them were removed): a spoofing attempt worth logging.
+    pub spoofed: Option<HeaderName>,
+    /// Whether a name contains `_`. Such headers stay until the route is
+    /// known; see [`drop_underscore_headers`].
+    pub underscores: bool,
+}
+
+/// What one pass over a request's header names found.
+#[derive(Debug, Default)]
+struct Survey {
+    host: bool,
+    connection: bool,
+    content_length: bool,
+    transfer_encoding: bool,
+    forbidden: bool,
+    underscores: bool,
+}
+
+/// One pass over the names. Most names are standard ones, told apart by
+/// comparing a small tag; the others are read once for `x-` and `_`.
+fn survey(headers: &HeaderMap) -> Survey {
+    let mut found = Survey::default();
+    for name in headers.keys() {
+        if *name == HOST {
+            found.host = true;
+        } else if *name == CONNECTION {
+            found.connection = true;
+        } else if *name == CONTENT_LENGTH {
+            found.content_length = true;
+        } else if *name == TRANSFER_ENCODING {
+            found.transfer_encoding = true;
+        } else if has_underscore(name.as_str().as_bytes()) {
+            found.underscores = true;
+            found.forbidden |= is_gateway_name_spelled(name.as_str().as_bytes());
+        } else {
+            found.forbidden |= is_client_forbidden(name);
+        }
+    }
+    found
+}
+
+/// Whether `name` holds a `_`, eight bytes at a time (every name of every
+/// request is looked at: `memchr` costs about three times as much on names
+/// this short).
+fn has_underscore(name: &[u8]) -> bool {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    const UNDERSCORES: u64 = u64::from_le_bytes([b'_'; 8]);
+    // A zero byte in `word ^ UNDERSCORES` is a `_` in `word`.
+    let has = |word: u64| {
+        let x = word ^ UNDERSCORES;
+        x.wrapping_sub(ONES) & !x & HIGH != 0
+    };
+    let word = |at: usize| {
+        name.get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let len = name.len();
+    if len < 8 {
+        // The bytes shifted into one word; the empty ones stay zero.
+        return has(name.iter().fold(0, |w, &b| w << 8 | u64::from(b)));
+    }
+    let mut at = 0;
+    while at + 8 < len {
+        if has(word(at)) {
+            return true;
+        }
+        at += 8;
+    }
+    // The last eight bytes, overlapping the word before.
+    has(word(len - 8))
+}
+
+/// Screens a request's head before routing, in this order:
+///
+/// 1. Refuses ambiguous heads ([`HeadError`]): conflicting framing, more
+///    than one `Content-Length`, `Authorization`, `Host` or `X-API-Key`,
+///    or an HTTP/1.1 request without `Host`.
+/// 2. Removes the fields the client's `Connection` names, and `Connection`
+///    itself, before the gateway sets any header of its own (but the
+///    request id, already set and kept).
+/// 3. Removes the headers only the gateway may set, also when spelled with
+///    `_` (`X_User_Id`), which CGI and WSGI servers read as `X-User-Id`.
+///
+/// One pass over the names, and nothing allocated, when there is nothing
+/// to remove. `scanned_conflict` is the connection scanner's note that the
+/// head named both `Content-Length` and `Transfer-Encoding`.
+pub fn screen_headers(
+    headers: &mut HeaderMap,
+    version: Version,
+    scanned_conflict: bool,
+) -> Result<Screened, HeadError> {
+    let found = survey(headers);
+    check_head(headers, version, &found, scanned_conflict)?;
+    if found.connection {
+        crate::headers::remove_connection_options(headers, Some(&crate::errors::X_REQUEST_ID));
+    }
+    let spoofed = if found.forbidden {
+        strip_client_forbidden(headers)
+    } else {
+        None
+    };
+    Ok(Screened {
+        spoofed,
+        underscores: found.underscores,
+    })
+}
+
+/// Checks the framing and the single-value fields of a request head.
+///
+/// hyper accepts a request with both `Content-Length` and
+/// `Transfer-Encoding: chunked` (chunked wins); a proxy must not, as the
+/// next hop might frame it by the length. Over HTTP/1, hyper drops the
+/// `Content-Length` of such a request before the gateway sees it, so the
+/// connection's scanner ([`crate::framing`]) tells.
+///
+/// hyper checks neither how many `Host` fields there are nor that an
+/// HTTP/1.1 request has one; RFC 9112 section 3.2 wants 400 for both.
+/// `Authorization` and `X-API-Key` hold one credential: with two, the one
+/// verified and the one a service reads could differ.
 ///
 /// NUL, CR and LF in header values or the request target never get here:
 /// hyper's parser (httparse) answers 400 itself, and the `http` crate
 /// cannot represent them in a header value.
-///
-/// Over HTTP/1, hyper drops the `Content-Length` of a request that also
-/// carries `Transfer-Encoding` before the gateway sees it, so the
-/// connection's scanner ([`crate::framing`]) tells: `scanned_conflict` is its
-/// note that a head named both.
-pub fn check_head(headers: &HeaderMap, scanned_conflict: bool) -> Result<(), HeadError> {
-    if scanned_conflict && headers.contains_key(TRANSFER_ENCODING) {
+fn check_head(
+    headers: &HeaderMap,
+    version: Version,
+    found: &Survey,
+    scanned_conflict: bool,
+) -> Result<(), HeadError> {
+    if found.transfer_encoding && (scanned_conflict || found.content_length) {
         return Err(HeadError::ConflictingFraming);
     }
-    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
-    if lengths.next().is_some() {
-        if headers.contains_key(TRANSFER_ENCODING) {
-            return Err(HeadError::ConflictingFraming);
+    // With no name given twice (the usual case) this is two loads.
+    if headers.len() != headers.keys_len() {
+        for (name, error) in [
+            (CONTENT_LENGTH, HeadError::DuplicateContentLength),
+            (AUTHORIZATION, HeadError::DuplicateAuthorization),
+            (HOST, HeadError::DuplicateHost),
+            (API_KEY_HEADER, HeadError::DuplicateApiKey),
+        ] {
+            if headers.get_all(name).iter().nth(1).is_some() {
+                return Err(error);
+            }
         }
-        if lengths.next().is_some() {
-            return Err(HeadError::DuplicateContentLength);
-        }
+    }
+    if !found.host && version == Version::HTTP_11 {
+        return Err(HeadError::MissingHost);
     }
     Ok(())
 }
 
-/// Removes the headers only the gateway may set. Returns the name of the
-/// first one found (a spoofing attempt worth logging), if any.
-///
-/// One pass over the names; nothing is allocated unless one is present.
-pub fn strip_client_forbidden(headers: &mut HeaderMap) -> Option<HeaderName> {
-    let found = headers.keys().any(is_client_forbidden);
-    if !found {
-        return None;
-    }
+/// Removes the headers only the gateway may set, in either spelling.
+/// Returns the name of the first one found, if any.
+fn strip_client_forbidden(headers: &mut HeaderMap) -> Option<HeaderName> {
     let names: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| is_client_forbidden(n))
+        .filter(|n| is_protected(n))
         .cloned()
         .collect();
     for name in &names {
         headers.remove(name);
     }
     names.into_iter().next()
+}
+
+fn is_protected(name: &HeaderName) -> bool {
+    let bytes = name.as_str().as_bytes();
+    if has_underscore(bytes) {
+        is_gateway_name_spelled(bytes)
+    } else {
+        is_client_forbidden(name)
+    }
 }
 
 fn is_client_forbidden(name: &HeaderName) -> bool {
@@ -386,11 +561,59 @@ fn is_client_forbidden(name: &HeaderName) -> bool {
         return false;
     }
     n.starts_with("x-internal-")
-        || IDENTITY_HEADERS.iter().any(|h| h == name)
+        || IDENTITY.iter().any(|h| h == name)
         || CLIENT_FORBIDDEN.iter().any(|h| h == name)
-        || crate::credentials::API_KEY_IDENTITY_HEADERS
+        || API_KEY_IDENTITY.iter().any(|h| h == name)
+}
+
+/// Whether `name` (lower case, with some `_`) reads as one of the
+/// gateway's own headers once each `_` is taken for `-`.
+fn is_gateway_name_spelled(name: &[u8]) -> bool {
+    let same = |a: &[u8], b: &[u8]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| x == y || (*x == b'_' && *y == b'-'))
+    };
+    let internal = b"x-internal-";
+    name.get(..internal.len())
+        .is_some_and(|p| same(p, internal))
+        || IDENTITY
             .iter()
-            .any(|h| h == name)
+            .chain(&CLIENT_FORBIDDEN)
+            .chain(&API_KEY_IDENTITY)
+            .chain(&SET_BY_GATEWAY)
+            .any(|h| same(name, h.as_str().as_bytes()))
+}
+
+/// Removes the request headers whose names contain `_`, on a route that
+/// does not allow them (once [`Screened::underscores`] said there are
+/// some). nginx drops them too: CGI and WSGI servers read `X_Foo` as
+/// `X-Foo`, so a name the gateway never checks could stand in for one a
+/// service trusts. Each is logged at debug level only: well-meaning clients
+/// send them on every request.
+pub fn drop_underscore_headers(
+    headers: &mut HeaderMap,
+    route: &str,
+    request_id: Option<&HeaderValue>,
+) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(&name);
+        tracing::debug!(
+            target: "security",
+            security_event = "underscore_header",
+            severity = "low",
+            header = name.as_str(),
+            route,
+            request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or(""),
+            "request header with '_' in its name dropped"
+        );
+    }
 }
 
 /// Removes `x-internal-*` headers from an upstream response. Nothing is
@@ -547,24 +770,134 @@ mod tests {
         assert!(check("/public/x/../y"));
     }
 
+    fn screen(h: &mut HeaderMap) -> Result<Screened, HeadError> {
+        screen_headers(h, Version::HTTP_11, false)
+    }
+
+    fn with_host() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("gw"));
+        h
+    }
+
     #[test]
     fn head_checks() {
-        let mut h = HeaderMap::new();
+        let mut h = with_host();
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
-        assert_eq!(check_head(&h, false), Ok(()));
+        assert!(screen(&mut h).is_ok());
         h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        assert_eq!(check_head(&h, false), Err(HeadError::ConflictingFraming));
-        let mut h = HeaderMap::new();
+        assert_eq!(screen(&mut h), Err(HeadError::ConflictingFraming));
+        let mut h = with_host();
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(screen(&mut h).is_ok());
+        assert_eq!(
+            screen_headers(&mut h, Version::HTTP_11, true),
+            Err(HeadError::ConflictingFraming)
+        );
+        let mut h = with_host();
         h.append(CONTENT_LENGTH, HeaderValue::from_static("5"));
         h.append(CONTENT_LENGTH, HeaderValue::from_static("6"));
-        assert_eq!(
-            check_head(&h, false),
-            Err(HeadError::DuplicateContentLength)
-        );
+        assert_eq!(screen(&mut h), Err(HeadError::DuplicateContentLength));
         // The http crate cannot hold these in a header value at all.
         for bad in [&b"a\0b"[..], b"a\rb", b"a\nb"] {
             assert!(HeaderValue::from_bytes(bad).is_err());
         }
+    }
+
+    #[test]
+    fn single_value_fields_come_once_and_http_1_1_needs_a_host() {
+        for (name, error) in [
+            (AUTHORIZATION, HeadError::DuplicateAuthorization),
+            (HOST, HeadError::DuplicateHost),
+            (API_KEY_HEADER, HeadError::DuplicateApiKey),
+        ] {
+            let mut h = with_host();
+            h.insert(name.clone(), HeaderValue::from_static("one"));
+            h.append("accept", HeaderValue::from_static("a"));
+            h.append("accept", HeaderValue::from_static("b"));
+            assert!(screen(&mut h).is_ok(), "{name}");
+            h.append(name.clone(), HeaderValue::from_static("two"));
+            assert_eq!(screen(&mut h), Err(error), "{name}");
+            assert_eq!(error.event(), "duplicate_header");
+        }
+        let mut h = HeaderMap::new();
+        assert_eq!(screen(&mut h), Err(HeadError::MissingHost));
+        assert_eq!(HeadError::MissingHost.event(), "missing_host");
+        assert!(screen_headers(&mut h, Version::HTTP_10, false).is_ok());
+    }
+
+    #[test]
+    fn connection_options_go_before_the_gateway_sets_anything() {
+        let mut h = with_host();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Foo, x-request-id, host"),
+        );
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("x-request-id", HeaderValue::from_static("r-1"));
+        let screened = screen(&mut h).unwrap();
+        assert_eq!(screened.spoofed, None);
+        assert!(!screened.underscores);
+        // The request id is the gateway's own by now; the rest go (`Host`
+        // was there when the head was checked).
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-request-id"], "r-1");
+    }
+
+    #[test]
+    fn underscores_are_found_anywhere_in_a_name() {
+        for len in 1..40 {
+            let clean = vec![b'a'; len];
+            assert!(!has_underscore(&clean), "{len}");
+            for at in 0..len {
+                let mut name = clean.clone();
+                name[at] = b'_';
+                assert!(has_underscore(&name), "{len} {at}");
+            }
+        }
+        // Bytes next to `_` in value do not count.
+        assert!(!has_underscore(b"x-custom-header^`~"));
+        assert!(!has_underscore(b""));
+    }
+
+    #[test]
+    fn underscore_spellings_of_the_gateways_headers_always_go() {
+        let mut h = with_host();
+        for name in [
+            "x_user_id",
+            "x-tenant_id",
+            "x_internal_thing",
+            "x_original_ip",
+            "x_api_key_id",
+            "x_forwarded_for",
+            "x_request_deadline_ms",
+            "x_request_id",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("evil"),
+            );
+        }
+        h.insert("x_custom_thing", HeaderValue::from_static("1"));
+        h.insert("x_user_identity", HeaderValue::from_static("1"));
+        let screened = screen(&mut h).unwrap();
+        assert!(screened.spoofed.is_some());
+        assert!(screened.underscores);
+        let mut left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x_custom_thing", "x_user_identity"]);
+        drop_underscore_headers(&mut h, "r", None);
+        assert_eq!(h.len(), 1);
+        let mut plain = with_host();
+        plain.insert("x-custom-thing", HeaderValue::from_static("1"));
+        assert_eq!(
+            screen(&mut plain),
+            Ok(Screened {
+                spoofed: None,
+                underscores: false
+            })
+        );
+        assert_eq!(plain.len(), 2);
     }
 
     #[test]
