@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use gateway_tests::{free_port, wait_for_port};
+use gateway_tests::free_port;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -101,25 +101,8 @@ fn config(upstream: &Upstream, extra_route: bool) -> String {
 async fn standalone_binary_serves_reloads_and_stops_on_sigterm() {
     let up = Upstream::start("up").await;
     let file = TempConfig::new(&config(&up, false));
-    let port = free_port();
-    let admin_port = free_port();
-    let mut child = tokio::process::Command::new(BIN)
-        .env_clear()
-        .env("GW_CONFIG", &file.path)
-        .env("PORT", port.to_string())
-        .env("GW_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
-        .env("AUTH_SERVICE_URL", up.url())
-        .env("LOG_FORMAT", "pretty")
-        .env("GW_SHUTDOWN_GRACE", "5s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, port, admin_port, stderr) = spawn_standalone(&file, &up).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    tokio::task::spawn_blocking(move || wait_for_port(addr, Duration::from_secs(10)))
-        .await
-        .unwrap()
-        .unwrap();
     let c = client();
     let req = |path: &str| {
         http::Request::get(format!("http://{addr}{path}"))
@@ -133,7 +116,13 @@ async fn standalone_binary_serves_reloads_and_stops_on_sigterm() {
             .unwrap(),
     )
     .await;
-    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(
+        ready.status,
+        200,
+        "{}\n{}",
+        ready.text(),
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    );
     // AUTH_SERVICE_URL replaced the file's dead instance.
     let answer = send(&c, req("/auth/me")).await;
     assert_eq!(answer.json()["uri"], "/me");
@@ -176,6 +165,59 @@ async fn standalone_binary_serves_reloads_and_stops_on_sigterm() {
         .expect("did not exit")
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// Starts the binary in standalone mode on two free ports and returns once
+/// both listeners accept. A port taken by another process between picking and
+/// binding makes the child exit; it is started again on other ports.
+async fn spawn_standalone(
+    file: &TempConfig,
+    up: &Upstream,
+) -> (tokio::process::Child, u16, u16, std::path::PathBuf) {
+    for _ in 0..5 {
+        let port = free_port();
+        let admin_port = free_port();
+        let stderr = file.dir.join("stderr.log");
+        let mut child = tokio::process::Command::new(BIN)
+            .env_clear()
+            .env("GW_CONFIG", &file.path)
+            .env("PORT", port.to_string())
+            .env("GW_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+            .env("AUTH_SERVICE_URL", up.url())
+            .env("LOG_FORMAT", "pretty")
+            .env("GW_SHUTDOWN_GRACE", "5s")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listening = loop {
+            if child.try_wait().unwrap().is_some() {
+                break false;
+            }
+            let both = [port, admin_port]
+                .iter()
+                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok());
+            if both {
+                break true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "data plane not listening: {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if listening {
+            return (child, port, admin_port, stderr);
+        }
+        eprintln!(
+            "data plane exited at start, trying other ports: {}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+    }
+    panic!("the data plane did not start in five tries");
 }
 
 fn signal(child: &tokio::process::Child, sig: i32) {
