@@ -402,7 +402,7 @@ async fn sync(shared: Arc<SharedState>, credentials: std::sync::Weak<Credentials
                 }
             }
             Err(redis::RedisError::from((
-                redis::ErrorKind::IoError,
+                redis::ErrorKind::Io,
                 "push channel closed",
             )))
         }

@@ -122,11 +122,11 @@ async fn connect_loop(state: std::sync::Weak<SharedState>) {
             return;
         };
         let config = ConnectionManagerConfig::new()
-            .set_response_timeout(shared.timeout)
-            .set_connection_timeout(shared.timeout.max(Duration::from_millis(500)))
+            .set_response_timeout(Some(shared.timeout))
+            .set_connection_timeout(Some(shared.timeout.max(Duration::from_millis(500))))
             .set_number_of_retries(1)
-            .set_factor(100)
-            .set_max_delay(1_000);
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_secs(1));
         match ConnectionManager::new_with_config(shared.client.clone(), config).await {
             Ok(conn) => {
                 shared.conn.store(Some(Arc::new(conn)));

@@ -170,7 +170,7 @@ async fn timed<T>(
 }
 
 fn parse<T: FromRedisValue>(value: &Value, what: &str) -> Result<T, StoreError> {
-    T::from_redis_value(value).map_err(|e| corrupt(what, e))
+    T::from_redis_value_ref(value).map_err(|e| corrupt(what, e))
 }
 
 fn parse_u64(text: &str, what: &str) -> Result<u64, StoreError> {
@@ -208,11 +208,11 @@ impl RedisStore {
             )])
         })?;
         let config = ConnectionManagerConfig::new()
-            .set_response_timeout(RESPONSE_TIMEOUT)
-            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(2)
-            .set_factor(100)
-            .set_max_delay(1_000);
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_secs(1));
         let conn = match tokio::time::timeout(
             STARTUP_TIMEOUT,
             ConnectionManager::new_with_config(client.clone(), config),
@@ -275,8 +275,8 @@ impl RedisStore {
         }
         // Blocking reads need a response timeout longer than their block time.
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(Duration::from_secs(30));
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(Duration::from_secs(30)));
         let conn = timed(
             self.client
                 .get_multiplexed_async_connection_with_config(&config),
