@@ -14,6 +14,8 @@
 //!   patterns, shared by the data planes and the control plane.
 //! * [`credentials`]: revoked tokens and API keys in Redis and the push
 //!   channel that carries their changes to the data planes.
+//! * [`http_client`]: the HTTP client of the planes' own out-of-band calls
+//!   (JWKS fetches, active health checks).
 //! * [`duration`]: human-friendly durations (`250ms`, `5s`, `1m`) in configs.
 //! * [`process`]: a process's default identity (`hostname-pid`) and logging.
 //! * [`metrics`]: `build_info` and the `process_*` metrics of both planes.
@@ -23,6 +25,7 @@ pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod duration;
+pub mod http_client;
 pub mod metrics;
 pub mod process;
 pub mod registration;
