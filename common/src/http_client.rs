@@ -10,6 +10,7 @@
 //! only speak plain HTTP). Callers add their own timeouts and pool limits
 //! to the [`builder`], build the client once and reuse it.
 
+use crate::error_chain;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
@@ -69,7 +70,7 @@ pub async fn read_limited(mut response: Response, limit: usize) -> Result<Bytes,
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| HttpClientError::Read(describe(&e)))?
+        .map_err(|e| HttpClientError::Read(error_chain(&e)))?
     {
         if body.len() + chunk.len() > limit {
             return Err(HttpClientError::TooLarge(limit));
@@ -77,19 +78,6 @@ pub async fn read_limited(mut response: Response, limit: usize) -> Result<Bytes,
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
-}
-
-/// An error and its causes, `: `-separated (a client error alone often
-/// says only "error sending request").
-pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -101,12 +89,5 @@ mod tests {
         assert!(builder(None)
             .and_then(|b| b.build().map_err(|e| HttpClientError::Build(e.to_string())))
             .is_ok());
-    }
-
-    #[test]
-    fn causes_are_chained() {
-        let inner = std::io::Error::other("refused");
-        let outer = HttpClientError::Read(inner.to_string());
-        assert_eq!(describe(&outer), "reading the body: refused");
     }
 }

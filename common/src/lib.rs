@@ -34,3 +34,31 @@ pub mod routing;
 pub mod telemetry;
 
 pub use config::{ConfigError, GatewayConfig};
+
+/// An error and its causes on one line, `: `-separated (`a: b: c`): a
+/// client error alone often says only "error sending request".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chains_name_every_cause() {
+        let cause = std::io::Error::other("connection refused");
+        let error = std::io::Error::new(std::io::ErrorKind::NotConnected, cause);
+        assert_eq!(super::error_chain(&error), "connection refused");
+        let outer = crate::http_client::HttpClientError::Read(super::error_chain(&error));
+        assert_eq!(
+            super::error_chain(&outer),
+            "reading the body: connection refused"
+        );
+    }
+}

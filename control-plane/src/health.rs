@@ -13,7 +13,8 @@ use crate::metrics::{Metrics, OutcomeLabel};
 use crate::store::{unix_ms, HealthRecord, Store};
 use crate::view::{Stamp, View};
 use gateway_common::config::{GatewayConfig, HealthCheckConfig};
-use gateway_common::http_client::{self, describe, Client, HttpClientError};
+use gateway_common::error_chain;
+use gateway_common::http_client::{self, Client, HttpClientError};
 use gateway_common::registration::{Health, Instance};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -105,7 +106,7 @@ fn http_client() -> Result<Client, HttpClientError> {
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(1)
         .build()
-        .map_err(|e| HttpClientError::Build(describe(&e)))
+        .map_err(|e| HttpClientError::Build(error_chain(&e)))
 }
 
 /// Probes `uri` once: success and what to record.
@@ -122,7 +123,7 @@ async fn probe(client: Client, uri: String, timeout: Duration) -> (bool, String)
         Err(e) => return (false, format!("bad health-check URL: {e}")),
     };
     let exchange = async {
-        let response = client.execute(request).await.map_err(|e| describe(&e))?;
+        let response = client.execute(request).await.map_err(|e| error_chain(&e))?;
         let status = response.status();
         // Read the body so that the connection can be reused.
         let _ = http_client::read_limited(response, MAX_BODY).await;

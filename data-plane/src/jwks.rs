@@ -405,7 +405,7 @@ fn http_client(tls: Option<&JwksTls>) -> Result<Client, JwksError> {
     http_client::builder(tls.map(|t| t.config.as_ref()))
         .map_err(|e| fail(&e))?
         .build()
-        .map_err(|e| fail(&http_client::describe(&e)))
+        .map_err(|e| fail(&gateway_common::error_chain(&e)))
 }
 
 /// GET `url`: the body (at most [`MAX_DOCUMENT_BYTES`]) and its `max-age`.
@@ -416,7 +416,7 @@ async fn fetch(client: &Client, url: &Uri) -> Result<(Bytes, Option<Duration>), 
         .header(ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| fail(&http_client::describe(&e)))?;
+        .map_err(|e| fail(&gateway_common::error_chain(&e)))?;
     if response.status() != StatusCode::OK {
         return Err(JwksError::Status(response.status()));
     }
