@@ -14,6 +14,8 @@
 //!   patterns, shared by the data planes and the control plane.
 //! * [`credentials`]: revoked tokens and API keys in Redis and the push
 //!   channel that carries their changes to the data planes.
+//! * [`http_client`]: the HTTP client of the planes' own out-of-band calls
+//!   (JWKS fetches, active health checks).
 //! * [`duration`]: human-friendly durations (`250ms`, `5s`, `1m`) in configs.
 //! * [`process`]: a process's default identity (`hostname-pid`) and logging.
 //! * [`metrics`]: `build_info` and the `process_*` metrics of both planes.
@@ -23,6 +25,7 @@ pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod duration;
+pub mod http_client;
 pub mod metrics;
 pub mod process;
 pub mod registration;
@@ -31,3 +34,31 @@ pub mod routing;
 pub mod telemetry;
 
 pub use config::{ConfigError, GatewayConfig};
+
+/// An error and its causes on one line, `: `-separated (`a: b: c`): a
+/// client error alone often says only "error sending request".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chains_name_every_cause() {
+        let cause = std::io::Error::other("connection refused");
+        let error = std::io::Error::new(std::io::ErrorKind::NotConnected, cause);
+        assert_eq!(super::error_chain(&error), "connection refused");
+        let outer = crate::http_client::HttpClientError::Read(super::error_chain(&error));
+        assert_eq!(
+            super::error_chain(&outer),
+            "reading the body: connection refused"
+        );
+    }
+}

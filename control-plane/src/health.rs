@@ -12,13 +12,10 @@
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::store::{unix_ms, HealthRecord, Store};
 use crate::view::{Stamp, View};
-use bytes::Bytes;
 use gateway_common::config::{GatewayConfig, HealthCheckConfig};
+use gateway_common::error_chain;
+use gateway_common::http_client::{self, Client, HttpClientError};
 use gateway_common::registration::{Health, Instance};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,8 +31,6 @@ const RECORD_FLUSH: Duration = Duration::from_millis(500);
 const MAX_CONCURRENT: usize = 512;
 /// Most body bytes read from a health endpoint.
 const MAX_BODY: usize = 64 * 1024;
-
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// How one service's instances are checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,34 +98,35 @@ fn jitter(interval: Duration) -> Duration {
     Duration::from_millis(rand::random_range(0..ms))
 }
 
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+/// The client of the probes: plain HTTP/1.1, connections kept for the
+/// next probe of the same instance.
+fn http_client() -> Result<Client, HttpClientError> {
+    http_client::builder(None)?
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(1)
+        .build()
+        .map_err(|e| HttpClientError::Build(error_chain(&e)))
 }
 
 /// Probes `uri` once: success and what to record.
-async fn probe(client: HttpClient, uri: String, timeout: Duration) -> (bool, String) {
-    let request = match http::Request::get(&uri)
+async fn probe(client: Client, uri: String, timeout: Duration) -> (bool, String) {
+    let request = match client
+        .get(&uri)
         .header(
             http::header::USER_AGENT,
             "gateway-control-plane/health-check",
         )
-        .body(Empty::new())
+        .build()
     {
         Ok(request) => request,
         Err(e) => return (false, format!("bad health-check URL: {e}")),
     };
     let exchange = async {
-        let response = client.request(request).await.map_err(|e| describe(&e))?;
+        let response = client.execute(request).await.map_err(|e| error_chain(&e))?;
         let status = response.status();
         // Read the body so that the connection can be reused.
-        let _ = Limited::new(response.into_body(), MAX_BODY).collect().await;
+        let _ = http_client::read_limited(response, MAX_BODY).await;
         Ok::<_, String>(status)
     };
     match tokio::time::timeout(timeout, exchange).await {
@@ -154,7 +150,6 @@ pub struct HealthChecker {
     view: Arc<View>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    client: HttpClient,
     services: HashMap<String, ServiceCheck>,
     targets: HashMap<String, Target>,
     synced: Option<Stamp>,
@@ -167,18 +162,10 @@ pub struct HealthChecker {
 impl HealthChecker {
     /// A checker of the instances in `view`.
     pub fn new(view: Arc<View>, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1)
-            .build(connector);
         HealthChecker {
             view,
             store,
             metrics,
-            client,
             services: HashMap::new(),
             targets: HashMap::new(),
             synced: None,
@@ -192,6 +179,14 @@ impl HealthChecker {
     /// Checks until `cancel` fires (leadership lost or shutdown); probes in
     /// flight are abandoned.
     pub async fn run(mut self, cancel: CancellationToken) {
+        let client = match http_client() {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!(error = %e, "no health checks this term");
+                cancel.cancelled().await;
+                return;
+            }
+        };
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_flush = Instant::now();
@@ -205,7 +200,7 @@ impl HealthChecker {
                 }
                 _ = tick.tick() => {
                     self.sync();
-                    self.launch_due();
+                    self.launch_due(&client);
                     self.flush_verdicts().await;
                     if last_flush.elapsed() >= RECORD_FLUSH {
                         self.flush_records().await;
@@ -317,7 +312,7 @@ impl HealthChecker {
         }
     }
 
-    fn launch_due(&mut self) {
+    fn launch_due(&mut self, client: &Client) {
         let now = Instant::now();
         for (id, target) in &mut self.targets {
             if self.probes.len() >= MAX_CONCURRENT {
@@ -328,11 +323,7 @@ impl HealthChecker {
             }
             target.in_flight = true;
             let (id, revision) = (id.clone(), target.revision);
-            let (client, uri, timeout) = (
-                self.client.clone(),
-                target.uri.clone(),
-                target.check.timeout,
-            );
+            let (client, uri, timeout) = (client.clone(), target.uri.clone(), target.check.timeout);
             self.probes.spawn(async move {
                 let (success, result) = probe(client, uri, timeout).await;
                 Outcome {
@@ -469,43 +460,25 @@ mod tests {
                 socket.write_all(answer.as_bytes()).await.unwrap();
             }
         });
-        let checker = HealthChecker::new(
-            View::new(
-                crate::store::Snapshot {
-                    epoch: "e".into(),
-                    version: 0,
-                    config: GatewayConfig::default(),
-                    config_json: GatewayConfig::default().to_json(),
-                    configured: false,
-                    instances: vec![],
-                    lease_ttls_ms: Default::default(),
-                },
-                vec![],
-                10,
-            ),
-            Arc::new(crate::store::memory::MemoryStore::new()),
-            Arc::new(Metrics::new()),
-        );
+        let client = http_client().unwrap();
         let uri = format!("http://{addr}/health");
         let t = Duration::from_secs(2);
         assert_eq!(
-            probe(checker.client.clone(), uri.clone(), t).await,
+            probe(client.clone(), uri.clone(), t).await,
             (true, "204".into())
         );
         assert_eq!(
-            probe(checker.client.clone(), uri.clone(), t).await,
+            probe(client.clone(), uri.clone(), t).await,
             (true, "302".into())
         );
         assert_eq!(
-            probe(checker.client.clone(), uri.clone(), t).await,
+            probe(client.clone(), uri.clone(), t).await,
             (false, "503".into())
         );
-        drop(checker);
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         let (ok, result) = probe(client, format!("http://127.0.0.1:{port}/"), t).await;
         assert!(!ok);
         assert!(

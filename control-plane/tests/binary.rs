@@ -1,10 +1,11 @@
 //! The built `control-plane` binary: flags, start-up failures and a clean
 //! stop on SIGTERM.
 
-use std::io::{Read, Write};
+use gateway_tests::http;
+use gateway_tests::wait::poll;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_control-plane");
 
@@ -46,12 +47,8 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if poll(timeout, || child.try_wait().unwrap()).is_some() {
+        return child.wait_with_output().unwrap();
     }
     let _ = child.kill();
     panic!("the binary did not exit within {timeout:?}");
@@ -151,16 +148,8 @@ fn a_port_in_use_is_refused() {
 }
 
 fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    text.split_whitespace().nth(1)?.parse().ok()
+    let response = http::request(addr, "GET", path, &[], b"", Duration::from_secs(2)).ok()?;
+    Some(response.status)
 }
 
 #[test]
@@ -176,11 +165,10 @@ fn serves_until_sigterm_then_exits_cleanly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while http_status(http, "/health/ready") != Some(200) {
-        assert!(Instant::now() < deadline, "never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let ready = poll(Duration::from_secs(15), || {
+        (http_status(http, "/health/ready") == Some(200)).then_some(())
+    });
+    assert!(ready.is_some(), "never became ready");
     assert!(TcpStream::connect(grpc.as_str()).is_ok(), "gRPC port open");
     // SAFETY: sending a signal to the child we spawned.
     let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };

@@ -28,19 +28,7 @@ const WORKERS: usize = 4;
 const CONVERGE: Duration = Duration::from_secs(20);
 
 fn config() -> String {
-    let mut doc = String::from("version: 1\nservices:\n");
-    for s in 0..SERVICES {
-        doc.push_str(&format!(
-            "  - name: svc-{s}\n    health_check: {{ enabled: false }}\n"
-        ));
-    }
-    doc.push_str("routes:\n");
-    for s in 0..SERVICES {
-        doc.push_str(&format!(
-            "  - name: r-{s}\n    match: {{ path_prefix: /svc-{s} }}\n    service: svc-{s}\n"
-        ));
-    }
-    doc
+    gateway_tests::fleet::numbered_config(SERVICES)
 }
 
 /// What a data plane holds, as it applied the stream.

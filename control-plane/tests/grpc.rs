@@ -9,10 +9,9 @@ use gateway_proto::v1::admin_client::AdminClient;
 use gateway_proto::v1::data_plane_message::Kind;
 use gateway_proto::v1::discovery_client::DiscoveryClient;
 use gateway_proto::v1::registry_client::RegistryClient;
+use gateway_tests::upstream::Upstream;
 use gateway_tests::RedisServer;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -257,7 +256,7 @@ async fn discovery_sends_snapshot_then_deltas_and_resumes() {
     dp.ack(2).await;
 
     let replica = cp.replica_id().to_string();
-    eventually(SECONDS_5, || {
+    until_some(SECONDS_5, || {
         let mut adm = adm.clone();
         let replica = replica.clone();
         async move {
@@ -275,7 +274,7 @@ async fn discovery_sends_snapshot_then_deltas_and_resumes() {
 
     // Disconnected: the data plane is listed as such, and misses two versions.
     drop(dp);
-    eventually(SECONDS_5, || {
+    until_some(SECONDS_5, || {
         let mut adm = adm.clone();
         async move {
             let list = adm
@@ -340,7 +339,7 @@ async fn discovery_sends_snapshot_then_deltas_and_resumes() {
         }],
     }))
     .await;
-    let status = eventually(SECONDS_5, || {
+    let status = until_some(SECONDS_5, || {
         let mut adm = adm.clone();
         async move {
             let topology = adm
@@ -517,7 +516,7 @@ async fn a_redis_outage_is_unavailable_and_heals() {
     assert_eq!(status, 503, "{body}");
 
     redis.restart();
-    let registered = eventually(Duration::from_secs(15), || {
+    let registered = until_some(Duration::from_secs(15), || {
         let mut reg = reg.clone();
         async move { reg.register(registration("a", "a-2", 82)).await.ok() }
     })
@@ -536,34 +535,9 @@ async fn a_redis_outage_is_unavailable_and_heals() {
     cp.shutdown().await;
 }
 
-/// An upstream whose `/health` answers with a settable status.
-async fn upstream(status: Arc<AtomicU16>) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            let status = status.load(Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let _ = socket.read(&mut buf).await;
-                let answer = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-                );
-                let _ = socket.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_mark_instances_and_reach_data_planes() {
-    let status = Arc::new(AtomicU16::new(200));
-    let port = upstream(status.clone()).await;
+    let upstream = Upstream::start("up").await;
     let cp = start(None).await;
     let mut adm = admin(&cp).await;
     apply(
@@ -575,7 +549,7 @@ async fn health_checks_mark_instances_and_reach_data_planes() {
     dp.next(SECONDS_5).await;
     registry(&cp)
         .await
-        .register(registration("up", "up-1", u32::from(port)))
+        .register(registration("up", "up-1", u32::from(upstream.port())))
         .await
         .unwrap();
 
@@ -587,12 +561,12 @@ async fn health_checks_mark_instances_and_reach_data_planes() {
         }
     };
     dp.until(SECONDS_5, healthy(pb::HealthState::Healthy)).await;
-    status.store(503, Ordering::SeqCst);
+    upstream.set_status(503);
     dp.until(SECONDS_5, healthy(pb::HealthState::Unhealthy))
         .await;
 
     // Check records are written in batches, a little after the verdicts.
-    let topology = eventually(SECONDS_5, || {
+    let topology = until_some(SECONDS_5, || {
         let mut adm = adm.clone();
         async move {
             let t = adm
@@ -789,7 +763,7 @@ async fn admin_applies_drains_and_shows_topology() {
 async fn another_replica_takes_over_when_the_leader_dies() {
     let redis = RedisServer::start();
     let a = start(Some(redis.url())).await;
-    eventually(SECONDS_5, || async { a.is_leader().then_some(()) }).await;
+    until_some(SECONDS_5, || async { a.is_leader().then_some(()) }).await;
     let b = start(Some(redis.url())).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!b.is_leader(), "one leader at a time");
@@ -820,7 +794,7 @@ async fn another_replica_takes_over_when_the_leader_dies() {
     // within the lock's TTL and expires leases from then on.
     let died = Instant::now();
     drop(a);
-    eventually(SECONDS_5, || async { b.is_leader().then_some(()) }).await;
+    until_some(SECONDS_5, || async { b.is_leader().then_some(()) }).await;
     assert!(
         died.elapsed() < Duration::from_millis(2500),
         "{:?}",
@@ -839,7 +813,7 @@ async fn another_replica_takes_over_when_the_leader_dies() {
     // A graceful shutdown releases the lock at once.
     let c = start(Some(redis.url())).await;
     b.shutdown().await;
-    eventually(SECONDS_5, || async { c.is_leader().then_some(()) }).await;
+    until_some(SECONDS_5, || async { c.is_leader().then_some(()) }).await;
     c.shutdown().await;
 }
 
@@ -855,7 +829,7 @@ async fn grpc_health_reflection_and_http_endpoints() {
     let cp = start(None).await;
     let ch = channel(&cp).await;
     let mut health = HealthClient::new(ch.clone());
-    eventually(SECONDS_5, || {
+    until_some(SECONDS_5, || {
         let mut health = health.clone();
         async move {
             let answer = health
@@ -915,7 +889,7 @@ async fn grpc_health_reflection_and_http_endpoints() {
     let mut dp = DataPlane::connect(&cp, "dp", "", 0).await.unwrap();
     let snap = dp.next(SECONDS_5).await;
     dp.ack(snap.version).await;
-    let metrics = eventually(SECONDS_5, || async {
+    let metrics = until_some(SECONDS_5, || async {
         let (_, body) = http_get(cp.http_addr(), "/metrics").await;
         let acked = body.contains("control_plane_connected_data_planes 1")
             && body.contains("control_plane_dataplane_version_lag 0");

@@ -16,19 +16,7 @@ const DATA_PLANES: usize = 50;
 const WRITERS: usize = 50;
 
 fn config() -> String {
-    let mut doc = String::from("version: 1\nservices:\n");
-    for s in 0..SERVICES {
-        doc.push_str(&format!(
-            "  - name: svc-{s}\n    health_check: {{ enabled: false }}\n"
-        ));
-    }
-    doc.push_str("routes:\n");
-    for s in 0..SERVICES {
-        doc.push_str(&format!(
-            "  - name: r-{s}\n    match: {{ path_prefix: /svc-{s} }}\n    service: svc-{s}\n"
-        ));
-    }
-    doc
+    gateway_tests::fleet::numbered_config(SERVICES)
 }
 
 /// Applies updates like a data plane would, returning when it holds

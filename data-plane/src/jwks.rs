@@ -17,10 +17,9 @@
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::header::{ACCEPT, CACHE_CONTROL, HOST};
-use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
+use gateway_common::http_client::{self, Client};
+use http::header::{ACCEPT, CACHE_CONTROL};
+use http::{StatusCode, Uri};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -350,13 +349,16 @@ impl JwksKeys {
     }
 
     /// Fetches and installs the set once; the `max-age` of the answer.
-    async fn refresh(&self) -> Result<Option<Duration>, JwksError> {
-        let (body, max_age) = tokio::time::timeout(
-            FETCH_TIMEOUT,
-            fetch(&self.settings.url, self.settings.tls.as_ref()),
-        )
-        .await
-        .map_err(|_| JwksError::Timeout)??;
+    /// The HTTP client is made by the first call and reused by the next.
+    async fn refresh(&self, client: &mut Option<Client>) -> Result<Option<Duration>, JwksError> {
+        let client = match client {
+            Some(client) => client,
+            None => client.insert(http_client(self.settings.tls.as_ref())?),
+        };
+        let (body, max_age) =
+            tokio::time::timeout(FETCH_TIMEOUT, fetch(client, &self.settings.url))
+                .await
+                .map_err(|_| JwksError::Timeout)??;
         let count = self.install(&body)?;
         tracing::info!(url = %self.settings.url, keys = count, "signing keys loaded");
         Ok(max_age)
@@ -373,10 +375,11 @@ impl JwksKeys {
 }
 
 async fn refresh_loop(keys: Weak<JwksKeys>, wake: Arc<Notify>) {
+    let mut client = None;
     loop {
         let Some(set) = keys.upgrade() else { return };
         set.last_fetch_ms.store(now_ms(), Ordering::Relaxed);
-        let wait = match set.refresh().await {
+        let wait = match set.refresh(&mut client).await {
             Ok(max_age) => set.next_refresh(max_age),
             Err(e) => {
                 tracing::warn!(
@@ -396,67 +399,36 @@ async fn refresh_loop(keys: Weak<JwksKeys>, wake: Arc<Notify>) {
     }
 }
 
-/// GET `url` over one HTTP/1.1 connection, over TLS when `tls` is given:
-/// the body and its `max-age`.
-async fn fetch(url: &Uri, tls: Option<&JwksTls>) -> Result<(Bytes, Option<Duration>), JwksError> {
+/// The client of the fetches: plain HTTP, or TLS with the roots of `tls`.
+fn http_client(tls: Option<&JwksTls>) -> Result<Client, JwksError> {
     let fail = |e: &dyn std::fmt::Display| JwksError::Fetch(e.to_string());
-    let host = url.host().ok_or_else(|| fail(&"no host"))?;
-    let https = url.scheme_str() == Some("https");
-    let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let host_for_connect = host.trim_start_matches('[').trim_end_matches(']');
-    let stream = tokio::net::TcpStream::connect((host_for_connect, port))
-        .await
-        .map_err(|e| fail(&e))?;
-    if !https {
-        return get(TokioIo::new(stream), url).await;
-    }
-    let tls = tls.ok_or_else(|| fail(&"https URL without TLS settings"))?;
-    let name = rustls::pki_types::ServerName::try_from(host_for_connect.to_string())
-        .map_err(|e| fail(&format!("{host}: {e}")))?;
-    let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
-        .connect(name, stream)
-        .await
-        .map_err(|e| fail(&format!("TLS with {host}: {e}")))?;
-    get(TokioIo::new(stream), url).await
+    http_client::builder(tls.map(|t| t.config.as_ref()))
+        .map_err(|e| fail(&e))?
+        .build()
+        .map_err(|e| fail(&gateway_common::error_chain(&e)))
 }
 
-/// GET `url` over the connection `io`.
-async fn get<I>(io: I, url: &Uri) -> Result<(Bytes, Option<Duration>), JwksError>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
+/// GET `url`: the body (at most [`MAX_DOCUMENT_BYTES`]) and its `max-age`.
+async fn fetch(client: &Client, url: &Uri) -> Result<(Bytes, Option<Duration>), JwksError> {
     let fail = |e: &dyn std::fmt::Display| JwksError::Fetch(e.to_string());
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| fail(&e))?;
-    let conn = tokio::spawn(conn);
-    let authority = url.authority().map(|a| a.as_str()).unwrap_or_default();
-    let path = url.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let request = Request::get(path)
-        .header(HOST, authority)
+    let response = client
+        .get(url.to_string())
         .header(ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| fail(&e))?;
-    let result = async {
-        let response = sender.send_request(request).await.map_err(|e| fail(&e))?;
-        if response.status() != StatusCode::OK {
-            return Err(JwksError::Status(response.status()));
-        }
-        let max_age = response
-            .headers()
-            .get(CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-            .and_then(max_age);
-        let body = Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
-            .collect()
-            .await
-            .map_err(|e| JwksError::Document(e.to_string()))?
-            .to_bytes();
-        Ok((body, max_age))
+        .send()
+        .await
+        .map_err(|e| fail(&gateway_common::error_chain(&e)))?;
+    if response.status() != StatusCode::OK {
+        return Err(JwksError::Status(response.status()));
     }
-    .await;
-    conn.abort();
-    result
+    let max_age = response
+        .headers()
+        .get(CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(max_age);
+    let body = http_client::read_limited(response, MAX_DOCUMENT_BYTES)
+        .await
+        .map_err(|e| JwksError::Document(e.to_string()))?;
+    Ok((body, max_age))
 }
 
 /// The `max-age` of a `Cache-Control` value (`no-store`/`no-cache`: zero).

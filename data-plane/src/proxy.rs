@@ -1009,7 +1009,7 @@ fn send_failed(
                 service = %service.name,
                 instance = %endpoint.id,
                 request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or(""),
-                error = %error_chain(err),
+                error = %gateway_common::error_chain(err),
                 "upstream request failed"
             );
             let mut response = upstream_error(kind, service, route.timeout, request_id);
@@ -1090,17 +1090,6 @@ fn upstream_path(uri: &Uri, path: Option<String>) -> Option<PathAndQuery> {
             PathAndQuery::from_maybe_shared(bytes::Bytes::from(path)).ok()
         }
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The proxy as a tower service for one connection from `peer` (its IP as

@@ -10,8 +10,6 @@ use http::Request;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const SECRET: &str = "test-secret-of-at-least-32-bytes!!";
 const ISSUER: &str = "tickettoken";
@@ -118,16 +116,12 @@ async fn get_token(plane: &DataPlane, path: &str, token: &str) -> Answer {
 /// A raw HTTP/1.1 exchange: `request` bytes as written, the answer read
 /// until the gateway closes. Returns the status and the whole text.
 async fn raw(plane: &DataPlane, request: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect(plane.listen_addr()).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "the gateway did not answer and close");
+    let buf =
+        gateway_tests::http::send_raw_async(plane.listen_addr(), request, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("the gateway did not answer and close: {e}"));
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
+    let status = gateway_tests::http::status_of(&buf)
         .unwrap_or_else(|| panic!("no status line in {text:?}"));
     (status, text)
 }

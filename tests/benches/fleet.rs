@@ -96,22 +96,6 @@ async fn channel(url: &str) -> Channel {
         .expect("the control plane accepts connections")
 }
 
-fn fleet_config(services: usize) -> String {
-    let mut doc = String::from("version: 1\nservices:\n");
-    for s in 0..services {
-        doc.push_str(&format!(
-            "  - name: svc-{s}\n    health_check: {{ enabled: false }}\n"
-        ));
-    }
-    doc.push_str("routes:\n");
-    for s in 0..services {
-        doc.push_str(&format!(
-            "  - name: r-{s}\n    match: {{ path_prefix: /svc-{s} }}\n    service: svc-{s}\n    strip_prefix: true\n"
-        ));
-    }
-    doc
-}
-
 fn registration(service: &str, id: &str, port: u16) -> pb::RegisterRequest {
     pb::RegisterRequest {
         service: service.to_string(),
@@ -534,7 +518,7 @@ fn main() {
     let url = cp.url();
     let started = Instant::now();
     cp.grpc()
-        .apply_config(&fleet_config(services), false)
+        .apply_config(&gateway_tests::fleet::numbered_config(services), false)
         .expect("the fleet config applies");
     println!(
         "config of {services} services and routes applied in {:.0} ms",

@@ -6,11 +6,14 @@ use crate::grpc::Grpc;
 use crate::http::{self, HttpResponse};
 use crate::procs::{tail, Proc, Spec};
 use crate::{free_port, wait_for_port};
+
+pub use crate::fleet::config_for;
+pub use crate::wait::wait_until;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Lines of each log shown when a test fails.
 const LOG_TAIL_LINES: usize = 80;
@@ -59,25 +62,6 @@ impl Drop for TestGuard {
                 path.display(),
                 tail(&text, LOG_TAIL_LINES)
             );
-        }
-    }
-}
-
-/// Polls `probe` every 50 ms until it returns `Ok`, for at most `timeout`.
-/// Panics with `what` and the last observation (the `Err` text) otherwise.
-pub fn wait_until<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl FnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match probe() {
-            Ok(value) => return value,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
 }
@@ -610,22 +594,4 @@ pub fn write_temp_file(name: &str, content: &str) -> PathBuf {
     std::fs::write(&path, content)
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     path
-}
-
-/// A config with one service per name, each routed from `/NAME` (prefix
-/// stripped), with fast health checks (200 ms, thresholds 1 up / 2 down).
-pub fn config_for(services: &[&str]) -> String {
-    let mut yaml = String::from("version: 1\nservices:\n");
-    for name in services {
-        yaml.push_str(&format!(
-            "  - name: {name}\n    health_check: {{ path: /health, interval: 200ms, timeout: 150ms, healthy_threshold: 1, unhealthy_threshold: 2 }}\n    timeout: 5s\n"
-        ));
-    }
-    yaml.push_str("routes:\n");
-    for name in services {
-        yaml.push_str(&format!(
-            "  - name: {name}\n    match: {{ path_prefix: /{name} }}\n    service: {name}\n    strip_prefix: true\n"
-        ));
-    }
-    yaml
 }

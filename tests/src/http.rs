@@ -1,6 +1,8 @@
 //! A tiny blocking HTTP/1.1 client over a raw `TcpStream`, enough for
 //! tests: one request per connection (`Connection: close`), content-length
-//! or chunked bodies.
+//! or chunked bodies; raw bytes sent as they are for malformed or slow
+//! requests. The `*_async` forms run the same on tokio's blocking pool, for
+//! tests whose server runs in the test's own runtime.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -65,10 +67,7 @@ pub fn request(
     body: &[u8],
     timeout: Duration,
 ) -> io::Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.set_nodelay(true)?;
+    let mut stream = connect(addr, timeout)?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
         body.len()
@@ -95,9 +94,7 @@ pub fn raw_exchange(
     hang_up: bool,
     timeout: Duration,
 ) -> io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_nodelay(true)?;
+    let mut stream = connect(addr, timeout)?;
     stream.write_all(bytes)?;
     if !pause.is_zero() {
         std::thread::sleep(pause);
@@ -113,6 +110,86 @@ pub fn raw_exchange(
         Err(e) if !raw.is_empty() || e.kind() == io::ErrorKind::ConnectionReset => Ok(raw),
         Err(e) => Err(e),
     }
+}
+
+/// `GET path` on `addr`, from async code.
+pub async fn get_async(addr: SocketAddr, path: &str) -> io::Result<HttpResponse> {
+    let path = path.to_string();
+    blocking(move || get(addr, &path)).await
+}
+
+/// Writes `bytes` as they are and reads until the server closes (or resets
+/// the connection): all that arrived. An error when the server has not
+/// closed within `timeout`.
+pub fn send_raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut stream = connect(addr, timeout)?;
+    stream.write_all(bytes)?;
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("not closed within {timeout:?}"),
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(raw),
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            // Closed with a reset (answered before the request was read whole).
+            Err(_) => return Ok(raw),
+        }
+    }
+}
+
+/// [`send_raw`], from async code.
+pub async fn send_raw_async(
+    addr: SocketAddr,
+    bytes: &[u8],
+    timeout: Duration,
+) -> io::Result<Vec<u8>> {
+    let bytes = bytes.to_vec();
+    blocking(move || send_raw(addr, &bytes, timeout)).await
+}
+
+/// The status code of a raw answer's status line.
+pub fn status_of(raw: &[u8]) -> Option<u16> {
+    let line = raw.split(|b| *b == b'\n').next()?;
+    std::str::from_utf8(line)
+        .ok()?
+        .split(' ')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A connection to `addr` with `timeout` on connecting, reading and
+/// writing, without Nagle's delay.
+fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Runs blocking socket work off the async runtime's threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)?
 }
 
 fn invalid(what: &str) -> io::Error {

@@ -7,22 +7,30 @@
 //! HTTP client) and [`grpc`] (a blocking Registry/Admin client); [`promql`]
 //! finds the metric names of alert and dashboard expressions.
 //!
+//! The kit every test crate shares: [`wait`] (polling until a condition
+//! holds), [`upstream`] (an in-process echo upstream for tests that run the
+//! gateway in their own process), [`fleet`] (configs of many services) and
+//! [`http`].
+//!
 //! Tests never touch the shared Redis on 6379: each [`RedisServer`] is a
 //! child process with its own port and data directory, killed on drop.
 
 pub mod cluster;
+pub mod fleet;
 pub mod grpc;
 pub mod help;
 pub mod http;
 pub mod procs;
 pub mod promql;
+pub mod upstream;
+pub mod wait;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A free TCP port on 127.0.0.1 (bound once, then released).
 pub fn free_port() -> u16 {
@@ -34,14 +42,11 @@ pub fn free_port() -> u16 {
 
 /// Waits until something accepts TCP connections on `addr`.
 pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    anyhow::bail!("nothing listens on {addr} after {timeout:?}")
+    wait::poll(timeout, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()
+    })
+    .map(drop)
+    .ok_or_else(|| anyhow::anyhow!("nothing listens on {addr} after {timeout:?}"))
 }
 
 /// A private `redis-server` child process, killed when dropped.

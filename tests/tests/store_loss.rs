@@ -8,6 +8,7 @@ use gateway_tests::cluster::{
     start_test, wait_until, ControlPlaneProc, DataPlaneProc, Tokens, Upstream,
 };
 use gateway_tests::procs::Proc;
+use gateway_tests::wait::poll;
 use gateway_tests::{http, RedisServer};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -144,20 +145,6 @@ fn reseeds(cp: &ControlPlaneProc) -> u64 {
         .find_map(|l| l.strip_prefix("control_plane_store_reseeds_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no reseed counter in:\n{text}"))
-}
-
-/// Calls `probe` every 50 ms until it answers something, for at most `timeout`.
-fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// (epoch, version) the data plane holds.

@@ -1,211 +1,24 @@
-//! Test support: small real HTTP upstreams, a data plane started from a
-//! config file, and an HTTP client.
+//! Test support: a data plane started from a config file and an HTTP
+//! client; the echo upstream and the polling helper come from the shared
+//! test kit (`gateway-tests`).
 
 #![allow(dead_code)]
 
 use bytes::Bytes;
 use data_plane::{DataPlane, Settings};
-use http::{Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::convert::Infallible;
-use std::net::SocketAddr;
+use hyper_util::rt::TokioExecutor;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Notify};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type TestBody = BoxBody<Bytes, BoxError>;
-
-/// A real HTTP/1.1 upstream on 127.0.0.1:0.
-///
-/// Behaviours are chosen by a marker anywhere in the path:
-/// * `/slow/MS...` waits MS milliseconds, then answers like the default.
-/// * `/stream...` sends `first-chunk` at once and `last-chunk` only once
-///   [`Upstream::release`] is called.
-/// * `/echo-body...` streams the request body back as it arrives.
-/// * `/close...` answers and closes the connection (`Connection: close`).
-/// * `/count-body...` answers with the number of body bytes received.
-/// * anything else: JSON with the upstream's name, method, uri and headers;
-///   the response carries hop-by-hop and `x-internal-*` headers that must
-///   not reach clients.
-pub struct Upstream {
-    pub addr: SocketAddr,
-    pub name: String,
-    hits: Arc<AtomicUsize>,
-    connections: Arc<AtomicUsize>,
-    release: Arc<Notify>,
-    last_headers: Arc<Mutex<Option<http::HeaderMap>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Upstream {
-    pub async fn start(name: &str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let accepted = connections.clone();
-        let release = Arc::new(Notify::new());
-        let last_headers = Arc::new(Mutex::new(None));
-        let ctx = Arc::new(Ctx {
-            name: name.to_string(),
-            hits: hits.clone(),
-            release: release.clone(),
-            last_headers: last_headers.clone(),
-        });
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                accepted.fetch_add(1, Ordering::SeqCst);
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let ctx = ctx.clone();
-                        async move { Ok::<_, Infallible>(ctx.handle(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Upstream {
-            addr,
-            name: name.to_string(),
-            hits,
-            connections,
-            release,
-            last_headers,
-            task,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// TCP connections accepted so far.
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-
-    pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-
-    /// Lets a `/stream` response send its last chunk.
-    pub fn release(&self) {
-        self.release.notify_one();
-    }
-
-    pub fn last_headers(&self) -> http::HeaderMap {
-        self.last_headers.lock().unwrap().clone().unwrap()
-    }
-
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-struct Ctx {
-    name: String,
-    hits: Arc<AtomicUsize>,
-    release: Arc<Notify>,
-    last_headers: Arc<Mutex<Option<http::HeaderMap>>>,
-}
-
-impl Ctx {
-    async fn handle(&self, req: Request<Incoming>) -> Response<TestBody> {
-        self.hits.fetch_add(1, Ordering::SeqCst);
-        *self.last_headers.lock().unwrap() = Some(req.headers().clone());
-        let path = req.uri().path().to_string();
-        if let Some((_, rest)) = path.split_once("/slow/") {
-            let ms: u64 = rest.split('/').next().unwrap().parse().unwrap();
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
-        if path.contains("/stream") {
-            let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
-            let release = self.release.clone();
-            tokio::spawn(async move {
-                tx.send(Ok(Frame::data(Bytes::from_static(b"first-chunk;"))))
-                    .await
-                    .ok();
-                release.notified().await;
-                tx.send(Ok(Frame::data(Bytes::from_static(b"last-chunk"))))
-                    .await
-                    .ok();
-            });
-            let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-            return Response::new(BodyExt::boxed(body));
-        }
-        if path.contains("/echo-body") {
-            return Response::new(req.into_body().map_err(|e| Box::new(e) as BoxError).boxed());
-        }
-        if path.contains("/count-body") {
-            let mut body = req.into_body();
-            let mut n = 0usize;
-            while let Some(frame) = body.frame().await {
-                match frame {
-                    Ok(f) => n += f.data_ref().map_or(0, |d| d.len()),
-                    Err(_) => break,
-                }
-            }
-            return Response::new(full(n.to_string()));
-        }
-        let headers: serde_json::Map<String, serde_json::Value> = req
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    serde_json::Value::String(v.to_str().unwrap_or("").to_string()),
-                )
-            })
-            .collect();
-        let body = serde_json::json!({
-            "upstream": self.name,
-            "method": req.method().as_str(),
-            "uri": req.uri().to_string(),
-            "headers": headers,
-        });
-        let close = path.contains("/close");
-        Response::builder()
-            .status(StatusCode::OK)
-            .header("connection", if close { "close" } else { "x-hop" })
-            .header("content-type", "application/json")
-            .header("x-upstream", &self.name)
-            .header("keep-alive", "timeout=5")
-            .header("x-hop", "secret")
-            .header("x-internal-service-key", "must-not-leak")
-            .body(full(body.to_string()))
-            .unwrap()
-    }
-}
-
-pub fn full(text: impl Into<Bytes>) -> TestBody {
-    Full::new(text.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-pub fn empty() -> TestBody {
-    full(Bytes::new())
-}
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use gateway_tests::upstream::{empty, full, BoxError, TestBody, Upstream};
+#[allow(unused_imports)]
+pub use gateway_tests::wait::eventually;
 
 /// A pooled client like a real user's.
 pub fn client() -> Client<HttpConnector, TestBody> {
@@ -337,16 +150,4 @@ pub async fn admin_get(plane: &DataPlane, path: &str) -> Answer {
         .body(empty())
         .unwrap();
     send(&client(), req).await
-}
-
-/// Polls `check` every 20 ms until it holds or `timeout` passes.
-pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    check()
 }
