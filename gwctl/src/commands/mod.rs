@@ -1,9 +1,12 @@
-//! One module per verb; [`run`] dispatches the parsed command line.
+//! One module per verb; [`run`] dispatches the parsed command line. What
+//! every verb shares (the connection context, writing output) is in
+//! `context`, so no verb imports this dispatcher.
 
 mod apikey;
 mod apply;
 mod breaker;
 mod cache;
+mod context;
 mod diff;
 mod drain;
 mod get;
@@ -14,24 +17,7 @@ mod topology;
 pub use diff::Differs;
 
 use crate::cli::{Cli, Command};
-use crate::client::ControlPlane;
-use crate::output::Format;
-use std::io::Write;
-
-/// What every verb needs: where the control plane is and how to print.
-pub struct Context {
-    /// gRPC URL of the control plane.
-    pub control_plane: String,
-    /// Output format.
-    pub format: Format,
-}
-
-impl Context {
-    /// Connects to the control plane.
-    pub async fn connect(&self) -> anyhow::Result<ControlPlane> {
-        Ok(ControlPlane::connect(&self.control_plane).await?)
-    }
-}
+use context::{emit, Context};
 
 /// Runs the verb of `cli`.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -67,13 +53,4 @@ fn completion(shell: clap_complete::Shell) -> anyhow::Result<()> {
         &mut script,
     );
     emit(&String::from_utf8(script)?)
-}
-
-/// Writes to stdout; a closed pipe (e.g. `| head`) is not an error.
-pub fn emit(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
-    }
 }

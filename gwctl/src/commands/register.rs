@@ -1,6 +1,6 @@
 //! `gwctl register ... [--keepalive]` and `gwctl deregister ID`.
 
-use super::{emit, Context};
+use super::context::{emit, Context};
 use crate::cli::{DeregisterArgs, RegisterArgs};
 use crate::client::{Api, CallError, ControlPlane};
 use crate::output::{human_duration, structured, Format};

@@ -1,6 +1,6 @@
 //! `gwctl token issue`: development access tokens signed with JWT_SECRET.
 
-use super::{emit, Context};
+use super::context::{emit, Context};
 use crate::cli::{TokenAction, TokenArgs, TokenIssueArgs};
 use crate::jwt::MIN_SECRET_BYTES;
 use crate::output::{structured, Format};

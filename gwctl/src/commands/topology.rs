@@ -1,6 +1,6 @@
 //! `gwctl topology [--watch]`.
 
-use super::{emit, Context};
+use super::context::{emit, Context};
 use crate::cli::TopologyArgs;
 use crate::client::Api;
 use crate::output::Format;
