@@ -79,6 +79,7 @@ impl LoadBalancerConfig {
             }
         }
     }
+
     /// Checks the panic threshold; problems are pushed with `at` as their path.
     pub(super) fn validate_panic_threshold(&self, at: &str, errors: &mut Vec<String>) {
         if self.panic_threshold_percent > 100 {
