@@ -10,7 +10,6 @@
 //! Both planes build this table from a config: the control plane refuses a
 //! config whose table cannot be built, so every data plane can load it.
 
-use crate::config::RouteConfig;
 use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::fmt;
@@ -23,7 +22,9 @@ const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
 ];
 
-/// Matching part of a route, borrowed from its config.
+/// Matching part of a route, borrowed from its config
+/// (`RouteSpec::from_route`, defined beside the route config so that this
+/// module does not depend on the config model).
 #[derive(Debug, Clone, Copy)]
 pub struct RouteSpec<'a> {
     /// Route name, for conflict messages.
@@ -36,25 +37,6 @@ pub struct RouteSpec<'a> {
     pub methods: &'a [String],
     /// Host (`a.example.com` or `*.example.com`); `None` for any.
     pub host: Option<&'a str>,
-}
-
-impl<'a> RouteSpec<'a> {
-    /// The matching part of a route config.
-    pub fn from_route(route: &'a RouteConfig) -> Self {
-        let m = &route.matcher;
-        let (path, prefix) = match (&m.path, &m.path_prefix) {
-            (Some(p), _) => (p.as_str(), false),
-            (None, Some(p)) => (p.as_str(), true),
-            (None, None) => ("/", true),
-        };
-        Self {
-            name: &route.name,
-            path,
-            prefix,
-            methods: &m.methods,
-            host: m.host.as_deref(),
-        }
-    }
 }
 
 /// Checks a path pattern: starts with `/`, no trailing `/` (but the root),

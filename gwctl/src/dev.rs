@@ -4,8 +4,9 @@
 
 use crate::cli::DevArgs;
 use crate::client::{Api, ControlPlane as CpClient};
-use crate::commands::shutdown_signal;
 use crate::echo::EchoServer;
+use crate::jwt::MIN_SECRET_BYTES;
+use crate::signal::shutdown_signal;
 use anyhow::Context as _;
 use gateway_common::config::RouteConfig;
 use gateway_common::process::{self, LogFormat, LogTarget};
@@ -145,11 +146,11 @@ fn dev_config(file: Option<&Path>) -> anyhow::Result<(String, String)> {
 /// that the banner prints for `gwctl token issue`.
 fn dev_jwt_secret(from_env: Option<String>) -> anyhow::Result<String> {
     match from_env {
-        Some(secret) if secret.len() >= crate::commands::MIN_JWT_SECRET_BYTES => Ok(secret),
+        Some(secret) if secret.len() >= MIN_SECRET_BYTES => Ok(secret),
         Some(secret) => anyhow::bail!(
             "JWT_SECRET is {} bytes long: it must be at least {} bytes (or unset, for a random one)",
             secret.len(),
-            crate::commands::MIN_JWT_SECRET_BYTES
+            MIN_SECRET_BYTES
         ),
         None => Ok(random_token()),
     }

@@ -9,7 +9,9 @@ mod client;
 mod commands;
 mod dev;
 mod echo;
+mod jwt;
 mod output;
+mod signal;
 mod views;
 
 use clap::error::ErrorKind;

@@ -1,6 +1,6 @@
 //! `gwctl apikey create|list|revoke`.
 
-use super::{emit, Context};
+use super::context::{emit, Context};
 use crate::cli::{ApiKeyAction, ApiKeyArgs};
 use crate::client::Api;
 use crate::output::{structured, Format, Table};

@@ -1,6 +1,6 @@
 //! `gwctl apply -f FILE [--dry-run]`.
 
-use super::{emit, Context};
+use super::context::{emit, Context};
 use crate::cli::ApplyArgs;
 use crate::client::Api;
 use crate::output::{structured, Format};

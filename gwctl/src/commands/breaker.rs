@@ -1,7 +1,7 @@
 //! `gwctl breaker get SERVICE` and `gwctl breaker set SERVICE [...]`.
 
+use super::context::{emit, Context};
 use super::get::current_config;
-use super::{emit, Context};
 use crate::cli::{BreakerAction, BreakerArgs, BreakerSetArgs};
 use crate::client::Api;
 use crate::output::{structured, Format};

@@ -1,6 +1,6 @@
 //! `gwctl cache invalidate PATTERN` and `gwctl cache stats`.
 
-use super::{emit, Context};
+use super::context::{emit, Context};
 use crate::cli::{CacheAction, CacheArgs};
 use crate::client::Api;
 use crate::output::{structured, Format, Table};

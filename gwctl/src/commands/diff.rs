@@ -4,8 +4,8 @@
 //! real differences show).
 
 use super::apply::read_document;
+use super::context::{emit, Context};
 use super::get::{config_document, versioned_config};
-use super::{emit, Context};
 use crate::cli::DiffArgs;
 use anyhow::Context as _;
 use gateway_common::GatewayConfig;

@@ -1,7 +1,7 @@
 //! `gwctl drain ID [--wait] [--timeout]` and `gwctl undrain ID`.
 
+use super::context::{emit, Context};
 use super::get::list_data_planes;
-use super::{emit, Context};
 use crate::cli::{DrainArgs, UndrainArgs};
 use crate::client::{Api, ControlPlane};
 use crate::output::{human_duration, structured, Format};

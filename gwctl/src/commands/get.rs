@@ -1,6 +1,6 @@
 //! `gwctl get services|routes|instances|dataplanes|config`.
 
-use super::{emit, Context};
+use super::context::{emit, Context};
 use crate::cli::{GetArgs, GetKind};
 use crate::client::{Api, ControlPlane};
 use crate::output::{structured, Format};

@@ -1,9 +1,12 @@
-//! One module per verb; [`run`] dispatches the parsed command line.
+//! One module per verb; [`run`] dispatches the parsed command line. What
+//! every verb shares (the connection context, writing output) is in
+//! `context`, so no verb imports this dispatcher.
 
 mod apikey;
 mod apply;
 mod breaker;
 mod cache;
+mod context;
 mod diff;
 mod drain;
 mod get;
@@ -12,27 +15,9 @@ mod token;
 mod topology;
 
 pub use diff::Differs;
-pub use token::MIN_SECRET_BYTES as MIN_JWT_SECRET_BYTES;
 
 use crate::cli::{Cli, Command};
-use crate::client::ControlPlane;
-use crate::output::Format;
-use std::io::Write;
-
-/// What every verb needs: where the control plane is and how to print.
-pub struct Context {
-    /// gRPC URL of the control plane.
-    pub control_plane: String,
-    /// Output format.
-    pub format: Format,
-}
-
-impl Context {
-    /// Connects to the control plane.
-    pub async fn connect(&self) -> anyhow::Result<ControlPlane> {
-        Ok(ControlPlane::connect(&self.control_plane).await?)
-    }
-}
+use context::{emit, Context};
 
 /// Runs the verb of `cli`.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -68,37 +53,4 @@ fn completion(shell: clap_complete::Shell) -> anyhow::Result<()> {
         &mut script,
     );
     emit(&String::from_utf8(script)?)
-}
-
-/// Writes to stdout; a closed pipe (e.g. `| head`) is not an error.
-pub fn emit(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
-    }
-}
-
-/// Resolves when the process receives Ctrl-C (SIGINT) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

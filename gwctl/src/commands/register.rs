@@ -1,9 +1,10 @@
 //! `gwctl register ... [--keepalive]` and `gwctl deregister ID`.
 
-use super::{emit, shutdown_signal, Context};
+use super::context::{emit, Context};
 use crate::cli::{DeregisterArgs, RegisterArgs};
 use crate::client::{Api, CallError, ControlPlane};
 use crate::output::{human_duration, structured, Format};
+use crate::signal::shutdown_signal;
 use gateway_common::registration::{validate_registration, MAX_LEASE_TTL, MIN_LEASE_TTL};
 use gateway_proto::v1 as pb;
 use serde::Serialize;

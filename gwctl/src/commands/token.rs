@@ -1,13 +1,11 @@
 //! `gwctl token issue`: development access tokens signed with JWT_SECRET.
 
-use super::{emit, Context};
+use super::context::{emit, Context};
 use crate::cli::{TokenAction, TokenArgs, TokenIssueArgs};
+use crate::jwt::MIN_SECRET_BYTES;
 use crate::output::{structured, Format};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde::Serialize;
-
-/// Shortest secret accepted, as the data plane requires.
-pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Claims of an access token, as the data plane verifies them.
 #[derive(Debug, Serialize)]

@@ -1,9 +1,10 @@
 //! `gwctl topology [--watch]`.
 
-use super::{emit, shutdown_signal, Context};
+use super::context::{emit, Context};
 use crate::cli::TopologyArgs;
 use crate::client::Api;
 use crate::output::Format;
+use crate::signal::shutdown_signal;
 use crate::views::TopologyView;
 use gateway_proto::v1 as pb;
 use std::io::IsTerminal;
