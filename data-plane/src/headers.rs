@@ -1,7 +1,7 @@
 //! Header rewriting between client and upstream: hop-by-hop headers never
 //! cross the proxy, `X-Forwarded-*` tell the upstream who asked.
 
-use crate::deadline::DEADLINE_HEADER;
+use crate::upstream::deadline::DEADLINE_HEADER;
 use http::header::{
     HeaderName, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
@@ -41,7 +41,7 @@ const ORIGINAL_IP_BIT: u16 = 1 << 11;
 static REPLACED: [HeaderName; 4] = [
     X_FORWARDED_PROTO,
     X_FORWARDED_HOST,
-    crate::security::X_GATEWAY_FORWARDED,
+    crate::edge::security::X_GATEWAY_FORWARDED,
     DEADLINE_HEADER,
 ];
 const REPLACED_SHIFT: usize = 12;
@@ -151,7 +151,7 @@ pub fn remove_prefixed(headers: &mut HeaderMap, prefix: &str) {
 /// and `x-internal-*` headers removed.
 pub fn prepare_response(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
-    crate::security::strip_internal_response_headers(headers);
+    crate::edge::security::strip_internal_response_headers(headers);
 }
 
 /// The client address as a header value, made once per connection.
@@ -163,8 +163,8 @@ pub fn peer_value(ip: IpAddr) -> HeaderValue {
 static FORWARDED_FOR: HeaderName = X_FORWARDED_FOR;
 static FORWARDED_PROTO: HeaderName = X_FORWARDED_PROTO;
 static FORWARDED_HOST: HeaderName = X_FORWARDED_HOST;
-static GATEWAY_FORWARDED: HeaderName = crate::security::X_GATEWAY_FORWARDED;
-static ORIGINAL_IP: HeaderName = crate::security::X_ORIGINAL_IP;
+static GATEWAY_FORWARDED: HeaderName = crate::edge::security::X_GATEWAY_FORWARDED;
+static ORIGINAL_IP: HeaderName = crate::edge::security::X_ORIGINAL_IP;
 static DEADLINE: HeaderName = DEADLINE_HEADER;
 static HOST_NAME: HeaderName = HOST;
 static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -237,9 +237,9 @@ impl Forwarding {
     pub fn insert_into(self, headers: &mut HeaderMap) {
         headers.insert(X_FORWARDED_FOR, self.forwarded_for);
         headers.insert(X_FORWARDED_PROTO, PROTO_HTTP.clone());
-        headers.insert(crate::security::X_GATEWAY_FORWARDED, TRUE.clone());
+        headers.insert(crate::edge::security::X_GATEWAY_FORWARDED, TRUE.clone());
         if let Some(ip) = self.original_ip {
-            headers.insert(crate::security::X_ORIGINAL_IP, ip);
+            headers.insert(crate::edge::security::X_ORIGINAL_IP, ip);
         }
         if let Some(host) = self.forwarded_host {
             headers.insert(X_FORWARDED_HOST, host);

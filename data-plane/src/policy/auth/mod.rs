@@ -1,0 +1,1009 @@
+//! Access-token authentication: HS256/384/512 JWTs signed with
+//! `JWT_SECRET`, and/or RS*/PS*/ES256/ES384 JWTs whose public keys come from
+//! a JWKS URL (`jwks`), checked for signature, `exp`/`nbf` (with a small
+//! leeway), `iss` and `aud` when configured, `type == "access"` and a
+//! `tenant_id`.
+//!
+//! Key selection is by the token's `alg`, and each algorithm has exactly
+//! one possible key source: the HMAC algorithm configured with
+//! `JWT_SECRET`, or an asymmetric one with the JWKS key of the token's
+//! `kid` whose type (and `alg`, when the key names one) fits. An HS token
+//! is never checked against a public key (the classic confusion attack),
+//! nor an RS/ES token against the secret; `alg: none` is not an algorithm.
+//!
+//! The keys and the validation rules are built once at startup; verifying a
+//! token costs one signature check, two base64 decodes and two JSON parses.
+//!
+//! Clients send the same token with every request until it expires, so a
+//! verified token's identity is kept ([`VERIFIED_CACHE_BYTES`] in all, at
+//! most [`VERIFIED_TTL`] each), keyed by the token's exact text: a repeat
+//! costs one hash lookup and an `exp` comparison instead of the signature
+//! check (what Envoy's `jwt_cache_config` does). Any change to a token is a
+//! different key and is verified from scratch; tokens that fail are never
+//! kept; a token signed with a JWKS key is taken from the cache only while
+//! that very key is still in the key set; revocation is checked by the
+//! caller on every request, cached or not.
+
+pub mod credentials;
+pub mod jwks;
+pub mod session;
+
+use crate::edge::errors::GatewayError;
+use crate::policy::auth::jwks::{JwksKeys, KeyError, PublicKey};
+use crate::upstream::h1::body::ProxyBody;
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderName, HeaderValue, Response};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Room for verified tokens, in bytes (each entry weighs its token's length
+/// plus a fixed share for its identity).
+pub const VERIFIED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// Longest a verified token is kept before being verified again.
+pub const VERIFIED_TTL: Duration = Duration::from_secs(300);
+/// Tokens longer than this are verified every time rather than kept.
+const LONGEST_CACHED_TOKEN: usize = 4096;
+
+/// Clock skew allowed on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// `x-user-id`: the token's `sub`.
+pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+/// `x-tenant-id`: the token's `tenant_id` (never the client's).
+pub const X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
+/// `x-tenant-source: jwt`.
+pub const X_TENANT_SOURCE: HeaderName = HeaderName::from_static("x-tenant-source");
+/// `x-user-role`: the token's `role`.
+pub const X_USER_ROLE: HeaderName = HeaderName::from_static("x-user-role");
+/// `x-user-permissions`: the token's `permissions`, comma-separated.
+pub const X_USER_PERMISSIONS: HeaderName = HeaderName::from_static("x-user-permissions");
+/// `x-user-tier`: the token's `tier` (`free`, `standard` or `premium`).
+pub const X_USER_TIER: HeaderName = HeaderName::from_static("x-user-tier");
+
+/// Identity headers the gateway sets from a verified token. A client's own
+/// copies are always removed, on every route.
+pub const IDENTITY_HEADERS: [HeaderName; 6] = [
+    X_USER_ID,
+    X_TENANT_ID,
+    X_TENANT_SOURCE,
+    X_USER_ROLE,
+    X_USER_PERMISSIONS,
+    X_USER_TIER,
+];
+
+/// What the data plane verifies tokens with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JwtSettings {
+    /// The shared HMAC secret (at least 32 bytes).
+    pub secret: String,
+    /// The accepted algorithm (`HS256`, `HS384` or `HS512`).
+    pub algorithm: Algorithm,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` (one of the token's audiences), when set.
+    pub audience: Option<String>,
+}
+
+impl std::fmt::Debug for JwtSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtSettings")
+            .field("secret", &"<redacted>")
+            .field("algorithm", &self.algorithm)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+/// Reads `JWT_ALGORITHM`: only the HMAC family is supported with a shared
+/// secret.
+pub fn parse_algorithm(text: &str) -> Result<Algorithm, String> {
+    match text.trim() {
+        "HS256" => Ok(Algorithm::HS256),
+        "HS384" => Ok(Algorithm::HS384),
+        "HS512" => Ok(Algorithm::HS512),
+        other => Err(format!(
+            "JWT_ALGORITHM {other:?} is not supported: use HS256, HS384 or HS512"
+        )),
+    }
+}
+
+/// Verifies access tokens; built once from [`JwtSettings`] and/or a JWKS
+/// key set.
+pub struct Verifier {
+    /// The `JWT_SECRET` key and its one algorithm, when set.
+    hmac: Option<(Algorithm, DecodingKey)>,
+    /// Public keys from the JWKS URL, when set.
+    jwks: Option<Arc<JwksKeys>>,
+    /// The rules, one per accepted algorithm (jsonwebtoken wants the
+    /// algorithm list to fit the key).
+    validations: Vec<(Algorithm, Validation)>,
+    /// Tokens verified lately, by their text.
+    verified: moka::sync::Cache<Arc<str>, Arc<Verified>, ahash::RandomState>,
+}
+
+/// The weight of one kept token: its text plus a share for its identity.
+fn weigh_verified(token: &Arc<str>, _: &Arc<Verified>) -> u32 {
+    u32::try_from(token.len() + 512).unwrap_or(u32::MAX)
+}
+
+/// What a successful verification found out, kept for the token's repeats.
+struct Verified {
+    identity: Identity,
+    /// `exp`, in seconds since the epoch.
+    expires: u64,
+    /// The JWKS key that checked the signature (`None`: `JWT_SECRET`).
+    key: Option<Arc<PublicKey>>,
+    /// The token's `alg` and `kid`, to look that key up again.
+    alg: Algorithm,
+    kid: Option<Box<str>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let algorithms: Vec<_> = self.validations.iter().map(|(a, _)| *a).collect();
+        f.debug_struct("Verifier")
+            .field("algorithms", &algorithms)
+            .field("jwks", &self.jwks)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The claims the gateway reads.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    /// Required by the validation rules, so always there once verified.
+    #[serde(default)]
+    exp: u64,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default, rename = "type")]
+    token_type: Option<String>,
+    #[serde(default)]
+    tenant_id: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    permissions: Option<Vec<String>>,
+    #[serde(default)]
+    tier: Option<String>,
+}
+
+/// A verified caller, as header values ready to go upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `sub`.
+    pub user_id: HeaderValue,
+    /// `tenant_id`.
+    pub tenant_id: HeaderValue,
+    /// `role`, when the token has one.
+    pub role: Option<HeaderValue>,
+    /// `permissions` joined with `,`, when the token has them.
+    pub permissions: Option<HeaderValue>,
+    /// `tier`, when the token names one of the known tiers (rate limits).
+    pub tier: Option<HeaderValue>,
+}
+
+impl Identity {
+    /// Sets the identity headers (the client's were removed before).
+    pub fn apply(self, headers: &mut HeaderMap) {
+        headers.insert(X_USER_ID, self.user_id);
+        headers.insert(X_TENANT_ID, self.tenant_id);
+        headers.insert(X_TENANT_SOURCE, HeaderValue::from_static("jwt"));
+        if let Some(role) = self.role {
+            headers.insert(X_USER_ROLE, role);
+        }
+        if let Some(permissions) = self.permissions {
+            headers.insert(X_USER_PERMISSIONS, permissions);
+        }
+        if let Some(tier) = self.tier {
+            headers.insert(X_USER_TIER, tier);
+        }
+    }
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// Not a well-formed JWT, bad signature, or a refused algorithm.
+    Invalid,
+    /// `exp` is past (beyond the leeway).
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    NotYetValid,
+    /// `iss` is not the configured issuer.
+    WrongIssuer,
+    /// `aud` does not name the configured audience.
+    WrongAudience,
+    /// `type` is not `access` (e.g. a refresh token).
+    WrongType,
+    /// No `tenant_id` claim.
+    MissingTenant,
+    /// No `sub` claim, or a claim that cannot be a header value.
+    BadSubject,
+    /// The route requires a token but the data plane has no `JWT_SECRET`.
+    NotConfigured,
+    /// The token was revoked (logout, refresh-token reuse).
+    Revoked,
+    /// An `X-API-Key` that is unknown or revoked.
+    InvalidApiKey,
+    /// The token names a `kid` the key set does not have (yet).
+    UnknownKey,
+    /// The token needs the JWKS keys and none could be fetched yet (503).
+    KeysUnavailable,
+}
+
+impl AuthError {
+    /// For people (also the `error_description`).
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Missing => "Missing or invalid authorization header",
+            Self::Invalid => "Invalid token",
+            Self::Expired => "Token has expired",
+            Self::NotYetValid => "Token is not yet valid",
+            Self::WrongIssuer => "Invalid token issuer",
+            Self::WrongAudience => "Invalid token audience",
+            Self::WrongType => "Invalid token type",
+            Self::MissingTenant => "Invalid token - missing tenant context",
+            Self::BadSubject => "Invalid token subject",
+            Self::NotConfigured => "Authentication is not configured on this gateway",
+            Self::Revoked => "Token has been revoked",
+            Self::InvalidApiKey => "Invalid API key",
+            Self::UnknownKey => "Invalid token - unknown signing key",
+            Self::KeysUnavailable => "Token signing keys are not available; try again later",
+        }
+    }
+
+    /// Short name for logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "missing_token",
+            Self::Invalid => "invalid_token",
+            Self::Expired => "expired_token",
+            Self::NotYetValid => "token_not_yet_valid",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::WrongType => "wrong_token_type",
+            Self::MissingTenant => "token_missing_tenant",
+            Self::BadSubject => "bad_subject",
+            Self::NotConfigured => "auth_not_configured",
+            Self::Revoked => "revoked_token",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::UnknownKey => "unknown_signing_key",
+            Self::KeysUnavailable => "signing_keys_unavailable",
+        }
+    }
+
+    /// Severity of the security event, as the seed grades them.
+    pub fn severity(self) -> &'static str {
+        match self {
+            Self::Missing | Self::Expired | Self::NotYetValid => "low",
+            Self::NotConfigured | Self::KeysUnavailable => "critical",
+            Self::UnknownKey => "medium",
+            Self::WrongType
+            | Self::MissingTenant
+            | Self::Invalid
+            | Self::Revoked
+            | Self::InvalidApiKey => "high",
+            Self::WrongIssuer | Self::WrongAudience | Self::BadSubject => "medium",
+        }
+    }
+
+    /// The 401 answer: the seed's JSON body (`AUTHENTICATION_ERROR`) and a
+    /// `WWW-Authenticate: Bearer` challenge (RFC 6750: without an error
+    /// code when no token was sent).
+    pub fn response(self, request_id: Option<&HeaderValue>) -> Response<ProxyBody> {
+        if self == Self::KeysUnavailable {
+            // The gateway's problem, not the client's: 503, retry soon.
+            let mut response = GatewayError::AuthUnavailable.response(self.message(), request_id);
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return response;
+        }
+        let mut response = GatewayError::Unauthenticated.response(self.message(), request_id);
+        let challenge = match self {
+            Self::Missing => HeaderValue::from_static("Bearer realm=\"gateway\""),
+            _ => {
+                let text = format!(
+                    "Bearer realm=\"gateway\", error=\"invalid_token\", error_description=\"{}\"",
+                    self.message()
+                );
+                HeaderValue::from_str(&text)
+                    .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"invalid_token\""))
+            }
+        };
+        response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+        response
+    }
+}
+
+impl Verifier {
+    /// Builds the HMAC key and the rules once.
+    pub fn new(settings: &JwtSettings) -> Self {
+        Self::build(Some(settings), None)
+    }
+
+    /// A verifier of HMAC tokens (`hmac`, when given) and of asymmetric
+    /// tokens with the keys of `jwks` (when given). `iss`/`aud` come from
+    /// `hmac`, else from the JWKS settings.
+    pub fn build(hmac: Option<&JwtSettings>, jwks: Option<Arc<JwksKeys>>) -> Self {
+        let (issuer, audience) = match (hmac, &jwks) {
+            (Some(s), _) => (s.issuer.clone(), s.audience.clone()),
+            (None, Some(j)) => (j.settings().issuer.clone(), j.settings().audience.clone()),
+            (None, None) => (None, None),
+        };
+        let mut algorithms: Vec<Algorithm> = hmac.iter().map(|s| s.algorithm).collect();
+        if jwks.is_some() {
+            algorithms.extend(crate::policy::auth::jwks::ALGORITHMS);
+        }
+        let validations = algorithms
+            .into_iter()
+            .map(|alg| (alg, validation(alg, issuer.as_deref(), audience.as_deref())))
+            .collect();
+        let verified = moka::sync::Cache::builder()
+            .max_capacity(VERIFIED_CACHE_BYTES)
+            .weigher(weigh_verified)
+            .time_to_live(VERIFIED_TTL)
+            // Keyed randomly per process; about five times cheaper than
+            // SipHash on a token's couple of hundred bytes.
+            .build_with_hasher(ahash::RandomState::new());
+        Self {
+            hmac: hmac.map(|s| (s.algorithm, DecodingKey::from_secret(s.secret.as_bytes()))),
+            jwks,
+            validations,
+            verified,
+        }
+    }
+
+    /// The key and rules for a token signed with `alg` and naming `kid`.
+    fn select(
+        &self,
+        alg: Algorithm,
+        kid: Option<&str>,
+    ) -> Result<(KeyRef<'_>, &Validation), AuthError> {
+        let validation = self
+            .validations
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, v)| v)
+            .ok_or(AuthError::Invalid)?;
+        if let Some((hmac_alg, key)) = &self.hmac {
+            if *hmac_alg == alg {
+                return Ok((KeyRef::Borrowed(key), validation));
+            }
+        }
+        let jwks = self.jwks.as_ref().ok_or(AuthError::Invalid)?;
+        match jwks.select(kid, alg) {
+            Ok(key) => Ok((KeyRef::Shared(key), validation)),
+            Err(KeyError::Unavailable) => Err(AuthError::KeysUnavailable),
+            Err(KeyError::UnknownKeyId) => Err(AuthError::UnknownKey),
+            Err(KeyError::NoKeyId | KeyError::WrongAlgorithm) => Err(AuthError::Invalid),
+        }
+    }
+
+    /// Verifies the bearer token of `headers`.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
+        let token = bearer_token(headers).ok_or(AuthError::Missing)?;
+        self.verify(token)
+    }
+
+    /// Verifies one compact JWT: from the cache of verified tokens when it
+    /// was verified lately (its `exp` checked again), else in full.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if let Some(verified) = self.verified.get(token) {
+            match self.still_valid(&verified) {
+                Some(Ok(identity)) => return Ok(identity),
+                Some(Err(expired)) => {
+                    self.verified.invalidate(token);
+                    return Err(expired);
+                }
+                None => self.verified.invalidate(token),
+            }
+        }
+        let verified = self.verify_in_full(token)?;
+        let identity = verified.identity.clone();
+        if token.len() <= LONGEST_CACHED_TOKEN {
+            self.verified.insert(token.into(), Arc::new(verified));
+        }
+        Ok(identity)
+    }
+
+    /// Verifies one compact JWT in full, as on its first sight, neither
+    /// reading nor filling the cache of verified tokens.
+    pub fn verify_uncached(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_in_full(token).map(|verified| verified.identity)
+    }
+
+    /// The identity of a token verified before, if that verification still
+    /// holds: `Some(Err(Expired))` once `exp` (plus leeway) has passed,
+    /// `None` when its JWKS key is no longer the one of its `kid`.
+    fn still_valid(&self, verified: &Verified) -> Option<Result<Identity, AuthError>> {
+        if let Some(used) = &verified.key {
+            let jwks = self.jwks.as_ref()?;
+            let current = jwks.select(verified.kid.as_deref(), verified.alg).ok()?;
+            if !Arc::ptr_eq(used, &current) {
+                return None;
+            }
+        }
+        if verified.expires + LEEWAY_SECS < jsonwebtoken::get_current_timestamp() {
+            return Some(Err(AuthError::Expired));
+        }
+        Some(Ok(verified.identity.clone()))
+    }
+
+    /// Verifies one compact JWT from scratch.
+    fn verify_in_full(&self, token: &str) -> Result<Verified, AuthError> {
+        // The header is read first only to pick the key; decode reads and
+        // checks it again against the key's rules.
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        let (key, validation) = self.select(header.alg, header.kid.as_deref())?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key.get(), validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                    ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                    ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                    ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => {
+                        AuthError::WrongIssuer
+                    }
+                    ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
+                        AuthError::WrongAudience
+                    }
+                    _ => AuthError::Invalid,
+                }
+            })?;
+        let claims = data.claims;
+        if claims.token_type.as_deref() != Some("access") {
+            return Err(AuthError::WrongType);
+        }
+        let tenant = claims
+            .tenant_id
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::MissingTenant)?;
+        let sub = claims
+            .sub
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthError::BadSubject)?;
+        let value = |text: &str| {
+            HeaderValue::from_str(text)
+                .ok()
+                .filter(|_| text.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        };
+        let user_id = value(&sub).ok_or(AuthError::BadSubject)?;
+        let tenant_id = value(&tenant).ok_or(AuthError::MissingTenant)?;
+        let role = match claims.role.as_deref() {
+            Some(role) => Some(value(role).ok_or(AuthError::BadSubject)?),
+            None => None,
+        };
+        let permissions = match claims.permissions {
+            Some(list) if !list.is_empty() => {
+                Some(value(&list.join(",")).ok_or(AuthError::BadSubject)?)
+            }
+            _ => None,
+        };
+        // An unknown tier is ignored (the untiered limit applies), not refused.
+        let tier = claims
+            .tier
+            .as_deref()
+            .and_then(|t| {
+                gateway_common::config::RATE_LIMIT_TIERS
+                    .iter()
+                    .find(|k| **k == t)
+            })
+            .map(|t| HeaderValue::from_static(t));
+        let identity = Identity {
+            user_id,
+            tenant_id,
+            role,
+            permissions,
+            tier,
+        };
+        Ok(Verified {
+            identity,
+            expires: claims.exp,
+            key: match key {
+                KeyRef::Borrowed(_) => None,
+                KeyRef::Shared(public) => Some(public),
+            },
+            alg: header.alg,
+            kid: header.kid.map(String::into_boxed_str),
+        })
+    }
+}
+
+/// A key owned by the verifier, or one of the current JWKS set.
+enum KeyRef<'a> {
+    Borrowed(&'a DecodingKey),
+    Shared(Arc<PublicKey>),
+}
+
+impl KeyRef<'_> {
+    fn get(&self) -> &DecodingKey {
+        match self {
+            KeyRef::Borrowed(key) => key,
+            KeyRef::Shared(public) => &public.key,
+        }
+    }
+}
+
+/// The rules of tokens signed with `alg`.
+fn validation(alg: Algorithm, issuer: Option<&str>, audience: Option<&str>) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.algorithms = vec![alg];
+    validation.leeway = LEEWAY_SECS;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    let mut required = vec!["exp"];
+    match issuer {
+        Some(iss) => {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        None => validation.iss = None,
+    }
+    match audience {
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    validation.set_required_spec_claims(&required);
+    validation
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header (scheme in any case).
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    // Bytes rather than `HeaderValue::to_str`, which checks a long token one
+    // byte at a time; a token that is not ASCII fails verification anyway.
+    let value = headers.get(AUTHORIZATION)?.as_bytes();
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, token) = (&value[..space], value[space + 1..].trim_ascii());
+    if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() {
+        return None;
+    }
+    std::str::from_utf8(token).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn settings() -> JwtSettings {
+        JwtSettings {
+            secret: SECRET.into(),
+            algorithm: Algorithm::HS256,
+            issuer: Some("tickettoken".into()),
+            audience: Some("tickettoken-platform".into()),
+        }
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn claims() -> serde_json::Value {
+        json!({
+            "sub": "user-1", "tenant_id": "t-1", "type": "access", "role": "customer",
+            "permissions": ["tickets:purchase", "tickets:view-own"],
+            "iss": "tickettoken", "aud": "tickettoken-platform",
+            "iat": now(), "exp": now() + 600,
+        })
+    }
+
+    fn sign(claims: &serde_json::Value, alg: Algorithm, secret: &str) -> String {
+        encode(
+            &Header::new(alg),
+            claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn with(key: &str, value: serde_json::Value) -> String {
+        let mut c = claims();
+        if value.is_null() {
+            c.as_object_mut().unwrap().remove(key);
+        } else {
+            c[key] = value;
+        }
+        sign(&c, Algorithm::HS256, SECRET)
+    }
+
+    #[test]
+    fn a_valid_access_token_gives_an_identity() {
+        let v = Verifier::new(&settings());
+        let id = v
+            .verify(&sign(&claims(), Algorithm::HS256, SECRET))
+            .unwrap();
+        assert_eq!(id.user_id, "user-1");
+        assert_eq!(id.tenant_id, "t-1");
+        assert_eq!(id.role.unwrap(), "customer");
+        assert_eq!(id.permissions.unwrap(), "tickets:purchase,tickets:view-own");
+        assert_eq!(id.tier, None);
+        let premium = v.verify(&with("tier", json!("premium"))).unwrap();
+        assert_eq!(premium.tier.unwrap(), "premium");
+        let unknown = v.verify(&with("tier", json!("platinum"))).unwrap();
+        assert_eq!(unknown.tier, None);
+    }
+
+    #[test]
+    fn claims_are_checked() {
+        let v = Verifier::new(&settings());
+        let t = now();
+        assert_eq!(
+            v.verify(&with("exp", json!(t - 60))),
+            Err(AuthError::Expired)
+        );
+        // Inside the leeway.
+        assert!(v.verify(&with("exp", json!(t - 5))).is_ok());
+        assert_eq!(
+            v.verify(&with("nbf", json!(t + 120))),
+            Err(AuthError::NotYetValid)
+        );
+        assert!(v.verify(&with("nbf", json!(t + 5))).is_ok());
+        assert_eq!(v.verify(&with("exp", json!(null))), Err(AuthError::Invalid));
+        assert_eq!(
+            v.verify(&with("iss", json!("someone-else"))),
+            Err(AuthError::WrongIssuer)
+        );
+        assert_eq!(
+            v.verify(&with("iss", json!(null))),
+            Err(AuthError::WrongIssuer)
+        );
+        assert_eq!(
+            v.verify(&with("aud", json!("other"))),
+            Err(AuthError::WrongAudience)
+        );
+        assert!(v
+            .verify(&with("aud", json!(["other", "tickettoken-platform"])))
+            .is_ok());
+        assert_eq!(
+            v.verify(&with("type", json!("refresh"))),
+            Err(AuthError::WrongType)
+        );
+        assert_eq!(
+            v.verify(&with("type", json!(null))),
+            Err(AuthError::WrongType)
+        );
+        assert_eq!(
+            v.verify(&with("tenant_id", json!(null))),
+            Err(AuthError::MissingTenant)
+        );
+        assert_eq!(
+            v.verify(&with("tenant_id", json!(""))),
+            Err(AuthError::MissingTenant)
+        );
+        assert_eq!(
+            v.verify(&with("sub", json!(null))),
+            Err(AuthError::BadSubject)
+        );
+        assert_eq!(
+            v.verify(&with("sub", json!("a\r\nx-admin: 1"))),
+            Err(AuthError::BadSubject)
+        );
+    }
+
+    #[test]
+    fn issuer_and_audience_are_optional() {
+        let mut s = settings();
+        s.issuer = None;
+        s.audience = None;
+        let v = Verifier::new(&s);
+        assert!(v.verify(&with("iss", json!(null))).is_ok());
+        assert!(v.verify(&with("aud", json!("anything"))).is_ok());
+    }
+
+    #[test]
+    fn forged_tokens_are_refused() {
+        let v = Verifier::new(&settings());
+        let good = sign(&claims(), Algorithm::HS256, SECRET);
+        // Another secret.
+        let other = sign(&claims(), Algorithm::HS256, &"z".repeat(32));
+        assert_eq!(v.verify(&other), Err(AuthError::Invalid));
+        // Another algorithm than the configured one, even with the secret.
+        let hs512 = sign(&claims(), Algorithm::HS512, SECRET);
+        assert_eq!(v.verify(&hs512), Err(AuthError::Invalid));
+        // alg: none, with and without a signature.
+        let b64 = |v: serde_json::Value| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let none = format!(
+            "{}.{}.",
+            b64(json!({"alg": "none", "typ": "JWT"})),
+            b64(claims())
+        );
+        assert_eq!(v.verify(&none), Err(AuthError::Invalid));
+        let sig = good.rsplit('.').next().unwrap();
+        let none_signed = format!("{}{sig}", none);
+        assert_eq!(v.verify(&none_signed), Err(AuthError::Invalid));
+        // Tampered payload under the original signature.
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let mut c = claims();
+        c["tenant_id"] = json!("t-2");
+        let forged = b64(c);
+        parts[1] = &forged;
+        assert_eq!(v.verify(&parts.join(".")), Err(AuthError::Invalid));
+        assert_eq!(v.verify("not.a.jwt"), Err(AuthError::Invalid));
+        assert_eq!(v.verify(""), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn verified_tokens_are_kept_until_they_expire() {
+        let v = Verifier::new(&settings());
+        let token = sign(&claims(), Algorithm::HS256, SECRET);
+        let first = v.verify(&token).unwrap();
+        assert!(v.verified.contains_key(token.as_str()));
+        assert_eq!(v.verify(&token).unwrap(), first);
+        // Once its exp (plus leeway) has passed, the kept token is refused
+        // and forgotten.
+        let mut stale = Verifier::new(&settings()).verify_in_full(&token).unwrap();
+        stale.expires = now() - LEEWAY_SECS - 1;
+        v.verified.insert(token.as_str().into(), Arc::new(stale));
+        assert_eq!(v.verify(&token), Err(AuthError::Expired));
+        assert!(!v.verified.contains_key(token.as_str()));
+        // Tokens that fail are never kept, so they fail every time.
+        let other = sign(&claims(), Algorithm::HS256, &"z".repeat(32));
+        for _ in 0..2 {
+            assert_eq!(v.verify(&other), Err(AuthError::Invalid));
+        }
+        assert!(!v.verified.contains_key(other.as_str()));
+        // A token differing in one character is another key, checked in full.
+        let mut tampered = token.clone();
+        tampered.pop();
+        tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+        assert_eq!(v.verify(&tampered), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn bearer_header_is_read() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer_token(&h), None);
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer_token(&h), None);
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer_token(&h), None);
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("bearer abc.def.ghi"),
+        );
+        assert_eq!(bearer_token(&h), Some("abc.def.ghi"));
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer   abc.def.ghi \t"),
+        );
+        assert_eq!(bearer_token(&h), Some("abc.def.ghi"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearerabc.def.ghi"));
+        assert_eq!(bearer_token(&h), None);
+        // Not UTF-8: no token (401 like a missing one).
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_bytes(b"Bearer abc\xff.def.ghi").unwrap(),
+        );
+        assert_eq!(bearer_token(&h), None);
+    }
+
+    #[test]
+    fn algorithms_are_limited_to_hmac() {
+        assert_eq!(parse_algorithm("HS256").unwrap(), Algorithm::HS256);
+        assert!(parse_algorithm("RS256").is_err());
+        assert!(parse_algorithm("none").is_err());
+    }
+
+    mod asymmetric {
+        use super::*;
+        use crate::policy::auth::jwks::{JwksKeys, JwksSettings};
+        use base64::Engine;
+        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+        const RSA_PEM: &str = include_str!("../../../../tests/fixtures/test-only-rsa-private.pem");
+        const RSA_PUBLIC_PEM: &str =
+            include_str!("../../../../tests/fixtures/test-only-rsa-public.pem");
+        const RSA_JWK: &str =
+            include_str!("../../../../tests/fixtures/test-only-rsa-public.jwk.json");
+
+        fn b64(bytes: &[u8]) -> String {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        }
+
+        /// A fresh P-256 key: its signing key and its JWK.
+        fn ec_key(kid: &str) -> (EncodingKey, serde_json::Value) {
+            let rng = ring::rand::SystemRandom::new();
+            let pkcs8 =
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+            let pair =
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                    .unwrap();
+            let point = pair.public_key().as_ref();
+            let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+                "x": b64(&point[1..33]), "y": b64(&point[33..65])});
+            (EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+        }
+
+        fn rsa_jwk(kid: &str) -> serde_json::Value {
+            let mut jwk: serde_json::Value = serde_json::from_str(RSA_JWK).unwrap();
+            jwk["kid"] = json!(kid);
+            jwk["alg"] = json!("RS256");
+            jwk
+        }
+
+        fn keys(jwks: &[serde_json::Value]) -> Arc<JwksKeys> {
+            let set = JwksKeys::new(JwksSettings {
+                url: "http://127.0.0.1:1/jwks".parse().unwrap(),
+                tls: None,
+                refresh: crate::policy::auth::jwks::DEFAULT_REFRESH,
+                min_refresh: crate::policy::auth::jwks::DEFAULT_MIN_REFRESH,
+                issuer: Some("tickettoken".into()),
+                audience: Some("tickettoken-platform".into()),
+            });
+            set.install(json!({ "keys": jwks }).to_string().as_bytes())
+                .unwrap();
+            set
+        }
+
+        fn signed(alg: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
+            let mut header = Header::new(alg);
+            header.kid = kid.map(String::from);
+            encode(&header, &claims(), key).unwrap()
+        }
+
+        fn rsa() -> EncodingKey {
+            EncodingKey::from_rsa_pem(RSA_PEM.as_bytes()).unwrap()
+        }
+
+        #[test]
+        fn rs256_and_es256_tokens_are_verified_by_kid() {
+            let (ec, ec_jwk) = ec_key("ec-1");
+            let v = Verifier::build(None, Some(keys(&[rsa_jwk("rsa-1"), ec_jwk])));
+            let id = v
+                .verify(&signed(Algorithm::RS256, Some("rsa-1"), &rsa()))
+                .unwrap();
+            assert_eq!(id.tenant_id, "t-1");
+            assert!(v
+                .verify(&signed(Algorithm::ES256, Some("ec-1"), &ec))
+                .is_ok());
+            // The right key under the wrong kid, or the wrong algorithm.
+            assert_eq!(
+                v.verify(&signed(Algorithm::RS256, Some("ec-1"), &rsa())),
+                Err(AuthError::Invalid)
+            );
+            assert_eq!(
+                v.verify(&signed(Algorithm::PS256, Some("rsa-1"), &rsa())),
+                Err(AuthError::Invalid)
+            );
+            assert_eq!(
+                v.verify(&signed(Algorithm::RS256, None, &rsa())),
+                Err(AuthError::Invalid)
+            );
+            assert_eq!(
+                v.verify(&signed(Algorithm::RS256, Some("rsa-2"), &rsa())),
+                Err(AuthError::UnknownKey)
+            );
+            // Another EC key under a known kid.
+            let (other, _) = ec_key("ec-1");
+            assert_eq!(
+                v.verify(&signed(Algorithm::ES256, Some("ec-1"), &other)),
+                Err(AuthError::Invalid)
+            );
+        }
+
+        #[test]
+        fn a_kept_token_is_only_trusted_while_its_key_is_in_the_set() {
+            let set = keys(&[rsa_jwk("rsa-1")]);
+            let v = Verifier::build(None, Some(set.clone()));
+            let token = signed(Algorithm::RS256, Some("rsa-1"), &rsa());
+            assert!(v.verify(&token).is_ok());
+            assert!(v.verify(&token).is_ok());
+            // The key rotated out: its kid now names another key.
+            let (_, replacement) = ec_key("rsa-1");
+            set.install(json!({ "keys": [replacement] }).to_string().as_bytes())
+                .unwrap();
+            assert_eq!(v.verify(&token), Err(AuthError::Invalid));
+            // The key removed altogether.
+            let (_, unrelated) = ec_key("ec-9");
+            set.install(json!({ "keys": [unrelated] }).to_string().as_bytes())
+                .unwrap();
+            assert_eq!(v.verify(&token), Err(AuthError::UnknownKey));
+            // The same key fetched again: verified in full once more, fine.
+            set.install(json!({ "keys": [rsa_jwk("rsa-1")] }).to_string().as_bytes())
+                .unwrap();
+            assert!(v.verify(&token).is_ok());
+        }
+
+        #[test]
+        fn algorithm_confusion_is_refused() {
+            let set = keys(&[rsa_jwk("rsa-1")]);
+            // HS256 with the public key as the HMAC secret, in every form.
+            let forged = |secret: &[u8], kid: Option<&str>| {
+                signed(Algorithm::HS256, kid, &EncodingKey::from_secret(secret))
+            };
+            let jwk_n = rsa_jwk("rsa-1")["n"].as_str().unwrap().to_string();
+            let jwks_only = Verifier::build(None, Some(set.clone()));
+            let mixed = Verifier::build(Some(&settings()), Some(set));
+            for v in [&jwks_only, &mixed] {
+                for secret in [RSA_PUBLIC_PEM.as_bytes(), jwk_n.as_bytes()] {
+                    for kid in [None, Some("rsa-1")] {
+                        assert_eq!(v.verify(&forged(secret, kid)), Err(AuthError::Invalid));
+                    }
+                }
+            }
+            // With JWKS only, no HS token at all, even one with the secret.
+            assert_eq!(
+                jwks_only.verify(&sign(&claims(), Algorithm::HS256, SECRET)),
+                Err(AuthError::Invalid)
+            );
+            // Both configured: each algorithm keeps its own key source.
+            assert!(mixed
+                .verify(&sign(&claims(), Algorithm::HS256, SECRET))
+                .is_ok());
+            assert!(mixed
+                .verify(&signed(Algorithm::RS256, Some("rsa-1"), &rsa()))
+                .is_ok());
+            // HMAC only: asymmetric tokens are refused.
+            let hmac_only = Verifier::new(&settings());
+            assert_eq!(
+                hmac_only.verify(&signed(Algorithm::RS256, Some("rsa-1"), &rsa())),
+                Err(AuthError::Invalid)
+            );
+        }
+
+        #[test]
+        fn none_and_tampered_tokens_are_refused() {
+            let v = Verifier::build(None, Some(keys(&[rsa_jwk("rsa-1")])));
+            let good = signed(Algorithm::RS256, Some("rsa-1"), &rsa());
+            let parts: Vec<&str> = good.split('.').collect();
+            let none_header = b64(json!({"alg": "none", "kid": "rsa-1"})
+                .to_string()
+                .as_bytes());
+            assert_eq!(
+                v.verify(&format!("{none_header}.{}.", parts[1])),
+                Err(AuthError::Invalid)
+            );
+            let mut c = claims();
+            c["tenant_id"] = json!("t-2");
+            let tampered = format!(
+                "{}.{}.{}",
+                parts[0],
+                b64(c.to_string().as_bytes()),
+                parts[2]
+            );
+            assert_eq!(v.verify(&tampered), Err(AuthError::Invalid));
+        }
+
+        #[test]
+        fn tokens_wait_for_a_first_key_set() {
+            let set = JwksKeys::new(JwksSettings {
+                url: "http://127.0.0.1:1/jwks".parse().unwrap(),
+                tls: None,
+                refresh: crate::policy::auth::jwks::DEFAULT_REFRESH,
+                min_refresh: crate::policy::auth::jwks::DEFAULT_MIN_REFRESH,
+                issuer: None,
+                audience: None,
+            });
+            let v = Verifier::build(None, Some(set));
+            let token = signed(Algorithm::RS256, Some("rsa-1"), &rsa());
+            assert_eq!(v.verify(&token), Err(AuthError::KeysUnavailable));
+            let response = AuthError::KeysUnavailable.response(None);
+            assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                AuthError::UnknownKey.response(None).status(),
+                http::StatusCode::UNAUTHORIZED
+            );
+        }
+    }
+}
