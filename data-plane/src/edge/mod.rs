@@ -8,6 +8,7 @@ pub mod forwarded;
 pub mod framing;
 pub mod linger;
 pub mod request_id;
+pub mod screen;
 pub mod security;
 pub mod server;
 pub mod shutdown;

@@ -8,7 +8,6 @@
 //! naming it); a failed optional source is replaced by its fallback.
 
 use crate::config::routing::{parse_template, TemplatePart};
-use crate::config::runtime::Snapshot;
 use crate::edge::errors::{iso8601, GatewayError};
 use crate::headers;
 use crate::ops::metrics::UpstreamErrorKind;
@@ -16,6 +15,7 @@ use crate::upstream::balancer::Endpoint;
 use crate::upstream::call::{self, CallError};
 use crate::upstream::deadline::{self, Deadline, DEADLINE_HEADER};
 use crate::upstream::h1::body::ProxyBody;
+use crate::upstream::service::Services;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use gateway_common::config::{AggregateConfig, RouteConfig, SourceConfig, TimeSide};
@@ -164,7 +164,7 @@ impl Aggregate {
     /// the sources, all called at once; `timeout` is the route's.
     pub async fn respond(
         &self,
-        snapshot: &Snapshot,
+        services: &dyn Services,
         req: &Request<Incoming>,
         peer: &HeaderValue,
         request_id: Option<&HeaderValue>,
@@ -189,7 +189,7 @@ impl Aggregate {
                     let span = crate::ops::spans::source(&source.name, &source.service);
                     let result = match path {
                         Some(path) => {
-                            fetch(snapshot, source, path, headers, peer, at, budget)
+                            fetch(services, source, path, headers, peer, at, budget)
                                 .instrument(span.clone())
                                 .await
                         }
@@ -455,7 +455,7 @@ fn source_headers(client: &HeaderMap, peer: &HeaderValue) -> HeaderMap {
 
 /// Calls one source through its service's breaker, balancer and pool.
 async fn fetch(
-    snapshot: &Snapshot,
+    services: &dyn Services,
     source: &Source,
     path: PathAndQuery,
     headers: &HeaderMap,
@@ -463,7 +463,7 @@ async fn fetch(
     at: Instant,
     budget: Duration,
 ) -> Result<Value, SourceFailure> {
-    let service = snapshot
+    let service = services
         .service_named(&source.service)
         .ok_or(SourceFailure::UnknownService)?;
     let hash = service

@@ -8,7 +8,22 @@ pub mod auth;
 pub mod authorization;
 pub mod cache;
 pub mod cors;
+pub mod pipeline;
 pub mod ratelimit;
 pub mod signature;
 pub mod validation;
 pub mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a policy's hook knows of the route it runs on.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteContext<'a> {
+    /// The route's name.
+    pub name: &'a Arc<String>,
+    /// Largest request body, in bytes.
+    pub body_limit: u64,
+    /// Time allowed for the response head.
+    pub timeout: Duration,
+}

@@ -11,7 +11,6 @@
 //! capped map), so requests always get an answer; Redis is tried again at
 //! most once a second meanwhile, by one request.
 
-use crate::config::runtime::RouteRuntime;
 use crate::edge::errors::GatewayError;
 use crate::shared_state::SharedState;
 use crate::upstream::h1::body::ProxyBody;
@@ -412,34 +411,36 @@ impl RateLimiter {
         }
     }
 
-    /// The limit that applies to `route`, if any.
-    /// Whether a limit applies to `route` (else [`Self::check`] has nothing
-    /// to decide).
-    pub fn applies(&self, route: &RouteRuntime) -> bool {
-        self.policy_for(route).is_some()
+    /// Whether a limit applies to a route whose own is `limit` (else
+    /// [`Self::check`] has nothing to decide).
+    pub fn applies(&self, limit: &RouteLimit) -> bool {
+        self.policy_for(limit).is_some()
     }
 
-    fn policy_for<'a>(&'a self, route: &'a RouteRuntime) -> Option<&'a Arc<Policy>> {
+    /// The limit that applies to a route whose own is `limit`, if any.
+    fn policy_for<'a>(&'a self, limit: &'a RouteLimit) -> Option<&'a Arc<Policy>> {
         if !self.enabled {
             return None;
         }
-        match &route.rate_limit {
+        match limit {
             RouteLimit::Own(policy) => Some(policy),
             RouteLimit::Inherit => self.default.as_ref(),
             RouteLimit::Exempt => None,
         }
     }
 
-    /// Checks an authenticated request against `route`'s limit: `Ok` with
-    /// the headers for its answer, or `Err` with the 429 answer.
+    /// Checks an authenticated request on route `route` (whose own limit
+    /// is `limit`): `Ok` with the headers for its answer, or `Err` with the
+    /// 429 answer.
     pub async fn check(
         &self,
-        route: &RouteRuntime,
+        limit: &RouteLimit,
+        route: &Arc<String>,
         peer: &HeaderValue,
         headers: &HeaderMap,
         request_id: Option<&HeaderValue>,
     ) -> Result<Stamp, Response<ProxyBody>> {
-        let Some(policy) = self.policy_for(route) else {
+        let Some(policy) = self.policy_for(limit) else {
             return Ok(Stamp::default());
         };
         let key = self.bucket_key(policy, peer, headers);
@@ -453,7 +454,7 @@ impl RateLimiter {
         self.metrics
             .rejected
             .get_or_create(&RejectLabels {
-                route: route.name.clone(),
+                route: route.clone(),
             })
             .inc();
         Err(too_many(limit, &decision, request_id))

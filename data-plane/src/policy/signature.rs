@@ -12,9 +12,9 @@
 //! A data plane without it answers the route 503 (and says so in its log)
 //! rather than letting unsigned requests through.
 
-use crate::config::runtime::RouteRuntime;
 use crate::edge::errors::GatewayError;
 use crate::edge::security::X_ORIGINAL_IP;
+use crate::policy::RouteContext;
 use crate::upstream::h1::body::{ClientBody, ProxyBody};
 use gateway_common::config::SignatureConfig;
 use http::{HeaderName, HeaderValue, Request, Response};
@@ -139,7 +139,7 @@ impl RouteSignature {
     /// received, or the answer refusing it.
     pub async fn check(
         &self,
-        route: &RouteRuntime,
+        route: RouteContext<'_>,
         req: Request<Incoming>,
         request_id: Option<&HeaderValue>,
         start: Instant,

@@ -2,15 +2,16 @@
 //! access, user details): one `GET` to a configured service, through its
 //! breaker, balancer and connection pool like a proxied request.
 
-use crate::config::runtime::{ServiceRuntime, Snapshot};
 use crate::ops::metrics::UpstreamErrorKind;
-use crate::proxy::{admit, record_outcome, Clock, Outcome};
-use crate::upstream::balancer::Endpoint;
+use crate::upstream::attempt::{attempt, Attempted, Call, Outcome};
+use crate::upstream::balancer::{Endpoint, InFlightGuard};
 use crate::upstream::h1::body::LimitedBody;
-use crate::upstream::pool::{self, Failure, SendError};
+use crate::upstream::h1::UpstreamBody;
+use crate::upstream::pool::Failure;
+use crate::upstream::service::{ServiceRuntime, Services};
 use bytes::Bytes;
 use http::header::{ACCEPT, HOST};
-use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -57,12 +58,12 @@ pub enum CallError {
 }
 
 /// `GET uri` on one instance of `service`, exactly as a proxied request
-/// goes: through its breaker, balancer (`hash` for consistent hashing),
-/// in-flight count and pool, counted in its attempts and errors, its
-/// outcome reported to the breaker and outlier detection (a 5xx is a
-/// failure). `headers` builds the request's headers for the instance
-/// picked. Answers the status and the body (at most `max_body` bytes) of
-/// whatever status came back before `deadline`.
+/// goes (one [`attempt`]): through its breaker, balancer (`hash` for
+/// consistent hashing), in-flight count and pool, counted in its attempts
+/// and errors, its outcome reported to the breaker and outlier detection (a
+/// 5xx is a failure). `headers` builds the request's headers for the
+/// instance picked. Answers the status and the body (at most `max_body`
+/// bytes) of whatever status came back before `deadline`.
 pub async fn call(
     service: &ServiceRuntime,
     uri: Uri,
@@ -71,84 +72,62 @@ pub async fn call(
     deadline: Instant,
     max_body: usize,
 ) -> Result<(StatusCode, Bytes), CallError> {
-    let permit = admit(service).map_err(|_| CallError::CircuitOpen)?;
-    let endpoint = service.balancer.pick(hash).ok_or(CallError::NoInstance)?;
-    let mut request = Request::new(LimitedBody::buffered(Bytes::new()));
-    *request.uri_mut() = uri;
-    *request.headers_mut() = headers(endpoint);
-    let guard = endpoint.load.begin();
-    let sent_at = Clock::start(service);
-    service.errors.attempt();
-    let exchange = async {
-        let response = pool::send(&endpoint.pool, service.config.connect_timeout, request)
-            .await
-            .map_err(Exchange::Send)?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), max_body)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    Exchange::TooLarge
-                } else {
-                    Exchange::Body(e.to_string())
-                }
-            })?
-            .to_bytes();
-        Ok((status, body))
+    let target = Call {
+        service,
+        hash,
+        tried: &[],
+        deadline,
+        forwarding: None,
+        traced: None,
     };
-    let result = tokio::time::timeout_at(deadline, exchange).await;
-    drop(guard);
-    let (outcome, result) = match result {
-        Ok(Ok((status, body))) if status.is_server_error() => {
-            (Outcome::Failure, Ok((status, body)))
-        }
-        Ok(Ok(answer)) => (Outcome::Success, Ok(answer)),
-        Ok(Err(Exchange::Send(err))) => match pool::classify(&err) {
-            Failure::Upstream(kind) => {
-                service.errors.count(kind);
-                tracing::debug!(service = %service.name, instance = %endpoint.id, error = %err, "gateway call failed");
+    let request = |endpoint: &Endpoint| {
+        let mut request = Request::new(LimitedBody::buffered(Bytes::new()));
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers(endpoint);
+        request
+    };
+    let read = |response: Response<UpstreamBody>, guard: InFlightGuard| async move {
+        let status = response.status();
+        let body = Limited::new(response.into_body(), max_body).collect().await;
+        drop(guard);
+        match body {
+            Ok(body) => (Outcome::of_status(status), Ok((status, body.to_bytes()))),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                (Outcome::Neutral, Err(CallError::TooLarge))
+            }
+            Err(e) => {
+                service.errors.count(UpstreamErrorKind::Protocol);
+                let reason = e.to_string();
                 (
                     Outcome::Failure,
-                    Err(CallError::Unreachable(kind, err.to_string())),
+                    Err(CallError::Unreachable(UpstreamErrorKind::Protocol, reason)),
                 )
             }
-            // A lookup sends no client body: only its own limit applies.
-            Failure::Client(_) => (Outcome::Neutral, Err(CallError::TooLarge)),
-        },
-        Ok(Err(Exchange::Body(reason))) => {
-            service.errors.count(UpstreamErrorKind::Protocol);
-            (
-                Outcome::Failure,
-                Err(CallError::Unreachable(UpstreamErrorKind::Protocol, reason)),
-            )
-        }
-        Ok(Err(Exchange::TooLarge)) => (Outcome::Neutral, Err(CallError::TooLarge)),
-        Err(_elapsed) => {
-            service.errors.count(UpstreamErrorKind::Timeout);
-            (Outcome::Failure, Err(CallError::TimedOut))
         }
     };
-    record_outcome(service, endpoint, permit, outcome, sent_at.elapsed());
-    result
-}
-
-/// How the exchange of [`call`] failed.
-enum Exchange {
-    Send(SendError),
-    Body(String),
-    TooLarge,
+    match attempt(target, request, read).await {
+        Attempted::Answered(_, answer) => answer,
+        Attempted::Refused(_) => Err(CallError::CircuitOpen),
+        Attempted::NoInstance => Err(CallError::NoInstance),
+        Attempted::Failed(endpoint, Failure::Upstream(kind), err) => {
+            tracing::debug!(service = %service.name, instance = %endpoint.id, error = %err, "gateway call failed");
+            Err(CallError::Unreachable(kind, err.to_string()))
+        }
+        // A lookup sends no client body: only its own limit applies.
+        Attempted::Failed(_, Failure::Client(_), _) => Err(CallError::TooLarge),
+        Attempted::TimedOut(_) | Attempted::ClientTooSlow => Err(CallError::TimedOut),
+    }
 }
 
 /// `GET path` on `service` for a lookup (`Accept: application/json`,
 /// within the service's timeout and at most [`LOOKUP_TIMEOUT`]): the status
 /// and body of its answer.
 pub async fn get(
-    snapshot: &Snapshot,
+    services: &dyn Services,
     service: &str,
     path: &str,
 ) -> Result<(StatusCode, Bytes), LookupError> {
-    let svc = snapshot
+    let svc = services
         .service_named(service)
         .ok_or_else(|| LookupError::UnknownService(service.into()))?;
     let uri: Uri = path.parse().map_err(|_| LookupError::BadPath)?;

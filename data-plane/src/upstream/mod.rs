@@ -3,6 +3,7 @@
 //! the HTTP/1.1 exchange, behind one attempt function. It knows nothing of
 //! route policies.
 
+pub mod attempt;
 pub mod balancer;
 pub mod breaker;
 pub mod call;
@@ -12,3 +13,4 @@ pub mod maglev;
 pub mod outlier;
 pub mod pool;
 pub mod retry;
+pub mod service;

@@ -11,7 +11,6 @@ pub mod rbac;
 pub mod user_details;
 pub mod venue_access;
 
-use crate::config::runtime::{RouteRuntime, Runtime};
 use crate::edge::errors::GatewayError;
 use crate::policy::auth::credentials::{ApiKeyIdentity, Caller};
 use crate::policy::auth::Identity;
@@ -20,6 +19,7 @@ use crate::policy::authorization::user_details::{UserDetailsError, UserDirectory
 use crate::policy::authorization::venue_access::VenueAccess;
 use crate::shared_state::SharedState;
 use crate::upstream::h1::body::ProxyBody;
+use crate::upstream::service::CurrentServices;
 use gateway_common::aggregation::route_params;
 use gateway_common::config::{AuthConfig, LookupConfig, RouteConfig};
 use http::{HeaderName, HeaderValue, Request, Response};
@@ -85,7 +85,7 @@ pub struct Authorizer {
 
 /// The facts about one request the decision needs.
 struct Ask<'a> {
-    route: &'a RouteRuntime,
+    route: &'a str,
     method: &'a str,
     path: &'a str,
     peer: &'a HeaderValue,
@@ -101,15 +101,15 @@ impl Authorizer {
         }
     }
 
-    /// Lets `identity` through on `route` (with its role updated from the
-    /// user's details), or the refusal to answer.
     /// [`Self::authorize`] for either kind of caller. An API key has no
     /// user: its scopes are its grants, and a route that needs user details
     /// refuses it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn authorize_caller<B>(
         &self,
-        runtime: &Runtime,
-        route: &RouteRuntime,
+        services: &dyn CurrentServices,
+        policy: &RouteAuthz,
+        route: &str,
         caller: Caller,
         req: &Request<B>,
         peer: &HeaderValue,
@@ -117,21 +117,12 @@ impl Authorizer {
     ) -> Result<Caller, Response<ProxyBody>> {
         match caller {
             Caller::Token(identity) => self
-                .authorize(runtime, route, identity, req, peer, request_id)
+                .authorize(services, policy, route, identity, req, peer, request_id)
                 .await
                 .map(Caller::Token),
             Caller::ApiKey(key) => {
-                let policy = route.auth.as_ref().and_then(|a| a.authz.as_deref());
-                let refused = policy.and_then(|policy| {
-                    refuse_key(
-                        policy,
-                        &route.name,
-                        &key,
-                        req.method().as_str(),
-                        peer,
-                        request_id,
-                    )
-                });
+                let refused =
+                    refuse_key(policy, route, &key, req.method().as_str(), peer, request_id);
                 match refused {
                     Some(refused) => Err(refused),
                     None => Ok(Caller::ApiKey(key)),
@@ -140,18 +131,20 @@ impl Authorizer {
         }
     }
 
+    /// Lets `identity` through on route `route` under `policy` (with its
+    /// role updated from the user's details), or the refusal to answer;
+    /// lookups go to the services in force when they are made.
+    #[allow(clippy::too_many_arguments)]
     pub async fn authorize<B>(
         &self,
-        runtime: &Runtime,
-        route: &RouteRuntime,
+        services: &dyn CurrentServices,
+        policy: &RouteAuthz,
+        route: &str,
         identity: Identity,
         req: &Request<B>,
         peer: &HeaderValue,
         request_id: Option<&HeaderValue>,
     ) -> Result<Identity, Response<ProxyBody>> {
-        let Some(policy) = route.auth.as_ref().and_then(|a| a.authz.as_deref()) else {
-            return Ok(identity);
-        };
         let ask = Ask {
             route,
             method: req.method().as_str(),
@@ -160,13 +153,13 @@ impl Authorizer {
             request_id,
         };
         let venue_header = req.headers().get(X_VENUE_ID).and_then(|v| v.to_str().ok());
-        self.decide(runtime, policy, identity, &ask, venue_header)
+        self.decide(services, policy, identity, &ask, venue_header)
             .await
     }
 
     async fn decide(
         &self,
-        runtime: &Runtime,
+        services: &dyn CurrentServices,
         policy: &RouteAuthz,
         mut identity: Identity,
         ask: &Ask<'_>,
@@ -175,7 +168,7 @@ impl Authorizer {
         let sub = identity.user_id.to_str().unwrap_or("").to_owned();
         if policy.user_details {
             identity = self
-                .with_details(runtime, policy, identity, &sub, ask)
+                .with_details(services, policy, identity, &sub, ask)
                 .await?;
         }
         let Some(requirement) = &policy.requirement else {
@@ -214,7 +207,7 @@ impl Authorizer {
                 user_id = %sub,
                 role = role_name,
                 permission,
-                route = %ask.route.name,
+                route = %ask.route,
                 path = ask.path,
                 ip = ask.peer.to_str().unwrap_or(""),
                 request_id = request_id_str(ask.request_id),
@@ -230,7 +223,7 @@ impl Authorizer {
             None => venue_header,
         };
         if let (Some(venue), Some(true)) = (venue, role.map(Role::venue_scoped)) {
-            self.check_venue(runtime, policy, &sub, venue, permission, ask)
+            self.check_venue(services, policy, &sub, venue, permission, ask)
                 .await?;
         }
         Ok(identity)
@@ -238,17 +231,17 @@ impl Authorizer {
 
     async fn check_venue(
         &self,
-        runtime: &Runtime,
+        services: &dyn CurrentServices,
         policy: &RouteAuthz,
         sub: &str,
         venue: &str,
         permission: &str,
         ask: &Ask<'_>,
     ) -> Result<(), Response<ProxyBody>> {
-        let snapshot = runtime.snapshot();
+        let snapshot = services.current();
         match self
             .venues
-            .check(&snapshot, &policy.venue_access, sub, venue, permission)
+            .check(&*snapshot, &policy.venue_access, sub, venue, permission)
             .await
         {
             Ok(true) => Ok(()),
@@ -259,7 +252,7 @@ impl Authorizer {
                     user_id = sub,
                     venue_id = venue,
                     permission,
-                    route = %ask.route.name,
+                    route = %ask.route,
                     path = ask.path,
                     ip = ask.peer.to_str().unwrap_or(""),
                     request_id = request_id_str(ask.request_id),
@@ -268,7 +261,7 @@ impl Authorizer {
                 Err(GatewayError::Forbidden.response("Access denied to this venue", ask.request_id))
             }
             Err(e) => {
-                tracing::warn!(error = %e, route = %ask.route.name, request_id = request_id_str(ask.request_id), "venue access could not be checked; refusing");
+                tracing::warn!(error = %e, route = %ask.route, request_id = request_id_str(ask.request_id), "venue access could not be checked; refusing");
                 Err(unavailable(&policy.venue_access.service, ask.request_id))
             }
         }
@@ -278,21 +271,21 @@ impl Authorizer {
     /// a disabled one is refused, and its current role replaces the token's.
     async fn with_details(
         &self,
-        runtime: &Runtime,
+        services: &dyn CurrentServices,
         policy: &RouteAuthz,
         mut identity: Identity,
         sub: &str,
         ask: &Ask<'_>,
     ) -> Result<Identity, Response<ProxyBody>> {
-        let snapshot = runtime.snapshot();
-        let details = match self.users.get(&snapshot, &policy.user_lookup, sub).await {
+        let snapshot = services.current();
+        let details = match self.users.get(&*snapshot, &policy.user_lookup, sub).await {
             Ok(details) => details,
             Err(UserDetailsError::Unknown) => {
                 crate::security_event!(
                     "unknown_user",
                     "high",
                     user_id = sub,
-                    route = %ask.route.name,
+                    route = %ask.route,
                     ip = ask.peer.to_str().unwrap_or(""),
                     request_id = request_id_str(ask.request_id),
                     "valid token of a user the auth service does not know"
@@ -302,7 +295,7 @@ impl Authorizer {
                 );
             }
             Err(UserDetailsError::Unavailable(reason)) => {
-                tracing::warn!(error = %reason, route = %ask.route.name, request_id = request_id_str(ask.request_id), "user details unavailable; refusing");
+                tracing::warn!(error = %reason, route = %ask.route, request_id = request_id_str(ask.request_id), "user details unavailable; refusing");
                 return Err(unavailable(&policy.user_lookup.service, ask.request_id));
             }
         };
@@ -311,7 +304,7 @@ impl Authorizer {
                 "disabled_user_access",
                 "high",
                 user_id = sub,
-                route = %ask.route.name,
+                route = %ask.route,
                 ip = ask.peer.to_str().unwrap_or(""),
                 request_id = request_id_str(ask.request_id),
                 "request of a disabled account"

@@ -10,9 +10,9 @@
 //! [`USER_DETAILS_TTL`] (shared by the data planes), and in memory for
 //! [`MEMORY_TTL`] in front of it. Unknown users are never cached.
 
-use crate::config::runtime::Snapshot;
 use crate::shared_state::SharedState;
 use crate::upstream::call::{self, LookupError};
+use crate::upstream::service::Services;
 use bytes::Bytes;
 use gateway_common::config::LookupConfig;
 use http::StatusCode;
@@ -91,7 +91,7 @@ impl UserDirectory {
     /// The details of user `sub`.
     pub async fn get(
         &self,
-        snapshot: &Snapshot,
+        services: &dyn Services,
         lookup_at: &LookupConfig,
         sub: &str,
     ) -> Result<Arc<UserDetails>, UserDetailsError> {
@@ -103,7 +103,7 @@ impl UserDirectory {
                     return Ok(Arc::new(found));
                 }
                 let path = call::fill(&lookup_at.path, "", sub);
-                let (status, body) = call::get(snapshot, &lookup_at.service, &path).await?;
+                let (status, body) = call::get(services, &lookup_at.service, &path).await?;
                 let details = parse(status, &body, sub)?;
                 self.write_shared(sub, &body).await;
                 Ok::<_, UserDetailsError>(Arc::new(details))

@@ -7,8 +7,8 @@
 //! is an outage: the request fails with 503, never allowed by default.
 //! Answers (allow and deny) are kept for [`VENUE_ACCESS_TTL`] in memory.
 
-use crate::config::runtime::Snapshot;
 use crate::upstream::call::{self, LookupError};
+use crate::upstream::service::Services;
 use gateway_common::config::LookupConfig;
 use http::StatusCode;
 use std::time::Duration;
@@ -55,7 +55,7 @@ impl VenueAccess {
     /// Whether `user` may use `permission` at `venue`.
     pub async fn check(
         &self,
-        snapshot: &Snapshot,
+        services: &dyn Services,
         lookup_at: &LookupConfig,
         user: &str,
         venue: &str,
@@ -71,7 +71,7 @@ impl VenueAccess {
                     call::encode_segment(user),
                     call::encode_segment(permission)
                 );
-                let (status, body) = call::get(snapshot, &lookup_at.service, &path).await?;
+                let (status, body) = call::get(services, &lookup_at.service, &path).await?;
                 decide(status, &body)
             })
             .await

@@ -17,7 +17,6 @@ mod shared;
 
 pub use entry::{storable_ttl, Entry};
 
-use crate::config::runtime::RouteRuntime;
 use crate::edge::errors::GatewayError;
 use crate::ops::metrics::Metrics;
 use crate::shared_state::SharedState;
@@ -153,11 +152,13 @@ impl ResponseCache {
         }
     }
 
-    /// Answers `req` on `route`: from the cache when the route has a cache
-    /// policy and an entry, else through `forward` (storing what may be).
+    /// Answers `req` on route `route` under its cache `policy`: from the
+    /// cache when it has an entry, else through `forward` (storing what
+    /// may be).
     pub async fn serve<B, F, Fut>(
         &self,
-        route: &RouteRuntime,
+        policy: &RouteCache,
+        route: &Arc<String>,
         req: Request<B>,
         forward: F,
     ) -> Response<ProxyBody>
@@ -165,10 +166,7 @@ impl ResponseCache {
         F: FnOnce(Request<B>) -> Fut,
         Fut: Future<Output = Response<ProxyBody>>,
     {
-        let Some(policy) = &route.cache else {
-            return forward(req).await;
-        };
-        let key = match lookup_key(policy, &route.name, &req) {
+        let key = match lookup_key(policy, route, &req) {
             Some(key) => key,
             None => {
                 policy.counters.bypass.inc();

@@ -20,8 +20,8 @@ mod query;
 pub use fields::Fields;
 pub use query::QueryParams;
 
-use crate::config::runtime::RouteRuntime;
 use crate::edge::errors::GatewayError;
+use crate::policy::RouteContext;
 use crate::upstream::h1::body::ClientBody;
 use bytes::Bytes;
 use gateway_common::config::RouteConfig;
@@ -324,14 +324,12 @@ fn collect_errors(schema: &Schema, document: &Value, details: &mut Vec<Value>) {
 /// forward, or the answer refusing it. Routes without a policy pay one
 /// `Option` check and keep their body streaming.
 pub async fn check(
-    route: &RouteRuntime,
+    policy: &RouteValidation,
+    route: RouteContext<'_>,
     req: Request<Incoming>,
     request_id: Option<&HeaderValue>,
     start: Instant,
 ) -> Result<Request<ClientBody>, Response<ProxyBody>> {
-    let Some(policy) = &route.validation else {
-        return Ok(req.map(ClientBody::Streaming));
-    };
     let Some(rules) = policy.for_method(req.method()) else {
         return Ok(req.map(ClientBody::Streaming));
     };
@@ -348,7 +346,7 @@ pub async fn check(
 }
 
 async fn validate(
-    route: &RouteRuntime,
+    route: RouteContext<'_>,
     policy: &RouteValidation,
     rules: &MethodValidation,
     req: Request<Incoming>,

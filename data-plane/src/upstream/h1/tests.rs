@@ -4,6 +4,8 @@
 //! boundary.
 
 use super::*;
+use bytes::Bytes;
+use http::StatusCode;
 use crate::upstream::pool::{self, ConnPool, SendError};
 use http_body_util::BodyExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
