@@ -6,4 +6,5 @@ pub mod cache;
 pub mod discovery;
 pub mod routing;
 pub mod runtime;
+pub mod source;
 pub mod standalone;

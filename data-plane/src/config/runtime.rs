@@ -8,6 +8,7 @@
 //! fleet. In-flight counters live with the instance and survive every swap.
 
 use crate::config::routing::{PathRewrite, Router};
+pub use crate::config::source::ConfigSource;
 use crate::ops::metrics::{Metrics, RouteMetrics, UpdateResult};
 pub use crate::policy::pipeline::{Pipeline, RouteAuth};
 use crate::rolling::now_ms;
@@ -73,35 +74,6 @@ pub struct RouteRuntime {
     pub allow_underscore_headers: bool,
     /// Cached metric handles.
     pub metrics: RouteMetrics,
-}
-
-/// Where the config in force came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigSource {
-    /// No config yet: nothing from a control plane, no usable cache.
-    None,
-    /// A control plane's Discovery stream (or its silence after a Hello
-    /// with the version held: that version is current).
-    ControlPlane,
-    /// The data plane's config cache on disk, read at start.
-    Cache,
-    /// The standalone config file.
-    File,
-}
-
-impl ConfigSource {
-    /// Every source, in label order.
-    pub const ALL: [ConfigSource; 4] = [Self::None, Self::ControlPlane, Self::Cache, Self::File];
-
-    /// The label (`none`, `control_plane`, `cache`, `file`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::ControlPlane => "control_plane",
-            Self::Cache => "cache",
-            Self::File => "file",
-        }
-    }
 }
 
 /// One immutable view of config and instances.

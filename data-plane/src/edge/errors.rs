@@ -2,7 +2,7 @@
 //! `{statusCode, error, message, code, requestId, timestamp}` with
 //! `X-Request-ID` and `Cache-Control: no-store`.
 
-use crate::upstream::h1::body::ProxyBody;
+use crate::upstream::h1::response::ProxyBody;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -6,8 +6,8 @@
 //! security log. An untrusted peer's `X-Forwarded-For` is never believed
 //! (anyone can send one); it is still passed on, with the peer appended.
 
-use crate::edge::security::X_ORIGINAL_IP;
 use crate::headers::X_FORWARDED_FOR;
+use crate::headers::X_ORIGINAL_IP;
 use http::{HeaderMap, HeaderValue, Request};
 use std::net::IpAddr;
 

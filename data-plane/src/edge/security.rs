@@ -3,16 +3,12 @@
 //! same), refusal of ambiguous requests, removal of headers a client must
 //! never set, and the security event log.
 
-use crate::policy::auth::credentials::{API_KEY_HEADER, API_KEY_IDENTITY_HEADERS};
-use crate::policy::auth::IDENTITY_HEADERS;
+use crate::headers::{API_KEY_HEADER, API_KEY_IDENTITY_HEADERS, IDENTITY_HEADERS};
 use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Version};
 use std::borrow::Cow;
 
-/// `x-gateway-forwarded: true`, set on every request sent upstream.
-pub const X_GATEWAY_FORWARDED: HeaderName = HeaderName::from_static("x-gateway-forwarded");
-/// `x-original-ip`: the client's address as the gateway saw it.
-pub const X_ORIGINAL_IP: HeaderName = HeaderName::from_static("x-original-ip");
+pub use crate::headers::{X_GATEWAY_FORWARDED, X_ORIGINAL_IP};
 
 /// Request headers that only the gateway may set: a client's copies are
 /// removed before anything else looks at the request (the seed's blocked
@@ -619,11 +615,7 @@ pub fn drop_underscore_headers(
     }
 }
 
-/// Removes `x-internal-*` headers from an upstream response. Nothing is
-/// allocated unless one is present.
-pub fn strip_internal_response_headers(headers: &mut HeaderMap) {
-    crate::headers::remove_prefixed(headers, "x-internal-");
-}
+pub use crate::headers::strip_internal_response_headers;
 
 #[cfg(test)]
 mod tests;

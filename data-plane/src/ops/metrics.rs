@@ -273,7 +273,7 @@ pub struct Metrics {
     /// Writes of the config cache file, by result.
     pub config_cache_writes: Family<ResultLabels, Counter>,
     /// Rate-limit rejections and mode.
-    pub ratelimit: crate::policy::ratelimit::RateLimitMetrics,
+    pub ratelimit: crate::ops::handles::RateLimitMetrics,
     unmatched: Arc<RouteMetrics>,
     cache_requests: Family<CacheLabels, Counter>,
     /// Redis calls of the response cache that failed or timed out.
@@ -443,7 +443,7 @@ impl Metrics {
             "Redis calls of the response cache that failed or timed out (the cache then serves from memory or the upstream)",
             cache_redis_errors.clone(),
         );
-        let ratelimit = crate::policy::ratelimit::RateLimitMetrics::register(registry);
+        let ratelimit = crate::ops::handles::RateLimitMetrics::register(registry);
         gateway_common::metrics::register_common(&mut root, "gateway");
         let empty = Arc::new(String::new());
         let unmatched = Arc::new(RouteMetrics::build(
@@ -482,13 +482,13 @@ impl Metrics {
             cache_requests,
             cache_redis_errors,
         };
-        metrics.set_config_source(crate::config::runtime::ConfigSource::None);
+        metrics.set_config_source(crate::config::source::ConfigSource::None);
         metrics
     }
 
     /// Records where the config in force came from.
-    pub fn set_config_source(&self, source: crate::config::runtime::ConfigSource) {
-        for each in crate::config::runtime::ConfigSource::ALL {
+    pub fn set_config_source(&self, source: crate::config::source::ConfigSource) {
+        for each in crate::config::source::ConfigSource::ALL {
             self.config_source
                 .get_or_create(&SourceLabels {
                     source: each.as_str(),
@@ -507,7 +507,7 @@ impl Metrics {
     }
 
     /// Handles of a route's response-cache counters.
-    pub fn cache(&self, route: &Arc<String>) -> crate::policy::cache::CacheCounters {
+    pub fn cache(&self, route: &Arc<String>) -> crate::ops::handles::CacheCounters {
         let counter = |result| {
             self.cache_requests
                 .get_or_create(&CacheLabels {
@@ -516,7 +516,7 @@ impl Metrics {
                 })
                 .clone()
         };
-        crate::policy::cache::CacheCounters {
+        crate::ops::handles::CacheCounters {
             hit: counter("hit"),
             miss: counter("miss"),
             bypass: counter("bypass"),
@@ -553,22 +553,22 @@ impl Metrics {
     }
 
     /// Handles of a service's circuit breaker.
-    pub fn breaker(&self, service: &Arc<String>) -> crate::upstream::breaker::BreakerMetrics {
+    pub fn breaker(&self, service: &Arc<String>) -> crate::ops::handles::BreakerMetrics {
         let labels = ServiceLabels {
             service: service.clone(),
         };
-        crate::upstream::breaker::BreakerMetrics {
+        crate::ops::handles::BreakerMetrics {
             state: self.breaker_state.get_or_create(&labels).clone(),
             rejected: self.breaker_rejections.get_or_create(&labels).clone(),
         }
     }
 
     /// Handles of a service's retries.
-    pub fn retries(&self, service: &Arc<String>) -> crate::upstream::retry::RetryMetrics {
+    pub fn retries(&self, service: &Arc<String>) -> crate::ops::handles::RetryMetrics {
         let labels = ServiceLabels {
             service: service.clone(),
         };
-        crate::upstream::retry::RetryMetrics {
+        crate::ops::handles::RetryMetrics {
             retries: self.retries.get_or_create(&labels).clone(),
             budget_exhausted: self.retry_budget_exhausted.get_or_create(&labels).clone(),
         }

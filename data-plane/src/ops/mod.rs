@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod config_dump;
+pub mod handles;
 pub mod health;
 pub mod metrics;
 pub(crate) mod spans;

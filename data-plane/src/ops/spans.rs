@@ -8,9 +8,8 @@
 //! nothing) and the client's `traceparent` goes upstream untouched, as any
 //! other end-to-end header.
 
-use crate::config::runtime::RouteRuntime;
 use crate::upstream::balancer::Endpoint;
-use crate::upstream::pool::{self, Failure};
+use crate::upstream::h1::send::{self, Failure};
 use gateway_common::telemetry;
 use http::{HeaderMap, Request, StatusCode};
 use std::fmt::Display;
@@ -80,27 +79,27 @@ impl RouteMatch {
         }))
     }
 
-    /// Records the route matched on both spans; the request's span is
-    /// named "METHOD route".
-    pub(crate) fn matched(&self, route: &RouteRuntime) {
+    /// Records the route matched (its name) on both spans; the request's
+    /// span is named "METHOD route".
+    pub(crate) fn matched(&self, route: &str) {
         let Some(m) = &self.0 else {
             return;
         };
-        let name = route.name.as_str();
+        let name = route;
         m.span.record("gateway.route", name);
         m.request.record("gateway.route", name);
         telemetry::rename(&m.request, format!("{} {name}", m.method));
     }
 }
 
-/// The span of an authentication, entered until dropped.
-pub(crate) fn authentication(route: &RouteRuntime) -> tracing::span::EnteredSpan {
+/// The span of an authentication on route `route`, entered until dropped.
+pub(crate) fn authentication(route: &str) -> tracing::span::EnteredSpan {
     if !telemetry::enabled() {
         return Span::none().entered();
     }
     tracing::info_span!(
         "authentication",
-        gateway.route = route.name.as_str(),
+        gateway.route = route,
         otel.status_code = Empty,
         "error.type" = Empty,
     )
@@ -155,11 +154,11 @@ pub(crate) fn answered(span: &Span, status: StatusCode) {
 }
 
 /// Records why an attempt's exchange failed.
-pub(crate) fn send_failed(span: &Span, err: &pool::SendError) {
+pub(crate) fn send_failed(span: &Span, err: &send::SendError) {
     if span.is_none() {
         return;
     }
-    let error = match pool::classify(err) {
+    let error = match send::classify(err) {
         Failure::Client(fault) => fault.as_str(),
         Failure::Upstream(kind) => kind.as_str(),
     };

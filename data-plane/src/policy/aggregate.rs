@@ -14,7 +14,7 @@ use crate::ops::metrics::UpstreamErrorKind;
 use crate::upstream::balancer::Endpoint;
 use crate::upstream::call::{self, CallError};
 use crate::upstream::deadline::{self, Deadline, DEADLINE_HEADER};
-use crate::upstream::h1::body::ProxyBody;
+use crate::upstream::h1::response::ProxyBody;
 use crate::upstream::service::Services;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};

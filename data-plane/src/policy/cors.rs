@@ -3,7 +3,7 @@
 //! policy owns CORS: its upstream's `access-control-*` headers are dropped.
 
 use crate::edge::errors::{GatewayError, X_REQUEST_ID};
-use crate::upstream::h1::body::ProxyBody;
+use crate::upstream::h1::response::ProxyBody;
 use gateway_common::config::CorsConfig;
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,

@@ -12,16 +12,13 @@
 //! most once a second meanwhile, by one request.
 
 use crate::edge::errors::GatewayError;
+pub use crate::ops::handles::RateLimitMetrics;
+use crate::ops::handles::RejectLabels;
 use crate::shared_state::SharedState;
-use crate::upstream::h1::body::ProxyBody;
+use crate::upstream::h1::response::ProxyBody;
 use gateway_common::config::{RateLimitConfig, RateLimitKey, RouteConfig, RATE_LIMIT_TIERS};
 use http::header::RETRY_AFTER;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -266,55 +263,6 @@ impl LocalLimiter {
     /// Whether it holds no bucket.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// Labels of `gateway_ratelimit_rejected_total`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RejectLabels {
-    /// Route name.
-    pub route: Arc<String>,
-}
-
-/// Rate-limit metrics.
-#[derive(Debug, Clone, Default)]
-pub struct RateLimitMetrics {
-    rejected: Family<RejectLabels, Counter>,
-    /// Decisions taken locally because Redis was configured but unusable.
-    pub fallback: Counter,
-    /// 1 while decisions are taken in Redis (shared), 0 while local.
-    pub shared: Gauge,
-}
-
-impl RateLimitMetrics {
-    /// Creates and registers the metrics.
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
-        registry.register(
-            "ratelimit_rejected",
-            "Requests refused with 429 by a rate limit, by route",
-            metrics.rejected.clone(),
-        );
-        registry.register(
-            "ratelimit_fallback",
-            "Rate-limit decisions taken by the data plane alone because Redis was unreachable or slow",
-            metrics.fallback.clone(),
-        );
-        registry.register(
-            "ratelimit_shared",
-            "1 while rate limits are decided in Redis (shared by all data planes), 0 while each data plane decides alone",
-            metrics.shared.clone(),
-        );
-        metrics
-    }
-
-    /// Requests refused on `route` so far.
-    pub fn rejected(&self, route: &Arc<String>) -> u64 {
-        self.rejected
-            .get_or_create(&RejectLabels {
-                route: route.clone(),
-            })
-            .get()
     }
 }
 

@@ -13,9 +13,10 @@
 //! rather than letting unsigned requests through.
 
 use crate::edge::errors::GatewayError;
-use crate::edge::security::X_ORIGINAL_IP;
+use crate::headers::X_ORIGINAL_IP;
 use crate::policy::RouteContext;
-use crate::upstream::h1::body::{ClientBody, ProxyBody};
+use crate::upstream::h1::body::ClientBody;
+use crate::upstream::h1::response::ProxyBody;
 use gateway_common::config::SignatureConfig;
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};

@@ -11,7 +11,7 @@
 //! answers, 5xx included, pass through unchanged.
 
 use crate::edge::errors::GatewayError;
-use crate::upstream::h1::body::ProxyBody;
+use crate::upstream::h1::response::ProxyBody;
 use gateway_common::config::{WebhookConfig, WebhookProvider};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use std::future::Future;

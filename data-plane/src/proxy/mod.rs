@@ -15,7 +15,8 @@ use crate::policy::auth::{AuthError, Verifier};
 use crate::policy::ratelimit::{RateLimitSettings, RateLimiter};
 use crate::policy::{validation, RouteContext};
 use crate::shared_state::SharedState;
-use crate::upstream::h1::body::{ClientBody, ProxyBody};
+use crate::upstream::h1::body::ClientBody;
+use crate::upstream::h1::response::ProxyBody;
 use gateway_common::routing::Lookup;
 use http::header::ORIGIN;
 use http::{HeaderValue, Request, Response};
@@ -395,7 +396,7 @@ impl Proxy {
         req: &Request<Incoming>,
         request_id: Option<&HeaderValue>,
     ) -> Result<crate::policy::auth::credentials::Caller, AuthError> {
-        let _span = crate::ops::spans::authentication(route);
+        let _span = crate::ops::spans::authentication(&route.name);
         let result = crate::policy::auth::credentials::identify(
             self.verifier.as_deref(),
             self.credentials.as_deref(),
@@ -424,7 +425,7 @@ impl Proxy {
         match snapshot.router.lookup(req) {
             Lookup::Found(found) => {
                 let route = found.value.clone();
-                span.matched(&route);
+                span.matched(&route.name);
                 let path = route.rewrite.apply(found.remainder, &found.params);
                 let service = snapshot.services[route.service].clone();
                 Ok(Target {

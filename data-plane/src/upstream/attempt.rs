@@ -13,8 +13,8 @@ use crate::upstream::balancer::{Endpoint, InFlightGuard};
 use crate::upstream::breaker::{Permit, Rejected};
 use crate::upstream::deadline;
 use crate::upstream::h1::body::{ClientFault, LimitedBody};
-use crate::upstream::h1::UpstreamBody;
-use crate::upstream::pool::{self, Failure, SendError};
+use crate::upstream::h1::response::UpstreamBody;
+use crate::upstream::h1::send::{classify, send_with, Failure, SendError};
 use crate::upstream::service::ServiceRuntime;
 use http::{Request, Response};
 use std::future::Future;
@@ -124,7 +124,7 @@ where
     service.errors.attempt();
     let exchange = async {
         let response =
-            pool::send_with(&endpoint.pool, service.config.connect_timeout, req, extra).await?;
+            send_with(&endpoint.pool, service.config.connect_timeout, req, extra).await?;
         spans::answered(&span, response.status());
         Ok::<_, SendError>(finish(response, guard).await)
     };
@@ -135,7 +135,7 @@ where
         }
         Ok(Err(err)) => {
             spans::send_failed(&span, &err);
-            let failure = pool::classify(&err);
+            let failure = classify(&err);
             let outcome = match failure {
                 Failure::Client(_) => Outcome::Neutral,
                 Failure::Upstream(kind) => {

@@ -129,7 +129,7 @@ impl HashOn {
             // one is the address `forwarded` resolved.
             HashOn::ClientIp => Some(hash(
                 headers
-                    .get(crate::edge::security::X_ORIGINAL_IP)
+                    .get(crate::headers::X_ORIGINAL_IP)
                     .unwrap_or(peer)
                     .as_bytes(),
             )),
@@ -553,6 +553,28 @@ fn smooth_schedule(weights: &[u64]) -> Box<[u32]> {
         schedule.push(0);
     }
     schedule.into_boxed_slice()
+}
+
+/// Instances for the tests of the balancer and its outlier detector.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::Endpoint;
+    use crate::upstream::pool::ConnPool;
+    use http::uri::Authority;
+    use http::HeaderValue;
+    use std::sync::Arc;
+
+    /// An instance `id` of `weight` at a closed address.
+    pub(crate) fn endpoint(id: &str, weight: u32) -> Arc<Endpoint> {
+        Arc::new(Endpoint {
+            id: id.into(),
+            authority: Authority::from_static("127.0.0.1:1"),
+            host_header: HeaderValue::from_static("127.0.0.1:1"),
+            weight,
+            load: Arc::default(),
+            pool: Arc::new(ConnPool::new("127.0.0.1:1".into())),
+        })
+    }
 }
 
 #[cfg(test)]

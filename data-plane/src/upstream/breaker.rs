@@ -14,14 +14,13 @@
 //! slower than `call_timeout`. The hot path is atomics only.
 
 use crate::edge::errors::{GatewayError, X_REQUEST_ID};
+pub use crate::ops::handles::BreakerMetrics;
 use crate::rolling::RollingWindow;
-use crate::upstream::h1::body::ProxyBody;
+use crate::upstream::h1::response::ProxyBody;
 use bytes::Bytes;
 use gateway_common::config::{BreakerConfig, FallbackResponse};
 use http::header::RETRY_AFTER;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,15 +65,6 @@ impl BreakerState {
             BreakerState::HalfOpen => "half-open",
         }
     }
-}
-
-/// Metric handles of one breaker.
-#[derive(Debug, Clone, Default)]
-pub struct BreakerMetrics {
-    /// 0 closed, 1 open, 2 half-open.
-    pub state: Gauge,
-    /// Calls refused while open.
-    pub rejected: Counter,
 }
 
 /// A call refused by an open breaker.

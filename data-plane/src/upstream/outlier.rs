@@ -178,7 +178,7 @@ impl OutlierDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::balancer::tests::endpoint;
+    use crate::upstream::balancer::fixtures::endpoint;
     use std::time::Duration;
 
     fn detector(percent: u32) -> OutlierDetector {

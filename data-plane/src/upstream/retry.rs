@@ -12,10 +12,10 @@
 //!   `budget_percent` of the service's requests, or `min_retries_per_second`
 //!   per second, whichever is more.
 
+pub use crate::ops::handles::RetryMetrics;
 use crate::rolling::RollingWindow;
 use gateway_common::config::{RetryConfig, RetryOn};
 use http::{HeaderMap, HeaderName, Method};
-use prometheus_client::metrics::counter::Counter;
 use std::time::Duration;
 
 /// The request header that makes a non-idempotent request retryable.
@@ -33,15 +33,6 @@ pub fn is_retryable_request(method: &Method, headers: &HeaderMap) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     ) || headers.contains_key(IDEMPOTENCY_KEY)
-}
-
-/// Counters of a service's retries.
-#[derive(Debug, Clone, Default)]
-pub struct RetryMetrics {
-    /// Retries made.
-    pub retries: Counter,
-    /// Retries refused by the budget.
-    pub budget_exhausted: Counter,
 }
 
 /// Caps retries to a share of requests over a rolling window.

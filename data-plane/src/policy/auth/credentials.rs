@@ -12,7 +12,7 @@
 use crate::shared_state::SharedState;
 use base64::Engine as _;
 use gateway_common::credentials::{self as layout, ApiKeyRecord, Push, Revocation};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 use parking_lot::RwLock;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -30,15 +30,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// enough that a Redis outage does not keep new data planes out of service.
 pub const LOAD_GRACE: Duration = Duration::from_secs(5);
 
-/// `x-api-key-id`: the id of the API key that authenticated the request.
-pub const X_API_KEY_ID: HeaderName = HeaderName::from_static("x-api-key-id");
-/// `x-api-key-scopes`: the key's scopes, comma-separated.
-pub const X_API_KEY_SCOPES: HeaderName = HeaderName::from_static("x-api-key-scopes");
-/// Identity headers of an API-key caller beyond the token's; only the
-/// gateway may set them.
-pub const API_KEY_IDENTITY_HEADERS: [HeaderName; 2] = [X_API_KEY_ID, X_API_KEY_SCOPES];
-/// `X-API-Key`, where a caller presents a key.
-pub const API_KEY_HEADER: HeaderName = HeaderName::from_static(layout::API_KEY_HEADER);
+pub use crate::headers::{
+    API_KEY_HEADER, API_KEY_IDENTITY_HEADERS, X_API_KEY_ID, X_API_KEY_SCOPES,
+};
 
 /// Unix time, seconds.
 pub fn unix_now() -> u64 {

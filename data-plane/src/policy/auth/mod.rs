@@ -30,9 +30,9 @@ pub mod session;
 
 use crate::edge::errors::GatewayError;
 use crate::policy::auth::jwks::{JwksKeys, KeyError, PublicKey};
-use crate::upstream::h1::body::ProxyBody;
+use crate::upstream::h1::response::ProxyBody;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use http::{HeaderMap, HeaderName, HeaderValue, Response};
+use http::{HeaderMap, HeaderValue, Response};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -47,32 +47,13 @@ pub const VERIFIED_TTL: Duration = Duration::from_secs(300);
 /// Tokens longer than this are verified every time rather than kept.
 const LONGEST_CACHED_TOKEN: usize = 4096;
 
+pub use crate::headers::{
+    IDENTITY_HEADERS, X_TENANT_ID, X_TENANT_SOURCE, X_USER_ID, X_USER_PERMISSIONS, X_USER_ROLE,
+    X_USER_TIER,
+};
+
 /// Clock skew allowed on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
-
-/// `x-user-id`: the token's `sub`.
-pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
-/// `x-tenant-id`: the token's `tenant_id` (never the client's).
-pub const X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
-/// `x-tenant-source: jwt`.
-pub const X_TENANT_SOURCE: HeaderName = HeaderName::from_static("x-tenant-source");
-/// `x-user-role`: the token's `role`.
-pub const X_USER_ROLE: HeaderName = HeaderName::from_static("x-user-role");
-/// `x-user-permissions`: the token's `permissions`, comma-separated.
-pub const X_USER_PERMISSIONS: HeaderName = HeaderName::from_static("x-user-permissions");
-/// `x-user-tier`: the token's `tier` (`free`, `standard` or `premium`).
-pub const X_USER_TIER: HeaderName = HeaderName::from_static("x-user-tier");
-
-/// Identity headers the gateway sets from a verified token. A client's own
-/// copies are always removed, on every route.
-pub const IDENTITY_HEADERS: [HeaderName; 6] = [
-    X_USER_ID,
-    X_TENANT_ID,
-    X_TENANT_SOURCE,
-    X_USER_ROLE,
-    X_USER_PERMISSIONS,
-    X_USER_TIER,
-];
 
 /// What the data plane verifies tokens with.
 #[derive(Clone, PartialEq, Eq)]

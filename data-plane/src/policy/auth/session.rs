@@ -16,7 +16,7 @@ use crate::edge::errors::GatewayError;
 use crate::policy::auth::credentials::{self, unix_now, Credentials, TokenRef};
 use crate::policy::auth::{bearer_token, AuthError, Verifier, LEEWAY_SECS};
 use crate::shared_state::SharedState;
-use crate::upstream::h1::body::ProxyBody;
+use crate::upstream::h1::response::ProxyBody;
 use gateway_common::credentials::{self as layout, Push, Revocation};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};

@@ -18,7 +18,7 @@ use crate::policy::authorization::rbac::{Requirement, Role};
 use crate::policy::authorization::user_details::{UserDetailsError, UserDirectory};
 use crate::policy::authorization::venue_access::VenueAccess;
 use crate::shared_state::SharedState;
-use crate::upstream::h1::body::ProxyBody;
+use crate::upstream::h1::response::ProxyBody;
 use crate::upstream::service::CurrentServices;
 use gateway_common::aggregation::route_params;
 use gateway_common::config::{AuthConfig, LookupConfig, RouteConfig};

@@ -18,9 +18,10 @@ mod shared;
 pub use entry::{storable_ttl, Entry};
 
 use crate::edge::errors::GatewayError;
+pub use crate::ops::handles::CacheCounters;
 use crate::ops::metrics::Metrics;
 use crate::shared_state::SharedState;
-use crate::upstream::h1::body::ProxyBody;
+use crate::upstream::h1::response::ProxyBody;
 use bytes::{Bytes, BytesMut};
 use gateway_common::cache::{CacheKey, Caller};
 use gateway_common::config::CacheConfig;
@@ -28,7 +29,6 @@ use http::header::{AGE, AUTHORIZATION, CONTENT_LENGTH, COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -63,17 +63,6 @@ pub struct RouteCache {
     /// another caller's fetch.
     wait: Duration,
     counters: CacheCounters,
-}
-
-/// The route's `gateway_cache_requests_total` handles.
-#[derive(Debug, Clone)]
-pub struct CacheCounters {
-    /// Answered from the cache.
-    pub hit: Counter,
-    /// Looked up and not found: answered by the upstream.
-    pub miss: Counter,
-    /// Not looked up (not a GET, or credentials the gateway did not verify).
-    pub bypass: Counter,
 }
 
 impl RouteCache {
@@ -442,6 +431,7 @@ async fn read_whole(mut body: Pin<Box<ProxyBody>>, limit: u64, within: Duration)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::metrics::counter::Counter;
 
     fn frames_of(body: ProxyBody) -> Vec<Bytes> {
         let rt = tokio::runtime::Builder::new_current_thread()

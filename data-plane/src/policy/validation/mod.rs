@@ -34,7 +34,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use std::time::Instant;
 
-use crate::upstream::h1::body::ProxyBody;
+use crate::upstream::h1::response::ProxyBody;
 
 /// Most failing fields listed in one answer.
 pub const MAX_DETAILS: usize = 50;

@@ -1,21 +1,11 @@
 //! Tests of the balancing strategies, and instances for other modules' tests.
 
+use super::fixtures::endpoint;
 use super::*;
 use gateway_common::config::OutlierConfig;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::time::Duration;
-
-pub(crate) fn endpoint(id: &str, weight: u32) -> Arc<Endpoint> {
-    Arc::new(Endpoint {
-        id: id.into(),
-        authority: Authority::from_static("127.0.0.1:1"),
-        host_header: HeaderValue::from_static("127.0.0.1:1"),
-        weight,
-        load: Arc::default(),
-        pool: Arc::new(ConnPool::new("127.0.0.1:1".into())),
-    })
-}
 
 fn lb(strategy: Strategy) -> LoadBalancerConfig {
     LoadBalancerConfig {

@@ -11,10 +11,11 @@
 //! uses), with hyper's limits: 100 header fields and about 400 KiB of head.
 
 pub mod body;
-mod response;
+pub mod response;
+pub mod send;
 
 use crate::upstream::h1::body::{LimitedBody, RequestBodyError};
-use crate::upstream::pool::ConnPool;
+use crate::upstream::pool::{Buffers, Conn, ConnPool};
 use bytes::BytesMut;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
@@ -29,7 +30,6 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-pub use response::UpstreamBody;
 use response::*;
 
 /// Most header fields a response head may carry.
@@ -50,24 +50,6 @@ const MAX_TRAILERS: usize = 32;
 /// it, so the room also serves the fields added to requests (the identity
 /// headers, X-Request-ID).
 const HEADROOM: usize = 8;
-
-/// An idle connection to an instance, as its pool keeps it.
-#[derive(Debug)]
-pub struct Conn {
-    stream: TcpStream,
-    bufs: Buffers,
-}
-
-/// A connection's buffers, kept from one exchange to the next.
-#[derive(Debug, Default)]
-struct Buffers {
-    /// Bytes read and not consumed yet.
-    read: BytesMut,
-    /// The request head being written.
-    write: Vec<u8>,
-    /// Where the last head's fields lie in `read`.
-    fields: Vec<[usize; 4]>,
-}
 
 /// A connection busy with an exchange whose response body is streaming.
 #[derive(Debug)]
@@ -107,32 +89,6 @@ impl ExchangeError {
     /// kept-alive connection it had already given up on).
     pub fn is_closed(&self) -> bool {
         matches!(self, ExchangeError::Closed)
-    }
-}
-
-impl Conn {
-    /// A connection over `stream`.
-    pub fn new(stream: TcpStream) -> Self {
-        Self {
-            stream,
-            bufs: Buffers::default(),
-        }
-    }
-
-    /// Whether an idle connection can carry a request: the instance has
-    /// neither closed it nor sent anything unasked. Costs no system call
-    /// unless the socket turned readable while idle.
-    pub fn is_reusable(&self) -> bool {
-        let stream = &self.stream;
-        let mut cx = Context::from_waker(Waker::noop());
-        match stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut byte = [0u8; 1];
-                matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
     }
 }
 

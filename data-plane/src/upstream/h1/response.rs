@@ -1,17 +1,22 @@
-//! The response side of an exchange: the head read and parsed, and the
-//! body framed (by length, chunked, or until the instance closes) while it
-//! streams to the client.
+//! The response side of an exchange: the head read and parsed, the body
+//! framed (by length, chunked, or until the instance closes) while it
+//! streams to the client, and [`ProxyBody`], what the client is answered
+//! with (holding the instance's in-flight count until the stream ends).
 
-use super::{Busy, Conn, ExchangeError};
+use super::{Busy, ExchangeError};
 use super::{
     HEADROOM, MAX_CHUNK_LINE, MAX_HEADERS, MAX_HEAD_BYTES, MAX_TRAILERS, MAX_TRAILER_BYTES,
     READ_CHUNK,
 };
+use crate::upstream::balancer::InFlightGuard;
+use crate::upstream::pool::Conn;
 use crate::upstream::pool::ConnPool;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -549,6 +554,107 @@ impl Body for UpstreamBody {
             BodyState::Length(left) => SizeHint::with_exact(left),
             BodyState::Done => SizeHint::with_exact(0),
             BodyState::Chunked(_) | BodyState::UntilClose => SizeHint::default(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// What the proxy answers with: an upstream body streamed through, or a
+    /// body the gateway made itself (errors).
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        /// Streamed from an upstream (whose connection goes back to its
+        /// pool when the stream ends); the in-flight count is released when
+        /// the stream ends or fails.
+        Upstream {
+            #[pin]
+            inner: UpstreamBody,
+            guard: Option<InFlightGuard>,
+        },
+        /// Made by the gateway.
+        Full {
+            #[pin]
+            inner: Full<Bytes>,
+        },
+        /// An upstream body whose first frames were read ahead (an answer
+        /// found too large to cache): those frames first, then the rest
+        /// streamed through.
+        Prefixed {
+            frames: VecDeque<Frame<Bytes>>,
+            rest: Pin<Box<ProxyBody>>,
+        },
+    }
+}
+
+impl ProxyBody {
+    /// A body streamed from an upstream, holding `guard` until it ends.
+    pub fn upstream(inner: UpstreamBody, guard: InFlightGuard) -> Self {
+        // No body at all: the exchange is already complete.
+        let guard = (!inner.is_end_stream()).then_some(guard);
+        ProxyBody::Upstream { inner, guard }
+    }
+
+    /// A body made by the gateway.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        ProxyBody::Full {
+            inner: Full::new(bytes.into()),
+        }
+    }
+
+    /// `frames` already read from `rest`, then whatever `rest` still holds.
+    pub fn prefixed(frames: VecDeque<Frame<Bytes>>, rest: Pin<Box<ProxyBody>>) -> Self {
+        ProxyBody::Prefixed { frames, rest }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = ExchangeError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project() {
+            ProxyBodyProj::Upstream { mut inner, guard } => {
+                let polled = ready!(inner.as_mut().poll_frame(cx));
+                // hyper stops polling once `is_end_stream` holds, so the last
+                // frame may be the last poll.
+                if !matches!(polled, Some(Ok(_))) || inner.is_end_stream() {
+                    guard.take();
+                }
+                Poll::Ready(polled)
+            }
+            ProxyBodyProj::Full { inner } => match ready!(inner.poll_frame(cx)) {
+                Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+                Some(Err(never)) => match never {},
+                None => Poll::Ready(None),
+            },
+            ProxyBodyProj::Prefixed { frames, rest } => match frames.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => rest.as_mut().poll_frame(cx),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Full { inner } => inner.is_end_stream(),
+            ProxyBody::Prefixed { frames, rest } => frames.is_empty() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Full { inner } => inner.size_hint(),
+            ProxyBody::Prefixed { .. } => SizeHint::default(),
         }
     }
 }

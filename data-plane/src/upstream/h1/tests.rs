@@ -4,9 +4,10 @@
 //! boundary.
 
 use super::*;
+use crate::upstream::h1::send::{self, SendError};
+use crate::upstream::pool::ConnPool;
 use bytes::Bytes;
 use http::StatusCode;
-use crate::upstream::pool::{self, ConnPool, SendError};
 use http_body_util::BodyExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -114,7 +115,7 @@ async fn send(
     method: Method,
     body: &'static [u8],
 ) -> Result<Response<UpstreamBody>, SendError> {
-    pool::send(
+    send::send(
         &inst.pool,
         Duration::from_secs(2),
         request(method, "/p?q=1", body),
@@ -262,8 +263,8 @@ async fn broken_heads_are_refused_with_a_reason() {
             "{err} should say {reason}"
         );
         assert_eq!(
-            pool::classify(&err),
-            pool::Failure::Upstream(crate::ops::metrics::UpstreamErrorKind::Protocol)
+            send::classify(&err),
+            send::Failure::Upstream(crate::ops::metrics::UpstreamErrorKind::Protocol)
         );
     }
 }
@@ -285,7 +286,7 @@ async fn an_endless_head_is_cut_off() {
         tokio::time::sleep(Duration::from_secs(5)).await;
     });
     let pool = Arc::new(ConnPool::new(addr.to_string()));
-    let err = pool::send(
+    let err = send::send(
         &pool,
         Duration::from_secs(2),
         request(Method::GET, "/", b""),
@@ -356,7 +357,7 @@ async fn answers_without_a_body_end_at_the_head() {
         Reply::Bytes(b"HTTP/1.1 204 No Content\r\n\r\n"),
     ])
     .await;
-    let head = pool::send(
+    let head = send::send(
         &inst.pool,
         Duration::from_secs(2),
         request(Method::HEAD, "/", b""),
@@ -448,7 +449,7 @@ async fn extra_fields_follow_the_request_headers() {
     let mut inst = instance(vec![ok]).await;
     let name = HeaderName::from_static("x-forwarded-for");
     let value = HeaderValue::from_static("10.1.2.3");
-    pool::send_with(
+    send::send_with(
         &inst.pool,
         Duration::from_secs(2),
         request(Method::GET, "/p", b""),
