@@ -11,6 +11,7 @@ use crate::config::routing::{PathRewrite, Router};
 pub use crate::config::source::ConfigSource;
 use crate::ops::metrics::{Metrics, RouteMetrics, UpdateResult};
 pub use crate::policy::pipeline::{Pipeline, RouteAuth};
+use crate::policy::RouteContext;
 use crate::rolling::now_ms;
 use crate::upstream::balancer::{Balancer, Endpoint, InstanceLoad};
 use crate::upstream::breaker::{BreakerState, CircuitBreaker, Fallback};
@@ -74,6 +75,17 @@ pub struct RouteRuntime {
     pub allow_underscore_headers: bool,
     /// Cached metric handles.
     pub metrics: RouteMetrics,
+}
+
+impl RouteRuntime {
+    /// What the route's policies are told of it.
+    pub fn context(&self) -> RouteContext<'_> {
+        RouteContext {
+            name: &self.name,
+            body_limit: self.body_limit,
+            timeout: self.timeout,
+        }
+    }
 }
 
 /// One immutable view of config and instances.

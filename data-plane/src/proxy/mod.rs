@@ -13,7 +13,7 @@ use crate::ops::access_log::{self, AccessLog};
 use crate::ops::metrics::Metrics;
 use crate::policy::auth::{AuthError, Verifier};
 use crate::policy::ratelimit::{RateLimitSettings, RateLimiter};
-use crate::policy::{validation, RouteContext};
+use crate::policy::validation;
 use crate::shared_state::SharedState;
 use crate::upstream::h1::body::ClientBody;
 use crate::upstream::h1::response::ProxyBody;
@@ -318,22 +318,20 @@ impl Proxy {
             ))
             .await;
         }
-        let context = RouteContext {
-            name: &route.name,
-            body_limit: route.body_limit,
-            timeout: route.timeout,
-        };
+        // A route with neither policy keeps its body streaming, at the cost
+        // of this one check.
         let checked = match (&route.policies.signature, &route.policies.validation) {
+            (None, None) => Ok(req.map(ClientBody::Streaming)),
             (Some(signature), _) => {
-                Box::pin(signature.check(context, req, request_id, start)).await
+                Box::pin(signature.check(route.context(), req, request_id, start)).await
             }
             (None, Some(validation)) => {
+                let context = route.context();
                 Box::pin(validation::check(
                     validation, context, req, request_id, start,
                 ))
                 .await
             }
-            (None, None) => Ok(req.map(ClientBody::Streaming)),
         };
         let req = match checked {
             Ok(req) => req,
