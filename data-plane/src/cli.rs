@@ -101,11 +101,11 @@ pub struct Cli {
     pub jwt_refresh_expires_in: Duration,
 
     /// Path of the refresh endpoint (POST), answered before routing.
-    #[arg(long, env = "GW_AUTH_REFRESH_PATH", value_name = "PATH", default_value = crate::session::DEFAULT_REFRESH_PATH)]
+    #[arg(long, env = "GW_AUTH_REFRESH_PATH", value_name = "PATH", default_value = crate::policy::auth::session::DEFAULT_REFRESH_PATH)]
     pub auth_refresh_path: String,
 
     /// Path of the logout endpoint (POST), answered before routing.
-    #[arg(long, env = "GW_AUTH_LOGOUT_PATH", value_name = "PATH", default_value = crate::session::DEFAULT_LOGOUT_PATH)]
+    #[arg(long, env = "GW_AUTH_LOGOUT_PATH", value_name = "PATH", default_value = crate::policy::auth::session::DEFAULT_LOGOUT_PATH)]
     pub auth_logout_path: String,
 
     /// JWKS URL (http or https) of the public keys of RS*/PS*/ES256/ES384
@@ -186,7 +186,7 @@ pub struct Cli {
     /// Directory where the last config from the control plane is kept and
     /// read at start, so that a restart while no control plane answers still
     /// serves; `off` (or empty): no cache. Not used with --config.
-    #[arg(long, env = "GW_CONFIG_CACHE", value_name = "DIR", default_value = crate::config_cache::DEFAULT_DIR)]
+    #[arg(long, env = "GW_CONFIG_CACHE", value_name = "DIR", default_value = crate::config::cache::DEFAULT_DIR)]
     pub config_cache: String,
 
     /// Time a starting data plane with a cached config waits for a control
@@ -229,9 +229,9 @@ fn parse_control_plane(text: &str) -> Result<String, String> {
 fn jwks_tls(
     url: &http::Uri,
     ca_file: Option<&std::path::Path>,
-) -> Result<Option<crate::jwks::JwksTls>, SettingsError> {
+) -> Result<Option<crate::policy::auth::jwks::JwksTls>, SettingsError> {
     if url.scheme_str() == Some("https") {
-        return crate::jwks::JwksTls::new(ca_file)
+        return crate::policy::auth::jwks::JwksTls::new(ca_file)
             .map(Some)
             .map_err(SettingsError::BadJwksUrl);
     }
@@ -251,7 +251,7 @@ impl Cli {
         service_urls: Vec<(String, String)>,
     ) -> Result<Settings, SettingsError> {
         settings::check_jwt_secret(self.jwt_secret.as_deref())?;
-        let algorithm = crate::auth::parse_algorithm(&self.jwt_algorithm)
+        let algorithm = crate::policy::auth::parse_algorithm(&self.jwt_algorithm)
             .map_err(SettingsError::BadJwtAlgorithm)?;
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         let issuer = non_empty(self.jwt_issuer);
@@ -259,8 +259,9 @@ impl Cli {
         let ca_file = self.jwt_jwks_ca_file.filter(|p| !p.as_os_str().is_empty());
         let jwks = match non_empty(self.jwt_jwks_url) {
             Some(url) => {
-                let url = crate::jwks::parse_url(&url).map_err(SettingsError::BadJwksUrl)?;
-                Some(crate::jwks::JwksSettings {
+                let url = crate::policy::auth::jwks::parse_url(&url)
+                    .map_err(SettingsError::BadJwksUrl)?;
+                Some(crate::policy::auth::jwks::JwksSettings {
                     tls: jwks_tls(&url, ca_file.as_deref())?,
                     url,
                     refresh: self.jwt_jwks_refresh.max(self.jwt_jwks_min_refresh),
@@ -279,17 +280,17 @@ impl Cli {
         let trusted_proxies =
             self.trusted_proxies
                 .parse()
-                .map_err(|e: crate::forwarded::BadCidr| {
+                .map_err(|e: crate::edge::forwarded::BadCidr| {
                     SettingsError::BadTrustedProxies(e.to_string())
                 })?;
-        let jwt = non_empty(self.jwt_secret).map(|secret| crate::auth::JwtSettings {
+        let jwt = non_empty(self.jwt_secret).map(|secret| crate::policy::auth::JwtSettings {
             secret,
             algorithm,
             issuer,
             audience,
         });
         let session = non_empty(self.jwt_refresh_secret).map(|refresh_secret| {
-            crate::session::SessionSettings {
+            crate::policy::auth::session::SessionSettings {
                 refresh_secret,
                 access_ttl: self.jwt_expires_in,
                 refresh_ttl: self.jwt_refresh_expires_in,
@@ -324,7 +325,7 @@ impl Cli {
             redis_url: non_empty(self.redis_url),
             redis_key_prefix: self.redis_key_prefix,
             redis_timeout: self.redis_timeout,
-            rate_limit: crate::ratelimit::RateLimitSettings {
+            rate_limit: crate::policy::ratelimit::RateLimitSettings {
                 enabled: self.enable_rate_limiting,
                 default_requests: self.rate_limit_max_requests,
                 default_window: Duration::from_millis(self.rate_limit_window_ms),

@@ -1,13 +1,55 @@
 //! Header rewriting between client and upstream: hop-by-hop headers never
-//! cross the proxy, `X-Forwarded-*` tell the upstream who asked.
+//! cross the proxy, `X-Forwarded-*` tell the upstream who asked. Also the
+//! names of the headers only the gateway sets (identity, API key,
+//! forwarding marks), which screening removes from every request.
 
-use crate::deadline::DEADLINE_HEADER;
+use crate::upstream::deadline::DEADLINE_HEADER;
 use http::header::{
     HeaderName, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderValue};
 use std::net::IpAddr;
+
+/// `x-user-id`: the token's `sub`.
+pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+/// `x-tenant-id`: the token's `tenant_id` (never the client's).
+pub const X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
+/// `x-tenant-source: jwt`.
+pub const X_TENANT_SOURCE: HeaderName = HeaderName::from_static("x-tenant-source");
+/// `x-user-role`: the token's `role`.
+pub const X_USER_ROLE: HeaderName = HeaderName::from_static("x-user-role");
+/// `x-user-permissions`: the token's `permissions`, comma-separated.
+pub const X_USER_PERMISSIONS: HeaderName = HeaderName::from_static("x-user-permissions");
+/// `x-user-tier`: the token's `tier` (`free`, `standard` or `premium`).
+pub const X_USER_TIER: HeaderName = HeaderName::from_static("x-user-tier");
+
+/// Identity headers the gateway sets from a verified token. A client's own
+/// copies are always removed, on every route.
+pub const IDENTITY_HEADERS: [HeaderName; 6] = [
+    X_USER_ID,
+    X_TENANT_ID,
+    X_TENANT_SOURCE,
+    X_USER_ROLE,
+    X_USER_PERMISSIONS,
+    X_USER_TIER,
+];
+
+/// `x-api-key-id`: the id of the API key that authenticated the request.
+pub const X_API_KEY_ID: HeaderName = HeaderName::from_static("x-api-key-id");
+/// `x-api-key-scopes`: the key's scopes, comma-separated.
+pub const X_API_KEY_SCOPES: HeaderName = HeaderName::from_static("x-api-key-scopes");
+/// Identity headers of an API-key caller beyond the token's; only the
+/// gateway may set them.
+pub const API_KEY_IDENTITY_HEADERS: [HeaderName; 2] = [X_API_KEY_ID, X_API_KEY_SCOPES];
+/// `X-API-Key`, where a caller presents a key.
+pub const API_KEY_HEADER: HeaderName =
+    HeaderName::from_static(gateway_common::credentials::API_KEY_HEADER);
+
+/// `x-gateway-forwarded: true`, set on every request sent upstream.
+pub const X_GATEWAY_FORWARDED: HeaderName = HeaderName::from_static("x-gateway-forwarded");
+/// `x-original-ip`: the client's address as the gateway saw it.
+pub const X_ORIGINAL_IP: HeaderName = HeaderName::from_static("x-original-ip");
 
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -41,7 +83,7 @@ const ORIGINAL_IP_BIT: u16 = 1 << 11;
 static REPLACED: [HeaderName; 4] = [
     X_FORWARDED_PROTO,
     X_FORWARDED_HOST,
-    crate::security::X_GATEWAY_FORWARDED,
+    X_GATEWAY_FORWARDED,
     DEADLINE_HEADER,
 ];
 const REPLACED_SHIFT: usize = 12;
@@ -151,7 +193,7 @@ pub fn remove_prefixed(headers: &mut HeaderMap, prefix: &str) {
 /// and `x-internal-*` headers removed.
 pub fn prepare_response(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
-    crate::security::strip_internal_response_headers(headers);
+    strip_internal_response_headers(headers);
 }
 
 /// The client address as a header value, made once per connection.
@@ -163,8 +205,8 @@ pub fn peer_value(ip: IpAddr) -> HeaderValue {
 static FORWARDED_FOR: HeaderName = X_FORWARDED_FOR;
 static FORWARDED_PROTO: HeaderName = X_FORWARDED_PROTO;
 static FORWARDED_HOST: HeaderName = X_FORWARDED_HOST;
-static GATEWAY_FORWARDED: HeaderName = crate::security::X_GATEWAY_FORWARDED;
-static ORIGINAL_IP: HeaderName = crate::security::X_ORIGINAL_IP;
+static GATEWAY_FORWARDED: HeaderName = X_GATEWAY_FORWARDED;
+static ORIGINAL_IP: HeaderName = X_ORIGINAL_IP;
 static DEADLINE: HeaderName = DEADLINE_HEADER;
 static HOST_NAME: HeaderName = HOST;
 static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -237,9 +279,9 @@ impl Forwarding {
     pub fn insert_into(self, headers: &mut HeaderMap) {
         headers.insert(X_FORWARDED_FOR, self.forwarded_for);
         headers.insert(X_FORWARDED_PROTO, PROTO_HTTP.clone());
-        headers.insert(crate::security::X_GATEWAY_FORWARDED, TRUE.clone());
+        headers.insert(X_GATEWAY_FORWARDED, TRUE.clone());
         if let Some(ip) = self.original_ip {
-            headers.insert(crate::security::X_ORIGINAL_IP, ip);
+            headers.insert(X_ORIGINAL_IP, ip);
         }
         if let Some(host) = self.forwarded_host {
             headers.insert(X_FORWARDED_HOST, host);
@@ -294,6 +336,12 @@ pub fn forwarding(
         forwarded_host,
         original_ip,
     }
+}
+
+/// Removes `x-internal-*` headers from an upstream response. Nothing is
+/// allocated unless one is present.
+pub fn strip_internal_response_headers(headers: &mut HeaderMap) {
+    remove_prefixed(headers, "x-internal-");
 }
 
 #[cfg(test)]

@@ -68,13 +68,13 @@ pub struct Settings {
     pub service_urls: Vec<(String, String)>,
     /// Access-token verification (`JWT_*`); `None`: routes that require a
     /// token answer 401 to every request.
-    pub jwt: Option<crate::auth::JwtSettings>,
+    pub jwt: Option<crate::policy::auth::JwtSettings>,
     /// Public keys of asymmetric access tokens (`JWT_JWKS_URL`), fetched
     /// and refreshed in the background; may be set with `jwt` (each
     /// algorithm has one key source).
-    pub jwks: Option<crate::jwks::JwksSettings>,
+    pub jwks: Option<crate::policy::auth::jwks::JwksSettings>,
     /// Peers whose `X-Forwarded-For` is believed (`GW_TRUSTED_PROXIES`).
-    pub trusted_proxies: crate::forwarded::TrustedProxies,
+    pub trusted_proxies: crate::edge::forwarded::TrustedProxies,
     /// Redis shared by the data planes (rate limits, response cache);
     /// `None`: every data plane keeps its own.
     pub redis_url: Option<String>,
@@ -83,10 +83,10 @@ pub struct Settings {
     /// Bound on one Redis call of the request path.
     pub redis_timeout: Duration,
     /// Rate limiting (`ENABLE_RATE_LIMITING`, `RATE_LIMIT_*`, `IP_SALT`).
-    pub rate_limit: crate::ratelimit::RateLimitSettings,
+    pub rate_limit: crate::policy::ratelimit::RateLimitSettings,
     /// The refresh and logout endpoints (`JWT_REFRESH_SECRET` and
     /// friends); `None`: not served (their paths route as any other).
-    pub session: Option<crate::session::SessionSettings>,
+    pub session: Option<crate::policy::auth::session::SessionSettings>,
     /// One access-log line per request (`GW_ACCESS_LOG`).
     pub access_log: bool,
     /// Directory of the config cache (`GW_CONFIG_CACHE`); `None`: no cache.
@@ -115,11 +115,11 @@ impl Default for Settings {
             redis_url: None,
             redis_key_prefix: crate::shared_state::DEFAULT_KEY_PREFIX.to_string(),
             redis_timeout: crate::shared_state::DEFAULT_REDIS_TIMEOUT,
-            rate_limit: crate::ratelimit::RateLimitSettings::default(),
+            rate_limit: crate::policy::ratelimit::RateLimitSettings::default(),
             session: None,
             access_log: true,
             config_cache: None,
-            config_cache_grace: crate::config_cache::DEFAULT_GRACE,
+            config_cache_grace: crate::config::cache::DEFAULT_GRACE,
         }
     }
 }
@@ -185,7 +185,7 @@ pub fn check_jwt_secret(secret: Option<&str>) -> Result<(), SettingsError> {
 /// sign the access tokens), endpoint paths that are plain absolute paths,
 /// and non-zero lifetimes.
 pub fn check_session(
-    session: &crate::session::SessionSettings,
+    session: &crate::policy::auth::session::SessionSettings,
     jwt_secret: Option<&str>,
 ) -> Result<(), SettingsError> {
     let bad = |m: String| Err(SettingsError::BadRefreshSettings(m));

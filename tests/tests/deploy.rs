@@ -345,12 +345,12 @@ fn facts() -> Facts {
         cp_key_prefix: clap_default(cp, "CP_KEY_PREFIX", None),
         dp_listen,
         dp_admin: port_of(&clap_default(dp, "GW_ADMIN_LISTEN", dp_settings)),
-        dp_admin_paths: routes("data-plane/src/admin.rs"),
+        dp_admin_paths: routes("data-plane/src/ops/admin.rs"),
         dp_key_prefix: clap_default(dp, "GW_KEY_PREFIX", Some("data-plane/src/shared_state.rs")),
         dp_config_cache: clap_default(
             dp,
             "GW_CONFIG_CACHE",
-            Some("data-plane/src/config_cache.rs"),
+            Some("data-plane/src/config/cache.rs"),
         ),
         binaries,
     }
