@@ -1,6 +1,7 @@
 //! The data plane's layering, checked from its source: policies never import
 //! the proxy or the runtime snapshot, the upstream and edge layers never
-//! import policies, and no import circle joins more than two files.
+//! import policies, and no import circle joins more than two files (in the
+//! data plane, and in every other crate of the workspace).
 //!
 //! The checker reads every `.rs` file under `src`, resolves the `crate::`,
 //! `super::` and child-module paths of each one to the file that defines the
@@ -134,8 +135,18 @@ fn code(line: &str) -> &str {
     }
 }
 
-/// The resolved imports of one file: `crate::` paths anywhere in its code,
-/// and `use super::`/`use self::`/`use child::` at the top level.
+/// Whether `file` holds tests only (`tests.rs`, `test_support.rs`): what
+/// tests import does not make a circle of the shipped code.
+fn is_test_file(file: &str) -> bool {
+    matches!(
+        file.rsplit('/').next(),
+        Some("tests.rs" | "test_support.rs")
+    )
+}
+
+/// The resolved imports of one file's shipped code (up to its top-level
+/// `#[cfg(test)]`): `crate::` paths anywhere in its code, and
+/// `use super::`/`use self::`/`use child::` at the top level.
 fn imports_of(
     file: &str,
     text: &str,
@@ -145,9 +156,15 @@ fn imports_of(
     let Some(module) = module_of(file) else {
         return Vec::new();
     };
+    if is_test_file(file) {
+        return Vec::new();
+    }
     // A `foo.rs` file is module `foo`, whose children live in `foo/`.
     let mut imports = Vec::new();
     for (index, line) in text.lines().enumerate() {
+        if line.starts_with("#[cfg(test)]") {
+            break;
+        }
         let code = code(line);
         let mut push = |path: Vec<String>| {
             imports.push(Import {
@@ -393,13 +410,8 @@ fn read_tree(root: &Path, dir: &Path, out: &mut Vec<Source>) {
     }
 }
 
-#[test]
-fn the_data_plane_keeps_its_layers() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut sources = Vec::new();
-    read_tree(&root, &root, &mut sources);
-    assert!(sources.len() > 20, "the sources were not found");
-    let report = check(&sources);
+/// What is wrong in `report`, one line each.
+fn problems(report: &Report) -> Vec<String> {
     let mut problems = report.forbidden.clone();
     for files in &report.circles {
         let circle = circle_through(&report.graph, files);
@@ -411,11 +423,41 @@ fn the_data_plane_keeps_its_layers() {
             circle[0]
         ));
     }
+    problems
+}
+
+/// The sources of the workspace crate in folder `krate`.
+fn crate_sources(krate: &str) -> Vec<Source> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(krate)
+        .join("src");
+    let mut sources = Vec::new();
+    read_tree(&root, &root, &mut sources);
+    assert!(sources.len() > 5, "the sources of {krate} were not found");
+    sources
+}
+
+#[test]
+fn the_data_plane_keeps_its_layers() {
+    let report = check(&crate_sources("data-plane"));
     assert!(
         report.is_clean(),
         "layering broken:\n{}",
-        problems.join("\n")
+        problems(&report).join("\n")
     );
+}
+
+#[test]
+fn no_other_crate_has_an_import_circle_of_more_than_two_files() {
+    for krate in ["common", "control-plane", "gwctl", "tests"] {
+        let report = check(&crate_sources(krate));
+        assert!(
+            report.circles.is_empty(),
+            "{krate}:\n{}",
+            problems(&report).join("\n")
+        );
+    }
 }
 
 fn source(file: &str, text: &str) -> Source {
