@@ -344,6 +344,17 @@ pub fn strip_internal_response_headers(headers: &mut HeaderMap) {
     remove_prefixed(headers, "x-internal-");
 }
 
+/// The request's declared body length, when its `Content-Length` is a number.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ use crate::upstream::h1::send::{Failure, SendError};
 use crate::upstream::retry::{self, RetryPolicy};
 use crate::upstream::service::ServiceRuntime;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
@@ -41,7 +41,7 @@ pub(super) async fn forward(
         path,
     } = target;
     let (mut parts, body) = req.into_parts();
-    let declared_length = content_length(&parts.headers);
+    let declared_length = crate::headers::content_length(&parts.headers);
     if declared_length.is_some_and(|len| len > route.body_limit) {
         return too_large(&route, request_id);
     }
@@ -444,16 +444,6 @@ fn too_large(route: &RouteRuntime, request_id: Option<&HeaderValue>) -> Response
         ),
         request_id,
     )
-}
-
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// The path and query sent upstream: the original one when the path is

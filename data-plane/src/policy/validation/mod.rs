@@ -364,7 +364,7 @@ async fn validate(
         return Err(unsupported_media_type());
     }
     let limit = policy.body_limit();
-    if declared_length(&parts.headers).is_some_and(|len| len > limit) {
+    if crate::headers::content_length(&parts.headers).is_some_and(|len| len > limit) {
         return Err(too_large(limit));
     }
     let deadline = tokio::time::Instant::from_std(start) + route.timeout;
@@ -401,16 +401,6 @@ fn too_large(limit: u64) -> Refusal {
         GatewayError::PayloadTooLarge,
         format!("Request body is larger than the limit of {limit} bytes"),
     )
-}
-
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// `uri` with its query replaced by `query` (none when empty).
