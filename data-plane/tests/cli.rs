@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use gateway_tests::free_port;
+use gateway_tests::wait::{poll_async, EVERY_FAST};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -191,24 +192,21 @@ async fn spawn_standalone(
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let listening = loop {
-            if child.try_wait().unwrap().is_some() {
-                break false;
-            }
+        // Some(true): both listeners accept; Some(false): the child exited.
+        let listening = poll_async(Duration::from_secs(10), EVERY_FAST, || {
+            let exited = child.try_wait().unwrap().is_some();
             let both = [port, admin_port]
                 .iter()
                 .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok());
-            if both {
-                break true;
-            }
-            assert!(
-                Instant::now() < deadline,
+            std::future::ready((exited || both).then_some(!exited))
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
                 "data plane not listening: {}",
                 std::fs::read_to_string(&stderr).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+            )
+        });
         if listening {
             return (child, port, admin_port, stderr);
         }
