@@ -9,7 +9,7 @@ use crate::headers;
 use crate::ops::access_log;
 use crate::ops::metrics::UpstreamErrorKind;
 use crate::rolling::now_ms;
-use crate::upstream::attempt::{attempt, Attempted, Call, Outcome};
+use crate::upstream::attempt::{attempt, Attempted, Call, Finish, Outcome};
 use crate::upstream::balancer::{Endpoint, InFlightGuard};
 use crate::upstream::breaker::{self, Rejected};
 use crate::upstream::deadline::Deadline;
@@ -167,15 +167,14 @@ fn client_fault(
 /// The response of an attempt, relayed to the client: hop-by-hop headers
 /// removed, its body holding the instance's in-flight guard. A 5xx is a
 /// failure for the breaker and outlier detection.
-fn relay(
-    response: Response<UpstreamBody>,
-    guard: InFlightGuard,
-) -> std::future::Ready<(Outcome, Response<ProxyBody>)> {
+fn relay(response: Response<UpstreamBody>, guard: InFlightGuard) -> (Outcome, Response<ProxyBody>) {
     let outcome = Outcome::of_status(response.status());
     let (mut parts, body) = response.into_parts();
     headers::prepare_response(&mut parts.headers);
-    let response = Response::from_parts(parts, ProxyBody::upstream(body, guard));
-    std::future::ready((outcome, response))
+    (
+        outcome,
+        Response::from_parts(parts, ProxyBody::upstream(body, guard)),
+    )
 }
 
 /// Marks the answer of `endpoint` for the access log.
@@ -223,7 +222,7 @@ async fn forward_once(
     };
     let limit = route.body_limit;
     let request = move |_: &Endpoint| Request::from_parts(parts, body.into_upstream(limit));
-    match attempt(call, request, relay).await {
+    match attempt(call, request, Finish::now(relay)).await {
         Attempted::Answered(endpoint, response) => from_instance(response, endpoint),
         Attempted::Refused(rejected) => refused(route, service, rejected, request_id),
         Attempted::NoInstance => no_instance(service, request_id),
@@ -305,7 +304,9 @@ async fn forward_with_retries(
             forwarding: Some(&request.forwarding),
             traced: Some(number),
         };
-        let (response, retryable) = match attempt(call, |_| request.attempt(), relay).await {
+        let (response, retryable) = match attempt(call, |_| request.attempt(), Finish::now(relay))
+            .await
+        {
             Attempted::Answered(endpoint, response) => {
                 tried.push(endpoint.clone());
                 let retryable = policy.on.status(response.status().as_u16());

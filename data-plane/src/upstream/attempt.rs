@@ -77,16 +77,55 @@ impl Outcome {
     }
 }
 
+/// What an attempt does with the response head it got: turns it (and the
+/// instance's in-flight guard) into what the caller gets, and says how the
+/// attempt went.
+pub(crate) enum Finish<N, L> {
+    /// At once, from the head (the proxy path: no future to move the
+    /// response through).
+    Now(N),
+    /// After reading on (a lookup reads the body), within the deadline the
+    /// finisher bounds itself.
+    Later(L),
+}
+
+/// A finisher's future when it never waits.
+type Never<T> = std::future::Pending<(Outcome, T)>;
+
+impl<T, N> Finish<N, fn(Response<UpstreamBody>, InFlightGuard) -> Never<T>>
+where
+    N: FnOnce(Response<UpstreamBody>, InFlightGuard) -> (Outcome, T),
+{
+    /// Finishes at once with `finish`.
+    pub(crate) fn now(finish: N) -> Self {
+        Finish::Now(finish)
+    }
+}
+
+impl<T, L, F> Finish<fn(Response<UpstreamBody>, InFlightGuard) -> (Outcome, T), L>
+where
+    L: FnOnce(Response<UpstreamBody>, InFlightGuard) -> F,
+    F: Future<Output = (Outcome, T)>,
+{
+    /// Finishes with what `finish`'s future says.
+    pub(crate) fn later(finish: L) -> Self {
+        Finish::Later(finish)
+    }
+}
+
 /// Sends the request `request` builds for the instance picked, within
 /// `call.deadline`; `finish` turns the response (and the instance's
-/// in-flight guard) into `T` and says how the attempt went, inside the
-/// deadline.
-pub(crate) async fn attempt<'s, T, F>(
+/// in-flight guard) into `T` and says how the attempt went. The deadline
+/// bounds the wait for the response head; a finisher that reads on bounds
+/// that read by the same deadline itself.
+pub(crate) async fn attempt<'s, T, N, L, F>(
     call: Call<'s, '_>,
     request: impl FnOnce(&Endpoint) -> Request<LimitedBody>,
-    finish: impl FnOnce(Response<UpstreamBody>, InFlightGuard) -> F,
+    finish: Finish<N, L>,
 ) -> Attempted<'s, T>
 where
+    N: FnOnce(Response<UpstreamBody>, InFlightGuard) -> (Outcome, T),
+    L: FnOnce(Response<UpstreamBody>, InFlightGuard) -> F,
     F: Future<Output = (Outcome, T)>,
 {
     let service = call.service;
@@ -122,14 +161,16 @@ where
     // The clock is read only when a breaker or outlier detector needs it.
     let sent_at = Clock::start(service);
     service.errors.attempt();
-    let exchange = async {
-        let response =
-            send_with(&endpoint.pool, service.config.connect_timeout, req, extra).await?;
-        spans::answered(&span, response.status());
-        Ok::<_, SendError>(finish(response, guard).await)
-    };
+    // The send is awaited under the deadline as is, with no async block
+    // around it: moving a larger future costs copies on the plain path.
+    let exchange = send_with(&endpoint.pool, service.config.connect_timeout, req, extra);
     match tokio::time::timeout_at(call.deadline, exchange).await {
-        Ok(Ok((outcome, answer))) => {
+        Ok(Ok(response)) => {
+            spans::answered(&span, response.status());
+            let (outcome, answer) = match finish {
+                Finish::Now(finish) => finish(response, guard),
+                Finish::Later(finish) => finish(response, guard).await,
+            };
             record_outcome(service, endpoint, permit, outcome, sent_at.elapsed());
             Attempted::Answered(endpoint, answer)
         }

@@ -3,7 +3,7 @@
 //! breaker, balancer and connection pool like a proxied request.
 
 use crate::ops::metrics::UpstreamErrorKind;
-use crate::upstream::attempt::{attempt, Attempted, Call, Outcome};
+use crate::upstream::attempt::{attempt, Attempted, Call, Finish, Outcome};
 use crate::upstream::balancer::{Endpoint, InFlightGuard};
 use crate::upstream::h1::body::LimitedBody;
 use crate::upstream::h1::response::UpstreamBody;
@@ -88,14 +88,19 @@ pub async fn call(
     };
     let read = |response: Response<UpstreamBody>, guard: InFlightGuard| async move {
         let status = response.status();
-        let body = Limited::new(response.into_body(), max_body).collect().await;
+        let body = Limited::new(response.into_body(), max_body).collect();
+        let body = tokio::time::timeout_at(deadline, body).await;
         drop(guard);
         match body {
-            Ok(body) => (Outcome::of_status(status), Ok((status, body.to_bytes()))),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Ok(Ok(body)) => (Outcome::of_status(status), Ok((status, body.to_bytes()))),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                 (Outcome::Neutral, Err(CallError::TooLarge))
             }
-            Err(e) => {
+            Err(_elapsed) => {
+                service.errors.count(UpstreamErrorKind::Timeout);
+                (Outcome::Failure, Err(CallError::TimedOut))
+            }
+            Ok(Err(e)) => {
                 service.errors.count(UpstreamErrorKind::Protocol);
                 let reason = e.to_string();
                 (
@@ -105,7 +110,7 @@ pub async fn call(
             }
         }
     };
-    match attempt(target, request, read).await {
+    match attempt(target, request, Finish::later(read)).await {
         Attempted::Answered(_, answer) => answer,
         Attempted::Refused(_) => Err(CallError::CircuitOpen),
         Attempted::NoInstance => Err(CallError::NoInstance),
