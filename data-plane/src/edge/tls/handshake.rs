@@ -145,7 +145,10 @@ fn classify_tls(error: &TlsErr) -> &'static str {
             | PeerIncompatible::NoEcPointFormatsInCommon
             | PeerIncompatible::UncompressedEcPointsRequired
             | PeerIncompatible::NoCertificateRequestSignatureSchemesInCommon => NO_SHARED_CIPHER,
-            PeerIncompatible::Tls12NotOffered
+            // A hello without signature_algorithms is a TLS 1.0/1.1 one
+            // (the extension came with 1.2): rustls notices it first.
+            PeerIncompatible::SignatureAlgorithmsExtensionRequired
+            | PeerIncompatible::Tls12NotOffered
             | PeerIncompatible::Tls12NotOfferedOrEnabled
             | PeerIncompatible::Tls13RequiredForQuic
             | PeerIncompatible::SupportedVersionsExtensionRequired => PROTOCOL_VERSION,
@@ -192,6 +195,12 @@ mod tests {
             (
                 io(TlsErr::PeerIncompatible(
                     PeerIncompatible::SupportedVersionsExtensionRequired,
+                )),
+                PROTOCOL_VERSION,
+            ),
+            (
+                io(TlsErr::PeerIncompatible(
+                    PeerIncompatible::SignatureAlgorithmsExtensionRequired,
                 )),
                 PROTOCOL_VERSION,
             ),
