@@ -25,19 +25,19 @@ impl ClientCertRequired {
             .map(|_| Self)
     }
 
-    /// Admits `req` when it came with a verified client certificate;
-    /// otherwise answers 403 `CLIENT_CERTIFICATE_REQUIRED` and logs a
-    /// security event (`client` is the caller's address).
-    pub fn check<B>(
+    /// `None` (admitted) when `req` came with a verified client
+    /// certificate; otherwise the refusal, 403 `CLIENT_CERTIFICATE_REQUIRED`,
+    /// with a security event logged (`client` is the caller's address).
+    pub fn refuse<B>(
         &self,
         req: &Request<B>,
         route: &str,
         client: &HeaderValue,
         request_id: Option<&HeaderValue>,
-    ) -> Result<(), Response<ProxyBody>> {
+    ) -> Option<Response<ProxyBody>> {
         let tls = TlsConnection::of(req);
         if tls.and_then(TlsConnection::client_subject).is_some() {
-            return Ok(());
+            return None;
         }
         let (reason, message) = match tls {
             None => (
@@ -60,7 +60,7 @@ impl ClientCertRequired {
             request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or(""),
             "request without a verified client certificate refused"
         );
-        Err(GatewayError::ClientCertificateRequired.response(message, request_id))
+        Some(GatewayError::ClientCertificateRequired.response(message, request_id))
     }
 }
 
@@ -73,19 +73,19 @@ mod tests {
         let client = HeaderValue::from_static("203.0.113.9");
         let policy = ClientCertRequired;
         let plain = Request::new(());
-        let refused = policy.check(&plain, "r", &client, None).unwrap_err();
+        let refused = policy.refuse(&plain, "r", &client, None).unwrap();
         assert_eq!(refused.status(), 403);
         let mut anonymous = Request::new(());
         anonymous
             .extensions_mut()
             .insert(TlsConnection::new(443, None));
-        let refused = policy.check(&anonymous, "r", &client, None).unwrap_err();
+        let refused = policy.refuse(&anonymous, "r", &client, None).unwrap();
         assert_eq!(refused.status(), 403);
         let mut partner = Request::new(());
         partner.extensions_mut().insert(TlsConnection::new(
             443,
             Some(HeaderValue::from_static("CN=partner")),
         ));
-        assert!(policy.check(&partner, "r", &client, None).is_ok());
+        assert!(policy.refuse(&partner, "r", &client, None).is_none());
     }
 }

@@ -222,9 +222,9 @@ impl Proxy {
                     .and_then(|_| req.headers().get(ORIGIN).cloned());
                 let mut response = 'answer: {
                     if let Some(required) = &route.policies.client_cert {
-                        let checked =
-                            required.check(&req, &route.name, &client, request_id.as_ref());
-                        if let Err(refused) = checked {
+                        let refused =
+                            required.refuse(&req, &route.name, &client, request_id.as_ref());
+                        if let Some(refused) = refused {
                             break 'answer refused;
                         }
                     }
