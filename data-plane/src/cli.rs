@@ -56,6 +56,35 @@ pub struct Cli {
     #[arg(long, env = "GW_HEADER_READ_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = gateway_common::duration::parse)]
     pub header_read_timeout: Duration,
 
+    /// HTTPS listener, HOST:PORT (or a bare port), beside the plain one;
+    /// unset: no HTTPS. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "GW_TLS_LISTEN", value_name = "ADDR", value_parser = parse_listen_arg)]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// Certificate chains (PEM, end-entity first) of the HTTPS listener,
+    /// comma-separated; chosen by SNI, the first one by default.
+    #[arg(long, env = "GW_TLS_CERT", value_name = "FILES", value_delimiter = ',')]
+    pub tls_cert: Vec<PathBuf>,
+
+    /// Private keys (PEM) of those certificates, comma-separated, in the
+    /// same order.
+    #[arg(long, env = "GW_TLS_KEY", value_name = "FILES", value_delimiter = ',')]
+    pub tls_key: Vec<PathBuf>,
+
+    /// CA certificates (PEM) that client certificates are verified
+    /// against; the HTTPS listener then asks for (without requiring) one.
+    #[arg(long, env = "GW_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Time a client gets to complete its TLS handshake.
+    #[arg(long, env = "GW_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = gateway_common::duration::parse)]
+    pub tls_handshake_timeout: Duration,
+
+    /// How often the certificate and key files are read again (a change is
+    /// served from the next handshake on; SIGHUP reads them at once).
+    #[arg(long, env = "GW_TLS_RELOAD_INTERVAL", value_name = "DURATION", default_value = "5s", value_parser = gateway_common::duration::parse)]
+    pub tls_reload_interval: Duration,
+
     /// JWT signing secret; refused when shorter than 32 bytes.
     #[arg(
         long,
@@ -301,6 +330,14 @@ impl Cli {
         if let Some(session) = &session {
             settings::check_session(session, jwt.as_ref().map(|j| j.secret.as_str()))?;
         }
+        let tls = settings::tls_settings(
+            self.tls_listen,
+            &self.tls_cert,
+            &self.tls_key,
+            self.tls_client_ca.filter(|p| !p.as_os_str().is_empty()),
+            self.tls_handshake_timeout,
+            self.tls_reload_interval,
+        )?;
         let listen = match (self.listen, self.port) {
             (Some(addr), _) => addr,
             (None, Some(port)) => SocketAddr::from(([0, 0, 0, 0], port)),
@@ -335,6 +372,7 @@ impl Cli {
             access_log: self.access_log,
             config_cache: settings::config_cache_dir(&self.config_cache),
             config_cache_grace: self.config_cache_grace,
+            tls,
         })
     }
 }
@@ -551,6 +589,60 @@ mod tests {
         assert_eq!(s.config_cache, None);
         assert_eq!(s.config_cache_grace, Duration::from_millis(500));
         assert!(parse(&["--config-cache-grace", "soon"]).is_err());
+    }
+
+    #[test]
+    fn tls_flags_are_paired_and_checked() {
+        let s = parse(&[]).unwrap().into_settings(vec![]).unwrap();
+        assert!(s.tls.is_none());
+        let s = parse(&[
+            "--tls-listen",
+            "8443",
+            "--tls-cert",
+            "a.crt,b.crt",
+            "--tls-key",
+            "a.key,b.key",
+            "--tls-handshake-timeout",
+            "2s",
+        ])
+        .unwrap()
+        .into_settings(vec![])
+        .unwrap();
+        let tls = s.tls.unwrap();
+        assert_eq!(tls.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(tls.certs.len(), 2);
+        assert_eq!(tls.certs[1].cert, PathBuf::from("b.crt"));
+        assert_eq!(tls.certs[1].key, PathBuf::from("b.key"));
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(tls.reload_interval, Duration::from_secs(5));
+        assert_eq!(tls.client_ca, None);
+        for (bad, needle) in [
+            (&["--tls-listen", "8443"][..], "GW_TLS_CERT"),
+            (
+                &["--tls-listen", "8443", "--tls-cert", "a.crt"],
+                "GW_TLS_KEY",
+            ),
+            (
+                &[
+                    "--tls-listen",
+                    "8443",
+                    "--tls-cert",
+                    "a.crt,b.crt",
+                    "--tls-key",
+                    "a.key",
+                ],
+                "one key per certificate",
+            ),
+            (
+                &["--tls-cert", "a.crt", "--tls-key", "a.key"],
+                "need GW_TLS_LISTEN",
+            ),
+            (&["--tls-client-ca", "ca.pem"], "need GW_TLS_LISTEN"),
+        ] {
+            let err = parse(bad).unwrap().into_settings(vec![]).unwrap_err();
+            assert!(err.to_string().contains(needle), "{bad:?}: {err}");
+        }
+        assert!(parse(&["--tls-listen", "nowhere"]).is_err());
     }
 
     #[test]

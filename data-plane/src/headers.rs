@@ -3,6 +3,7 @@
 //! names of the headers only the gateway sets (identity, API key,
 //! forwarding marks), which screening removes from every request.
 
+use crate::connection::TlsConnection;
 use crate::upstream::deadline::DEADLINE_HEADER;
 use http::header::{
     HeaderName, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
@@ -57,6 +58,13 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Forwarded-Port`: the TLS listener's port, on requests that came over
+/// TLS.
+pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+/// `x-client-cert-subject`: the subject (RFC 4514) of the client
+/// certificate the gateway verified during the TLS handshake. Only the
+/// gateway sets it: a client's copy is removed on every route.
+pub const X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -209,14 +217,19 @@ static GATEWAY_FORWARDED: HeaderName = X_GATEWAY_FORWARDED;
 static ORIGINAL_IP: HeaderName = X_ORIGINAL_IP;
 static DEADLINE: HeaderName = DEADLINE_HEADER;
 static HOST_NAME: HeaderName = HOST;
+static FORWARDED_PORT: HeaderName = X_FORWARDED_PORT;
+static CLIENT_CERT_SUBJECT: HeaderName = X_CLIENT_CERT_SUBJECT;
 static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
+static PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
 static TRUE: HeaderValue = HeaderValue::from_static("true");
 
 /// What the proxy tells an upstream about the request, worked out once per
 /// request by [`forwarding`]: `X-Forwarded-For` (the client's list with the
 /// peer appended), `X-Forwarded-Host` (the original host), `X-Original-IP`
-/// (unless set beforehand from trusted proxies), with `X-Forwarded-Proto:
-/// http` and `X-Gateway-Forwarded: true`.
+/// (unless set beforehand from trusted proxies), with `X-Forwarded-Proto`
+/// (`http`, or `https` with `X-Forwarded-Port` and the verified client
+/// certificate's subject when the request came over TLS) and
+/// `X-Gateway-Forwarded: true`.
 ///
 /// The proxy hands these to the upstream client as [`Fields`], written
 /// straight into the request head, rather than inserting them into the
@@ -226,10 +239,12 @@ pub struct Forwarding {
     forwarded_for: HeaderValue,
     forwarded_host: Option<HeaderValue>,
     original_ip: Option<HeaderValue>,
+    /// The TLS facts of a request that came over TLS.
+    tls: Option<TlsConnection>,
 }
 
 /// The most fields [`Forwarding::fields`] gives.
-const MAX_FIELDS: usize = 7;
+const MAX_FIELDS: usize = 9;
 
 /// Header fields an upstream request carries besides those of its
 /// `HeaderMap`, whose copies of the same names [`forwarding`] removed.
@@ -262,7 +277,16 @@ impl Forwarding {
         };
         fields.push(&HOST_NAME, host);
         fields.push(&FORWARDED_FOR, &self.forwarded_for);
-        fields.push(&FORWARDED_PROTO, &PROTO_HTTP);
+        match &self.tls {
+            None => fields.push(&FORWARDED_PROTO, &PROTO_HTTP),
+            Some(tls) => {
+                fields.push(&FORWARDED_PROTO, &PROTO_HTTPS);
+                fields.push(&FORWARDED_PORT, tls.port());
+                if let Some(subject) = tls.client_subject() {
+                    fields.push(&CLIENT_CERT_SUBJECT, subject);
+                }
+            }
+        }
         fields.push(&GATEWAY_FORWARDED, &TRUE);
         if let Some(ip) = &self.original_ip {
             fields.push(&ORIGINAL_IP, ip);
@@ -278,7 +302,18 @@ impl Forwarding {
     /// into `headers`, for a request built as a `HeaderMap`.
     pub fn insert_into(self, headers: &mut HeaderMap) {
         headers.insert(X_FORWARDED_FOR, self.forwarded_for);
-        headers.insert(X_FORWARDED_PROTO, PROTO_HTTP.clone());
+        match self.tls {
+            None => {
+                headers.insert(X_FORWARDED_PROTO, PROTO_HTTP.clone());
+            }
+            Some(tls) => {
+                headers.insert(X_FORWARDED_PROTO, PROTO_HTTPS.clone());
+                headers.insert(X_FORWARDED_PORT, tls.port().clone());
+                if let Some(subject) = tls.client_subject() {
+                    headers.insert(X_CLIENT_CERT_SUBJECT, subject.clone());
+                }
+            }
+        }
         headers.insert(X_GATEWAY_FORWARDED, TRUE.clone());
         if let Some(ip) = self.original_ip {
             headers.insert(X_ORIGINAL_IP, ip);
@@ -297,11 +332,15 @@ impl Forwarding {
 /// ([`remove_connection_options`]), so that nothing the gateway set since
 /// goes with them. `X-Forwarded-For` extends the client's list with `peer`;
 /// `X-Forwarded-Host` is the original host (the `Host` header, else
-/// `uri_host`).
+/// `uri_host`). A request that came over TLS (`tls`, the request's
+/// [`TlsConnection`] extension) is forwarded as `https` with the TLS
+/// listener's port (the client's `X-Forwarded-Port` removed); a client's
+/// `X-Forwarded-Proto` is never believed, whoever sent it.
 pub fn forwarding(
     headers: &mut HeaderMap,
     peer: &HeaderValue,
     uri_host: Option<&str>,
+    tls: Option<&TlsConnection>,
 ) -> Forwarding {
     let present = scan(headers);
     remove_listed_hop_by_hop(headers, present);
@@ -331,10 +370,14 @@ pub fn forwarding(
     // Set beforehand to the resolved client address (trusted proxies); a
     // client's own copy was removed on arrival.
     let original_ip = (present & ORIGINAL_IP_BIT == 0).then(|| peer.clone());
+    if tls.is_some() {
+        headers.remove(X_FORWARDED_PORT);
+    }
     Forwarding {
         forwarded_for,
         forwarded_host,
         original_ip,
+        tls: tls.cloned(),
     }
 }
 
@@ -414,7 +457,16 @@ mod tests {
     /// The head an upstream would see: what is left of `h` after
     /// [`forwarding`], plus the fields, none of them present twice.
     fn sent(h: &mut HeaderMap, peer: &HeaderValue, uri_host: Option<&str>) -> HeaderMap {
-        let forwarding = forwarding(h, peer, uri_host);
+        sent_over(h, peer, uri_host, None)
+    }
+
+    fn sent_over(
+        h: &mut HeaderMap,
+        peer: &HeaderValue,
+        uri_host: Option<&str>,
+        tls: Option<&TlsConnection>,
+    ) -> HeaderMap {
+        let forwarding = forwarding(h, peer, uri_host, tls);
         let host = HeaderValue::from_static("10.0.0.1:80");
         let deadline = HeaderValue::from_static("250");
         let mut seen = h.clone();
@@ -476,11 +528,48 @@ mod tests {
         let peer = peer_value("10.1.2.3".parse().unwrap());
         let mut h = HeaderMap::new();
         h.insert(HOST, HeaderValue::from_static("api.example.com"));
-        forwarding(&mut h, &peer, None).insert_into(&mut h);
+        forwarding(&mut h, &peer, None, None).insert_into(&mut h);
         assert!(!h.contains_key(HOST));
         assert_eq!(h[X_FORWARDED_FOR], "10.1.2.3");
         assert_eq!(h[X_FORWARDED_HOST], "api.example.com");
         assert_eq!(h["x-gateway-forwarded"], "true");
         assert_eq!(h["x-original-ip"], "10.1.2.3");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert!(!h.contains_key(X_FORWARDED_PORT));
+
+        let tls = TlsConnection::new(8443, Some(HeaderValue::from_static("CN=p")));
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_PORT, HeaderValue::from_static("1"));
+        forwarding(&mut h, &peer, None, Some(&tls)).insert_into(&mut h);
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_PORT], "8443");
+        assert_eq!(h[X_CLIENT_CERT_SUBJECT], "CN=p");
+    }
+
+    #[test]
+    fn requests_over_tls_are_forwarded_as_https_with_the_listener_port() {
+        let peer = peer_value("10.1.2.3".parse().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        h.insert(X_FORWARDED_PORT, HeaderValue::from_static("80"));
+        let tls = TlsConnection::new(8443, None);
+        let seen = sent_over(&mut h, &peer, None, Some(&tls));
+        assert_eq!(seen[X_FORWARDED_PROTO], "https");
+        assert_eq!(seen[X_FORWARDED_PORT], "8443");
+        assert_eq!(seen.get_all(X_FORWARDED_PORT).iter().count(), 1);
+        assert!(!seen.contains_key(X_CLIENT_CERT_SUBJECT));
+
+        let subject = HeaderValue::from_static("CN=partner,O=Acme");
+        let tls = TlsConnection::new(443, Some(subject));
+        let seen = sent_over(&mut HeaderMap::new(), &peer, None, Some(&tls));
+        assert_eq!(seen[X_FORWARDED_PORT], "443");
+        assert_eq!(seen[X_CLIENT_CERT_SUBJECT], "CN=partner,O=Acme");
+
+        // A plain request keeps the client's port header, as before.
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_PORT, HeaderValue::from_static("80"));
+        let seen = sent(&mut h, &peer, None);
+        assert_eq!(seen[X_FORWARDED_PROTO], "http");
+        assert_eq!(seen[X_FORWARDED_PORT], "80");
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod edge;
 pub mod headers;
 pub mod ops;
@@ -43,6 +44,7 @@ use tokio::task::JoinHandle;
 #[derive(Debug)]
 pub struct DataPlane {
     listen_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     admin_addr: SocketAddr,
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
@@ -78,6 +80,19 @@ impl DataPlane {
                 Some(cache)
             }
             _ => None,
+        };
+        // The certificates are checked before anything listens: a data
+        // plane that cannot serve HTTPS as asked does not start.
+        let tls = match settings.tls.clone() {
+            Some(tls) => {
+                let edge = edge::tls::TlsEdge::load(tls, metrics.tls.clone())
+                    .context("refusing to start: the HTTPS listener cannot be set up")?;
+                let addr = edge.settings().listen;
+                let listener =
+                    bind(addr).with_context(|| format!("cannot listen on {addr} (HTTPS)"))?;
+                Some((edge, listener))
+            }
+            None => None,
         };
         let listener = bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -141,15 +156,42 @@ impl DataPlane {
                 .with_rate_limiter(limiter)
                 .with_access_log(access_log::AccessLog::new(settings.access_log)),
         );
-        let proxy = tokio::spawn(server::serve(
+        let timeouts = server::Timeouts {
+            grace: settings.shutdown_grace,
+            header_read: settings.header_read_timeout,
+        };
+        let mut background = Vec::new();
+        let mut tls_addr = None;
+        let plain = tokio::spawn(server::serve(
             listener,
-            proxy,
+            edge::transport::Plain,
+            proxy.clone(),
             stop_rx.clone(),
-            server::Timeouts {
-                grace: settings.shutdown_grace,
-                header_read: settings.header_read_timeout,
-            },
+            timeouts,
         ));
+        let proxy = match tls {
+            None => plain,
+            Some((edge, listener)) => {
+                let addr = listener.local_addr()?;
+                tls_addr = Some(addr);
+                let handshake = edge.handshake(addr.port());
+                let (reloader, every) = edge.into_reloader();
+                background.push(tokio::spawn(reloader.run(every, stop_rx.clone())));
+                let secure = tokio::spawn(server::serve(
+                    listener,
+                    handshake,
+                    proxy,
+                    stop_rx.clone(),
+                    timeouts,
+                ));
+                // Both listeners drain on shutdown; the data plane has
+                // stopped once both have.
+                tokio::spawn(async move {
+                    let _ = plain.await;
+                    let _ = secure.await;
+                })
+            }
+        };
         let (admin_stop, admin_stop_rx) = tokio::sync::watch::channel(false);
         let admin = tokio::spawn(serve_admin(
             admin_listener,
@@ -162,7 +204,6 @@ impl DataPlane {
             },
             admin_stop_rx,
         ));
-        let mut background = Vec::new();
         match &settings.config_file {
             Some(path) => {
                 background.push(tokio::spawn(reload_on_sighup(
@@ -205,9 +246,10 @@ impl DataPlane {
                 )));
             }
         }
-        tracing::info!(%listen_addr, %admin_addr, node_id = %settings.node_id, "data plane listening");
+        tracing::info!(%listen_addr, tls_addr = ?tls_addr, %admin_addr, node_id = %settings.node_id, "data plane listening");
         Ok(DataPlane {
             listen_addr,
+            tls_addr,
             admin_addr,
             runtime,
             metrics,
@@ -222,6 +264,11 @@ impl DataPlane {
     /// The bound public address.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen_addr
+    }
+
+    /// The bound HTTPS address, when an HTTPS listener is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The bound admin address.

@@ -95,6 +95,8 @@ pub struct Settings {
     /// Time a starting data plane serving its cached config waits for a
     /// control plane before it reports ready (`GW_CONFIG_CACHE_GRACE`).
     pub config_cache_grace: Duration,
+    /// The HTTPS listener (`GW_TLS_*`); `None`: plain HTTP only.
+    pub tls: Option<crate::edge::tls::TlsSettings>,
 }
 
 impl Default for Settings {
@@ -120,6 +122,7 @@ impl Default for Settings {
             access_log: true,
             config_cache: None,
             config_cache_grace: crate::config::cache::DEFAULT_GRACE,
+            tls: None,
         }
     }
 }
@@ -170,6 +173,9 @@ pub enum SettingsError {
     /// `JWT_REFRESH_SECRET` is set but cannot be used.
     #[error("{0}")]
     BadRefreshSettings(String),
+    /// The HTTPS listener's flags do not go together.
+    #[error("{0}")]
+    BadTls(String),
 }
 
 /// Refuses a `JWT_SECRET` shorter than [`MIN_JWT_SECRET_BYTES`]; unset is fine.
@@ -222,6 +228,59 @@ pub fn check_session(
         return bad("GW_AUTH_REFRESH_PATH and GW_AUTH_LOGOUT_PATH must differ".into());
     }
     Ok(())
+}
+
+/// The HTTPS listener's settings from its flags: `None` without
+/// `listen`; certificates and keys paired in order, as many of each, and
+/// none of them without a listener.
+pub fn tls_settings(
+    listen: Option<SocketAddr>,
+    certs: &[PathBuf],
+    keys: &[PathBuf],
+    client_ca: Option<PathBuf>,
+    handshake_timeout: Duration,
+    reload_interval: Duration,
+) -> Result<Option<crate::edge::tls::TlsSettings>, SettingsError> {
+    let bad = |m: &str| Err(SettingsError::BadTls(m.to_string()));
+    let given = |paths: &[PathBuf]| paths.iter().any(|p| !p.as_os_str().is_empty());
+    let Some(listen) = listen else {
+        if given(certs) || given(keys) || client_ca.is_some() {
+            return bad(
+                "GW_TLS_CERT, GW_TLS_KEY and GW_TLS_CLIENT_CA need GW_TLS_LISTEN (--tls-listen)",
+            );
+        }
+        return Ok(None);
+    };
+    if certs.is_empty() || keys.is_empty() {
+        return bad("GW_TLS_LISTEN needs a certificate and its key: set GW_TLS_CERT and GW_TLS_KEY (--tls-cert, --tls-key)");
+    }
+    if certs.len() != keys.len() {
+        return Err(SettingsError::BadTls(format!(
+            "GW_TLS_CERT names {} certificate file(s) and GW_TLS_KEY {} key file(s); give one key per certificate, in the same order",
+            certs.len(),
+            keys.len()
+        )));
+    }
+    if certs.iter().chain(keys).any(|p| p.as_os_str().is_empty()) {
+        return bad("GW_TLS_CERT and GW_TLS_KEY hold an empty file name");
+    }
+    if handshake_timeout.is_zero() || reload_interval.is_zero() {
+        return bad("GW_TLS_HANDSHAKE_TIMEOUT and GW_TLS_RELOAD_INTERVAL must be longer than zero");
+    }
+    Ok(Some(crate::edge::tls::TlsSettings {
+        listen,
+        certs: certs
+            .iter()
+            .zip(keys)
+            .map(|(cert, key)| crate::edge::tls::CertPaths {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .collect(),
+        client_ca,
+        handshake_timeout,
+        reload_interval,
+    }))
 }
 
 /// The config cache directory of `--config-cache`: `off` or an empty

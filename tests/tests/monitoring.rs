@@ -6,7 +6,7 @@
 //! metrics, the control plane's RPC latency and its propagation histogram.
 
 use gateway_tests::cluster::{
-    start_test, wait_until, ControlPlaneProc, DataPlaneProc, Tokens, Upstream,
+    start_test, wait_until, write_temp_file, ControlPlaneProc, DataPlaneProc, Tokens, Upstream,
 };
 use gateway_tests::http;
 use gateway_tests::promql::metric_names;
@@ -223,7 +223,22 @@ fn every_metric_of_the_alerts_and_the_dashboard_is_exported() {
     let tokens = Tokens::random();
     let cp = ControlPlaneProc::start("cp-monitoring", Some(&redis.url()), &tokens);
     let upstream = Upstream::start("monitoring");
-    let mut dp = DataPlaneProc::start("dp-monitoring", &cp.url(), Some(&redis.url()));
+    // With an HTTPS listener, so that its certificate-expiry gauge (read by an
+    // alert) has a sample.
+    let tls = rcgen::generate_simple_self_signed(vec!["monitoring.test".to_string()]).unwrap();
+    let cert = write_temp_file("monitoring.crt", &tls.cert.pem());
+    let key = write_temp_file("monitoring.key", &tls.key_pair.serialize_pem());
+    let tls_listen = format!("127.0.0.1:{}", gateway_tests::free_port());
+    let mut dp = DataPlaneProc::start_with_env(
+        "dp-monitoring",
+        &cp.url(),
+        Some(&redis.url()),
+        &[
+            ("GW_TLS_LISTEN", tls_listen.as_str()),
+            ("GW_TLS_CERT", &cert.to_string_lossy()),
+            ("GW_TLS_KEY", &key.to_string_lossy()),
+        ],
+    );
     // The config goes out after the data plane's session opened, so that its
     // ACK is a propagation the control plane times.
     wait_until(
@@ -256,7 +271,7 @@ fn every_metric_of_the_alerts_and_the_dashboard_is_exported() {
 
     let alerts = alert_expressions();
     let panels = dashboard_expressions();
-    assert!(alerts.len() >= 9, "{alerts:?}");
+    assert!(alerts.len() >= 10, "{alerts:?}");
     assert!(panels.len() >= 20, "{panels:?}");
     let mut absent = missing(&alerts, &exported);
     absent.extend(missing(&panels, &exported));

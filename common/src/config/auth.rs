@@ -1,6 +1,6 @@
 //! Access-token authentication of a route: public paths, API keys,
-//! required permissions and the lookup services (venue access, user
-//! details) asked before forwarding, with their checks.
+//! client certificates, required permissions and the lookup services
+//! (venue access, user details) asked before forwarding, with their checks.
 
 use super::shared::default_true;
 use crate::aggregation::route_params;
@@ -25,6 +25,13 @@ pub struct AuthConfig {
     /// The key's tenant and scopes become the identity headers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub api_keys: bool,
+    /// Whether a client certificate, verified by the data plane's HTTPS
+    /// listener against its client CA, is required on every request of
+    /// the route, public paths included (default `off`). Independent of
+    /// the token: `required: false` makes the certificate the only
+    /// credential.
+    #[serde(default, skip_serializing_if = "ClientCert::is_off")]
+    pub client_cert: ClientCert,
     /// Permission (`resource:action`) the caller needs on every method of
     /// the route, granted by its role (or the token's `permissions` claim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,6 +63,25 @@ pub struct AuthConfig {
         skip_serializing_if = "is_default_user_lookup"
     )]
     pub user_lookup: LookupConfig,
+}
+
+/// A route's client-certificate requirement (`auth.client_cert`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCert {
+    /// Not required (the default).
+    #[default]
+    Off,
+    /// A verified client certificate is required: requests without one are
+    /// refused with 403 `CLIENT_CERTIFICATE_REQUIRED`.
+    Required,
+}
+
+impl ClientCert {
+    /// Whether no certificate is required.
+    pub fn is_off(&self) -> bool {
+        *self == ClientCert::Off
+    }
 }
 
 /// A service the gateway asks before forwarding (venue access, user
@@ -407,6 +433,45 @@ routes:
         assert!(
             errors.contains("routes[0].auth.api_keys: only meaningful when required is true"),
             "{errors}"
+        );
+    }
+
+    #[test]
+    fn client_cert_parses_round_trips_and_is_checked() {
+        let doc = r#"
+version: 1
+services: [ { name: api } ]
+routes:
+  - { name: partner, match: { path_prefix: /partner }, service: api, auth: { required: false, client_cert: required } }
+  - { name: both, match: { path_prefix: /both }, service: api, auth: { client_cert: required } }
+  - { name: plain, match: { path_prefix: /plain }, service: api, auth: { client_cert: "off" } }
+"#;
+        let config = GatewayConfig::load(doc.as_bytes()).unwrap();
+        let auth = |i: usize| config.routes[i].auth.clone().unwrap();
+        assert_eq!(auth(0).client_cert, ClientCert::Required);
+        assert!(!auth(0).required);
+        assert!(auth(1).required);
+        assert_eq!(auth(2).client_cert, ClientCert::Off);
+        let json = config.to_json();
+        assert_eq!(json.matches("client_cert").count(), 2, "{json}");
+        assert_eq!(GatewayConfig::from_json(&json).unwrap(), config);
+        // A changed requirement is a changed route.
+        let mut changed = config.clone();
+        if let Some(auth) = changed.routes[2].auth.as_mut() {
+            auth.client_cert = ClientCert::Required;
+        }
+        let diff: Vec<String> = config
+            .diff(&changed)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(diff, vec!["route plain changed"]);
+        let bad = GatewayConfig::load(
+            b"version: 1\nservices: [{name: a}]\nroutes: [{name: r, match: {path_prefix: /r}, service: a, auth: {client_cert: optional}}]\n",
+        );
+        assert!(
+            matches!(&bad, Err(ConfigError::Parse(e)) if e.contains("client_cert") || e.contains("optional")),
+            "{bad:?}"
         );
     }
 

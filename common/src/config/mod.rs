@@ -36,7 +36,7 @@ mod tests;
 pub use crate::aggregation::{AggregateConfig, SourceConfig, SplitByTime, TimeSide};
 pub use auth::{
     check_public_path, check_route_permission, default_user_lookup, default_venue_access,
-    AuthConfig, LookupConfig, MAX_PUBLIC_PATH_LEN,
+    AuthConfig, ClientCert, LookupConfig, MAX_PUBLIC_PATH_LEN,
 };
 pub use breaker::BreakerConfig;
 pub use cache::{

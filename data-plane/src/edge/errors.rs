@@ -79,6 +79,10 @@ pub enum GatewayError {
     /// Credentials cannot be checked right now (signing keys not loaded,
     /// a signature secret missing on this data plane).
     AuthUnavailable,
+    /// A route that requires a client certificate, reached without one the
+    /// HTTPS listener verified (403: the credential belongs to the TLS
+    /// handshake, no HTTP authentication scheme can offer it).
+    ClientCertificateRequired,
 }
 
 impl GatewayError {
@@ -104,7 +108,7 @@ impl GatewayError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidJson => StatusCode::BAD_REQUEST,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::ClientCertificateRequired => StatusCode::FORBIDDEN,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway | Self::AggregateSourceFailed => StatusCode::BAD_GATEWAY,
             Self::WebhookNotDelivered => StatusCode::INTERNAL_SERVER_ERROR,
@@ -141,6 +145,7 @@ impl GatewayError {
             Self::Forbidden => "AUTHORIZATION_ERROR",
             Self::AuthorizationUnavailable => "SERVICE_UNAVAILABLE",
             Self::AuthUnavailable => "AUTHENTICATION_UNAVAILABLE",
+            Self::ClientCertificateRequired => "CLIENT_CERTIFICATE_REQUIRED",
         }
     }
 

@@ -1,7 +1,7 @@
 //! The client side of the gateway: the accept and serve loop, connection
-//! settings, request framing and screening, the client's address, request
-//! ids, the gateway's own error responses and the graceful shutdown. It
-//! knows nothing of routes or their policies.
+//! settings, TLS on the HTTPS listener, request framing and screening, the
+//! client's address, request ids, the gateway's own error responses and
+//! the graceful shutdown. It knows nothing of routes or their policies.
 
 pub mod errors;
 pub mod forwarded;
@@ -12,3 +12,5 @@ pub mod screen;
 pub mod security;
 pub mod server;
 pub mod shutdown;
+pub mod tls;
+pub mod transport;

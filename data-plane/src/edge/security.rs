@@ -12,13 +12,15 @@ pub use crate::headers::{X_GATEWAY_FORWARDED, X_ORIGINAL_IP};
 
 /// Request headers that only the gateway may set: a client's copies are
 /// removed before anything else looks at the request (the seed's blocked
-/// list, the identity headers, and every `x-internal-*`).
+/// list, the identity headers, the verified client certificate's subject,
+/// and every `x-internal-*`).
 ///
 /// The lists are statics: iterating a `const` array of header names builds
 /// and drops a copy of it each time.
-static CLIENT_FORBIDDEN: [HeaderName; 5] = [
+static CLIENT_FORBIDDEN: [HeaderName; 6] = [
     X_GATEWAY_FORWARDED,
     X_ORIGINAL_IP,
+    crate::headers::X_CLIENT_CERT_SUBJECT,
     HeaderName::from_static("x-admin-token"),
     HeaderName::from_static("x-privileged"),
     HeaderName::from_static("x-real-ip"),
@@ -26,10 +28,11 @@ static CLIENT_FORBIDDEN: [HeaderName; 5] = [
 
 /// Headers the gateway sets on what it forwards, in place of a client's
 /// copies: their spellings with `_` are dropped on every route.
-static SET_BY_GATEWAY: [HeaderName; 5] = [
+static SET_BY_GATEWAY: [HeaderName; 6] = [
     crate::headers::X_FORWARDED_FOR,
     crate::headers::X_FORWARDED_PROTO,
     crate::headers::X_FORWARDED_HOST,
+    crate::headers::X_FORWARDED_PORT,
     crate::upstream::deadline::DEADLINE_HEADER,
     crate::edge::errors::X_REQUEST_ID,
 ];

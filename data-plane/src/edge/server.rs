@@ -1,8 +1,11 @@
-//! The public listener: accepts connections, serves each with the proxy
-//! stack over HTTP/1.1 keep-alive, and drains on shutdown.
+//! The public listeners: accept connections, serve each with the proxy
+//! stack over HTTP/1.1 keep-alive, and drain on shutdown. One loop serves
+//! the plain listener and the HTTPS one, generic over the connection's
+//! [`Handshake`] (`edge/transport.rs`).
 
 use crate::edge::framing::{FramingWatch, Watched};
 use crate::edge::request_id::{InFlightLayer, RequestIdLayer};
+use crate::edge::transport::{Attached, Handshake};
 use crate::headers::peer_value;
 use crate::proxy::{self, Proxy};
 use hyper::server::conn::http1;
@@ -26,9 +29,12 @@ pub struct Timeouts {
 }
 
 /// Serves `listener` until `shutdown` turns true, then stops accepting and
-/// gives open connections `timeouts.grace` to finish their requests.
-pub async fn serve(
+/// gives open connections `timeouts.grace` to finish their requests. Each
+/// accepted connection goes through `handshake` (in its own task) before
+/// HTTP is served on it.
+pub async fn serve<H: Handshake>(
     listener: TcpListener,
+    handshake: H,
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
     timeouts: Timeouts,
@@ -42,6 +48,7 @@ pub async fn serve(
         .header_read_timeout(header_read)
         .max_header_size(crate::settings::MAX_REQUEST_HEAD_BYTES)
         .keep_alive(true);
+    let http = Arc::new(http);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let in_flight = proxy.metrics().in_flight.clone();
@@ -51,18 +58,24 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let framing = FramingWatch::new();
-                    let service = ServiceBuilder::new()
-                        .layer(RequestIdLayer)
-                        .layer(InFlightLayer::new(in_flight.clone()))
-                        .service(proxy::service(proxy.clone(), peer_value(peer.ip()), framing.clone()));
-                    let stream = TokioIo::new(Watched::new(stream, framing));
-                    let conn = http.serve_connection(stream, TowerToHyperService::new(service));
-                    let conn = graceful.watch(conn);
                     let open = ConnectionGauge::open(&open_connections);
+                    let ready = handshake.handshake(stream);
+                    let watcher = graceful.watcher();
+                    let (http, proxy, in_flight) = (http.clone(), proxy.clone(), in_flight.clone());
                     connections.spawn(async move {
                         let _open = open;
-                        if let Err(e) = conn.await {
+                        let Some((stream, facts)) = ready.await else { return };
+                        let framing = FramingWatch::new();
+                        let service = ServiceBuilder::new()
+                            .layer(RequestIdLayer)
+                            .layer(InFlightLayer::new(in_flight))
+                            .service(Attached::new(
+                                proxy::service(proxy, peer_value(peer.ip()), framing.clone()),
+                                facts,
+                            ));
+                        let stream = TokioIo::new(Watched::new(stream, framing));
+                        let conn = http.serve_connection(stream, TowerToHyperService::new(service));
+                        if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
                     });

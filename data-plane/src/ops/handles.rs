@@ -86,3 +86,124 @@ impl RateLimitMetrics {
             .get()
     }
 }
+
+/// Labels of `gateway_tls_handshake_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeFailureLabels {
+    /// Why the handshake failed (a small fixed set, see `edge::tls`).
+    pub reason: &'static str,
+}
+
+/// Labels of `gateway_tls_certificate_expiry_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// The certificate's first DNS name, else its file name.
+    pub name: String,
+}
+
+/// A certificate the HTTPS listener serves, as the health report shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedCertificate {
+    /// The certificate's first DNS name, else its file name.
+    pub name: String,
+    /// Its notAfter.
+    pub not_after: std::time::SystemTime,
+}
+
+/// Metrics and state of the HTTPS listener.
+#[derive(Debug, Clone, Default)]
+pub struct TlsMetrics {
+    /// Handshakes completed.
+    pub handshakes: Counter,
+    failures: Family<HandshakeFailureLabels, Counter>,
+    expiry: Family<CertificateLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    served: Arc<parking_lot::RwLock<Vec<ServedCertificate>>>,
+    /// Whether an HTTPS listener is configured.
+    enabled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TlsMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes completed on the HTTPS listener",
+            metrics.handshakes.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed on the HTTPS listener, by reason",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_seconds",
+            "Seconds until the notAfter of each certificate the HTTPS listener serves (negative once expired)",
+            metrics.expiry.clone(),
+        );
+        metrics
+    }
+
+    /// Marks the HTTPS listener as configured and makes the failure
+    /// series of `reasons` exist at zero.
+    pub fn enable(&self, reasons: &[&'static str]) {
+        self.enabled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for reason in reasons {
+            let _ = self
+                .failures
+                .get_or_create(&HandshakeFailureLabels { reason });
+        }
+    }
+
+    /// Whether an HTTPS listener is configured.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts one failed handshake.
+    pub fn failed(&self, reason: &'static str) {
+        self.failures
+            .get_or_create(&HandshakeFailureLabels { reason })
+            .inc();
+    }
+
+    /// Failed handshakes counted for `reason`.
+    pub fn failures(&self, reason: &'static str) -> u64 {
+        self.failures
+            .get_or_create(&HandshakeFailureLabels { reason })
+            .get()
+    }
+
+    /// Records the certificates served now: their expiry gauges (seconds
+    /// from `now`), with the series of certificates no longer served
+    /// removed.
+    pub fn serve(&self, certificates: Vec<ServedCertificate>, now: std::time::SystemTime) {
+        let mut served = self.served.write();
+        for gone in served
+            .iter()
+            .filter(|old| !certificates.iter().any(|c| c.name == old.name))
+        {
+            self.expiry.remove(&CertificateLabels {
+                name: gone.name.clone(),
+            });
+        }
+        for cert in &certificates {
+            let left = match cert.not_after.duration_since(now) {
+                Ok(left) => left.as_secs_f64(),
+                Err(past) => -past.duration().as_secs_f64(),
+            };
+            self.expiry
+                .get_or_create(&CertificateLabels {
+                    name: cert.name.clone(),
+                })
+                .set(left.floor());
+        }
+        *served = certificates;
+    }
+
+    /// The certificates served now.
+    pub fn served(&self) -> Vec<ServedCertificate> {
+        self.served.read().clone()
+    }
+}

@@ -7,8 +7,9 @@
 //! * `degraded` (HTTP 200): it serves, but something is missing: Redis is
 //!   configured and not answering (rate limits and the cache run locally),
 //!   the control plane is disconnected (the last config keeps serving), the
-//!   config cache cannot be written, or some services have no routable
-//!   instance.
+//!   config cache cannot be written, some services have no routable
+//!   instance, or a certificate the HTTPS listener serves expires within
+//!   [`CERTIFICATE_WARNING`] (or has expired).
 //! * `ok` (HTTP 200): none of the above.
 //!
 //! Liveness (`/health/live`) and readiness (`/health/ready`) stay separate
@@ -23,7 +24,10 @@ use crate::shared_state::SharedState;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+/// A served certificate closer than this to its notAfter is warned about.
+pub const CERTIFICATE_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
 /// Overall or per-check status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -66,6 +70,8 @@ pub struct Checks {
     pub control_plane: ControlPlaneCheck,
     /// The config cache on local disk.
     pub config_cache: CacheCheck,
+    /// The certificates of the HTTPS listener.
+    pub tls: TlsCheck,
     /// Each service of the config applied.
     pub services: BTreeMap<String, ServiceCheck>,
 }
@@ -119,6 +125,81 @@ pub struct CacheCheck {
     /// Why the last write failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// The certificates the HTTPS listener serves.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsCheck {
+    /// `ok`, `degraded` (one expires within 14 days), `error` (one has
+    /// expired) or `not_configured` (no HTTPS listener).
+    pub status: Status,
+    /// Each certificate served.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateCheck>,
+    /// What is wrong, for people.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// One served certificate's expiry.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateCheck {
+    /// Its first DNS name, else its file name.
+    pub name: String,
+    /// Its notAfter (RFC 3339, UTC).
+    pub not_after: String,
+    /// Seconds until then (negative once expired).
+    pub expires_in_seconds: i64,
+}
+
+/// The TLS check of the certificates `served` at `now`, or `None` when no
+/// HTTPS listener is configured.
+pub fn tls_check(
+    served: Option<Vec<crate::ops::handles::ServedCertificate>>,
+    now: SystemTime,
+) -> TlsCheck {
+    let Some(served) = served else {
+        return TlsCheck {
+            status: Status::NotConfigured,
+            certificates: Vec::new(),
+            warning: None,
+        };
+    };
+    let mut status = Status::Ok;
+    let mut warnings = Vec::new();
+    let certificates = served
+        .into_iter()
+        .map(|cert| {
+            let left = match cert.not_after.duration_since(now) {
+                Ok(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                Err(past) => -i64::try_from(past.duration().as_secs()).unwrap_or(i64::MAX),
+            };
+            if left <= 0 {
+                status = Status::Error;
+                warnings.push(format!("certificate {} has expired", cert.name));
+            } else if left < CERTIFICATE_WARNING.as_secs() as i64 {
+                if status == Status::Ok {
+                    status = Status::Degraded;
+                }
+                warnings.push(format!(
+                    "certificate {} expires in {} day(s)",
+                    cert.name,
+                    left / 86_400
+                ));
+            }
+            CertificateCheck {
+                name: cert.name,
+                not_after: iso8601(cert.not_after),
+                expires_in_seconds: left,
+            }
+        })
+        .collect();
+    TlsCheck {
+        status,
+        certificates,
+        warning: (!warnings.is_empty()).then(|| warnings.join("; ")),
+    }
 }
 
 /// Routable instances of one service.
@@ -201,6 +282,13 @@ impl HealthSources {
                 }),
             },
             config_cache: self.cache_check(cache),
+            tls: tls_check(
+                self.metrics
+                    .tls
+                    .enabled()
+                    .then(|| self.metrics.tls.served()),
+                SystemTime::now(),
+            ),
             services,
         };
         HealthReport {
@@ -275,6 +363,7 @@ fn overall(stopping: bool, ready: bool, checks: &Checks) -> Status {
     if checks.redis.status == Status::Error
         || checks.control_plane.status == Status::Error
         || checks.config_cache.status == Status::Error
+        || matches!(checks.tls.status, Status::Degraded | Status::Error)
         || routable < checks.services.len()
     {
         return Status::Degraded;
@@ -311,6 +400,7 @@ mod tests {
                 written_at: None,
                 error: None,
             },
+            tls: tls_check(None, SystemTime::now()),
             services: services
                 .iter()
                 .enumerate()
@@ -359,6 +449,46 @@ mod tests {
         assert_eq!(overall(true, true, &c), Status::Error);
         let c = checks(Status::Ok, Status::Ok, &[0, 0]);
         assert_eq!(overall(false, true, &c), Status::Error);
+    }
+
+    #[test]
+    fn certificates_close_to_expiry_are_warned_about() {
+        use crate::ops::handles::ServedCertificate;
+        let now = SystemTime::now();
+        let cert = |name: &str, days: i64| ServedCertificate {
+            name: name.into(),
+            not_after: if days >= 0 {
+                now + Duration::from_secs(days as u64 * 86_400)
+            } else {
+                now - Duration::from_secs(days.unsigned_abs() * 86_400)
+            },
+        };
+        let fine = tls_check(Some(vec![cert("a.test", 90)]), now);
+        assert_eq!(fine.status, Status::Ok);
+        assert!(fine.warning.is_none());
+        assert_eq!(fine.certificates[0].expires_in_seconds, 90 * 86_400);
+        let soon = tls_check(Some(vec![cert("a.test", 90), cert("b.test", 13)]), now);
+        assert_eq!(soon.status, Status::Degraded);
+        assert_eq!(
+            soon.warning.as_deref(),
+            Some("certificate b.test expires in 13 day(s)")
+        );
+        let gone = tls_check(Some(vec![cert("b.test", 13), cert("c.test", -1)]), now);
+        assert_eq!(gone.status, Status::Error);
+        assert!(gone
+            .warning
+            .unwrap()
+            .contains("certificate c.test has expired"));
+        let mut c = checks(Status::Ok, Status::Ok, &[1]);
+        c.tls = soon;
+        assert_eq!(overall(false, true, &c), Status::Degraded);
+        let json = serde_json::to_value(&c.tls).unwrap();
+        assert_eq!(json["certificates"][1]["name"], "b.test");
+        assert!(json["certificates"][1]["notAfter"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z'));
+        assert_eq!(tls_check(None, now).status, Status::NotConfigured);
     }
 
     #[test]

@@ -274,6 +274,8 @@ pub struct Metrics {
     pub config_cache_writes: Family<ResultLabels, Counter>,
     /// Rate-limit rejections and mode.
     pub ratelimit: crate::ops::handles::RateLimitMetrics,
+    /// The HTTPS listener's handshakes and certificates.
+    pub tls: crate::ops::handles::TlsMetrics,
     unmatched: Arc<RouteMetrics>,
     cache_requests: Family<CacheLabels, Counter>,
     /// Redis calls of the response cache that failed or timed out.
@@ -444,6 +446,7 @@ impl Metrics {
             cache_redis_errors.clone(),
         );
         let ratelimit = crate::ops::handles::RateLimitMetrics::register(registry);
+        let tls = crate::ops::handles::TlsMetrics::register(registry);
         gateway_common::metrics::register_common(&mut root, "gateway");
         let empty = Arc::new(String::new());
         let unmatched = Arc::new(RouteMetrics::build(
@@ -478,6 +481,7 @@ impl Metrics {
             config_source,
             config_cache_writes,
             ratelimit,
+            tls,
             unmatched,
             cache_requests,
             cache_redis_errors,

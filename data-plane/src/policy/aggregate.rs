@@ -174,7 +174,8 @@ impl Aggregate {
         let now = SystemTime::now();
         let deadline = Deadline::new(Instant::from_std(start), timeout, req.headers());
         let params = self.params(req.uri().path());
-        let headers = source_headers(req.headers(), peer);
+        let tls = crate::connection::TlsConnection::of(req);
+        let headers = source_headers(req.headers(), peer, tls);
         let mut calls: FuturesUnordered<_> = self
             .sources
             .iter()
@@ -443,12 +444,16 @@ fn timestamp_ms(value: &Value) -> Option<i128> {
 /// identity as set by authentication, `X-Request-ID`, `traceparent`, ...)
 /// with the forwarding headers, minus those describing the client's body
 /// or asking for a partial or encoded answer.
-fn source_headers(client: &HeaderMap, peer: &HeaderValue) -> HeaderMap {
+fn source_headers(
+    client: &HeaderMap,
+    peer: &HeaderValue,
+    tls: Option<&crate::connection::TlsConnection>,
+) -> HeaderMap {
     let mut headers = client.clone();
     for name in &NOT_FORWARDED {
         headers.remove(name);
     }
-    headers::forwarding(&mut headers, peer, None).insert_into(&mut headers);
+    headers::forwarding(&mut headers, peer, None, tls).insert_into(&mut headers);
     headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
     headers
 }
@@ -615,7 +620,7 @@ mod tests {
         client.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         client.insert(IF_NONE_MATCH, HeaderValue::from_static("\"x\""));
         client.insert("connection", HeaderValue::from_static("keep-alive"));
-        let h = source_headers(&client, &HeaderValue::from_static("10.0.0.1"));
+        let h = source_headers(&client, &HeaderValue::from_static("10.0.0.1"), None);
         assert_eq!(h["x-user-id"], "u1");
         assert_eq!(h["traceparent"], "00-abc-def-01");
         assert_eq!(h[ACCEPT], "application/json");

@@ -7,6 +7,7 @@ pub mod aggregate;
 pub mod auth;
 pub mod authorization;
 pub mod cache;
+pub mod client_cert;
 pub mod cors;
 pub mod pipeline;
 pub mod ratelimit;

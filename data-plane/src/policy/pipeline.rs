@@ -6,6 +6,7 @@ use crate::edge::security::PublicPaths;
 use crate::policy::aggregate::Aggregate;
 use crate::policy::authorization::RouteAuthz;
 use crate::policy::cache::{CacheCounters, RouteCache};
+use crate::policy::client_cert::ClientCertRequired;
 use crate::policy::cors::Cors;
 use crate::policy::ratelimit::RouteLimit;
 use crate::policy::signature::RouteSignature;
@@ -20,6 +21,8 @@ use std::time::Duration;
 pub struct Pipeline {
     /// Access-token policy, when the route has one that requires a token.
     pub auth: Option<RouteAuth>,
+    /// Client-certificate requirement, when the route has one.
+    pub client_cert: Option<ClientCertRequired>,
     /// CORS policy answered by the gateway, when the route has one.
     pub cors: Option<Cors>,
     /// The sources of an aggregate route (answered by the gateway, never
@@ -69,6 +72,7 @@ impl Pipeline {
                     api_keys: a.api_keys,
                     authz: RouteAuthz::from_config(route, a),
                 }),
+            client_cert: ClientCertRequired::of(route),
             cors: route.cors.as_ref().map(Cors::from_config),
             aggregate,
             webhook: route.webhook.as_ref().map(Webhook::from_config),

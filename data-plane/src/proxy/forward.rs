@@ -4,6 +4,7 @@
 
 use super::Target;
 use crate::config::runtime::RouteRuntime;
+use crate::connection::TlsConnection;
 use crate::edge::errors::GatewayError;
 use crate::headers;
 use crate::ops::access_log;
@@ -97,7 +98,8 @@ pub(super) async fn forward(
                         Err(fault) => return client_fault(fault, &route, request_id),
                     },
                 };
-                let forwarding = headers::forwarding(&mut parts.headers, peer, uri_host);
+                let tls = parts.extensions.get::<TlsConnection>();
+                let forwarding = headers::forwarding(&mut parts.headers, peer, uri_host, tls);
                 let request = Retryable {
                     method: parts.method,
                     uri: parts.uri,
@@ -211,7 +213,8 @@ async fn forward_once(
     deadline: Deadline,
     request_id: Option<&HeaderValue>,
 ) -> Response<ProxyBody> {
-    let forwarding = headers::forwarding(&mut parts.headers, peer, uri_host);
+    let tls = parts.extensions.get::<TlsConnection>();
+    let forwarding = headers::forwarding(&mut parts.headers, peer, uri_host, tls);
     let call = Call {
         service,
         hash,

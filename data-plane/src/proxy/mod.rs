@@ -221,6 +221,13 @@ impl Proxy {
                     .as_ref()
                     .and_then(|_| req.headers().get(ORIGIN).cloned());
                 let mut response = 'answer: {
+                    if let Some(required) = &route.policies.client_cert {
+                        let refused =
+                            required.refuse(&req, &route.name, &client, request_id.as_ref());
+                        if let Some(refused) = refused {
+                            break 'answer refused;
+                        }
+                    }
                     if let Some(auth) = &route.policies.auth {
                         if !auth.public_paths.matches(req.uri().path()) {
                             let caller =
