@@ -188,8 +188,6 @@ mod tests {
             "/c.pem",
             "--tls-key",
             "/k.pem",
-            "--tls-client-ca",
-            "",
             "--redis-ca-file",
             "/ca.pem",
         ])
@@ -197,7 +195,7 @@ mod tests {
         .settings();
         assert_eq!(tls.tls_cert, Some(PathBuf::from("/c.pem")));
         assert_eq!(tls.tls_key, Some(PathBuf::from("/k.pem")));
-        assert_eq!(tls.tls_client_ca, None, "empty means unset");
+        assert_eq!(tls.tls_client_ca, None);
         assert_eq!(tls.redis_tls.ca_file, Some(PathBuf::from("/ca.pem")));
         assert!(Cli::try_parse_from(["control-plane", "--leader-ttl", "soon"]).is_err());
     }
