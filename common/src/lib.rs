@@ -16,6 +16,10 @@
 //!   channel that carries their changes to the data planes.
 //! * [`http_client`]: the HTTP client of the planes' own out-of-band calls
 //!   (JWKS fetches, active health checks).
+//! * [`tls`]: PEM files and trust roots of the gateway's own TLS;
+//!   [`grpc_tls`] the clients' side of the control plane's gRPC port (an
+//!   `https://` URL is TLS or an error); [`redis_client`] the one
+//!   constructor of Redis clients (`redis://` and `rediss://`).
 //! * [`duration`]: human-friendly durations (`250ms`, `5s`, `1m`) in configs.
 //! * [`process`]: a process's default identity (`hostname-pid`) and logging.
 //! * [`metrics`]: `build_info` and the `process_*` metrics of both planes.
@@ -25,24 +29,32 @@ pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod duration;
+pub mod grpc_tls;
 pub mod http_client;
 pub mod metrics;
 pub mod process;
+pub mod redis_client;
 pub mod registration;
 pub mod request_schema;
 pub mod routing;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::{ConfigError, GatewayConfig};
 
-/// An error and its causes on one line, `: `-separated (`a: b: c`): a
-/// client error alone often says only "error sending request".
+/// An error and its causes on one line, `: `-separated (`a: b: c`), a
+/// cause already in the text left out: a client error alone often says only
+/// "error sending request".
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        // Some errors repeat their cause in their own text: said once.
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         source = cause.source();
     }
     text

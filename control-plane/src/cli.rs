@@ -3,7 +3,9 @@
 
 use crate::settings::{default_replica_id, Settings};
 use clap::Parser;
+use gateway_common::redis_client::RedisTls;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use gateway_common::process::LogFormat;
@@ -22,10 +24,38 @@ pub struct Cli {
     #[arg(long, env = "CP_HTTP_ADDR", default_value = "0.0.0.0:9091")]
     pub http_addr: SocketAddr,
 
-    /// Redis URL (redis://[:PASSWORD@]HOST:PORT[/DB]). Unset: an in-memory
-    /// store, not durable, for a single replica.
-    #[arg(long, env = "REDIS_URL")]
+    /// Redis URL (redis://[:PASSWORD@]HOST:PORT[/DB], or rediss://... for
+    /// TLS). Unset: an in-memory store, not durable, for a single replica.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// PEM CA certificates that sign a rediss:// server's certificate (the
+    /// only roots trusted for Redis when set; unset: the platform's).
+    #[arg(long, env = "REDIS_CA_FILE", value_name = "FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate chain presented to a rediss:// server.
+    #[arg(long, env = "REDIS_CLIENT_CERT", value_name = "FILE")]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-client-cert.
+    #[arg(long, env = "REDIS_CLIENT_KEY", value_name = "FILE")]
+    pub redis_client_key: Option<PathBuf>,
+
+    /// PEM certificate chain of the gRPC port; set (with --tls-key), the
+    /// whole port (Registry, Admin, Discovery, health, reflection) speaks TLS.
+    #[arg(long, env = "CP_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CP_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates of client certificates: set, every gRPC client
+    /// (data planes, gwctl) must present a certificate signed by one, on top
+    /// of its bearer token. Needs --tls-cert.
+    #[arg(long, env = "CP_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Bearer token required on Admin calls (gwctl).
     #[arg(long, env = "GW_ADMIN_TOKEN", hide_env_values = true)]
@@ -85,6 +115,14 @@ impl Cli {
             grpc_addr: self.grpc_addr,
             http_addr: self.http_addr,
             redis_url: non_empty(&self.redis_url),
+            redis_tls: RedisTls {
+                ca_file: non_empty_path(&self.redis_ca_file),
+                client_cert: non_empty_path(&self.redis_client_cert),
+                client_key: non_empty_path(&self.redis_client_key),
+            },
+            tls_cert: non_empty_path(&self.tls_cert),
+            tls_key: non_empty_path(&self.tls_key),
+            tls_client_ca: non_empty_path(&self.tls_client_ca),
             admin_token: non_empty(&self.admin_token),
             registration_token: non_empty(&self.registration_token),
             dataplane_token: non_empty(&self.dataplane_token),
@@ -96,6 +134,11 @@ impl Cli {
             delta_ring: self.delta_ring,
         }
     }
+}
+
+/// A path setting, treating an empty value as unset.
+fn non_empty_path(value: &Option<PathBuf>) -> Option<PathBuf> {
+    value.clone().filter(|p| !p.as_os_str().is_empty())
 }
 
 #[cfg(test)]
@@ -138,6 +181,22 @@ mod tests {
         assert_eq!(s.replica_id, "r1");
         assert_eq!(s.admin_token, None, "empty means unset");
         assert_eq!(s.delta_ring, 50);
+        assert_eq!(s.tls_cert, None);
+        let tls = Cli::try_parse_from([
+            "control-plane",
+            "--tls-cert",
+            "/c.pem",
+            "--tls-key",
+            "/k.pem",
+            "--redis-ca-file",
+            "/ca.pem",
+        ])
+        .unwrap()
+        .settings();
+        assert_eq!(tls.tls_cert, Some(PathBuf::from("/c.pem")));
+        assert_eq!(tls.tls_key, Some(PathBuf::from("/k.pem")));
+        assert_eq!(tls.tls_client_ca, None);
+        assert_eq!(tls.redis_tls.ca_file, Some(PathBuf::from("/ca.pem")));
         assert!(Cli::try_parse_from(["control-plane", "--leader-ttl", "soon"]).is_err());
     }
 }

@@ -15,6 +15,7 @@
 //! encoded bytes as they are.
 
 use crate::metrics::Metrics;
+use crate::node_identity::NodeIdentity;
 use crate::store::{unix_ms, BreakerStatus, DataPlaneRecord, Delta, InFlight, Store};
 use crate::view::{merge, Stamp, View, ViewState};
 use bytes::{BufMut, Bytes};
@@ -374,11 +375,13 @@ impl StreamingService<pb::DataPlaneMessage> for StreamMethod {
 
     fn call(&mut self, request: Request<Streaming<pb::DataPlaneMessage>>) -> Self::Future {
         let ctx = self.0.clone();
+        let peer = request.peer_certs();
+        let identity = NodeIdentity::of_peer(peer.as_deref().map(Vec::as_slice));
         Box::pin(async move {
             let (tx, rx) = mpsc::channel(2);
             let inbound = request.into_inner();
             let tracker = ctx.tracker.clone();
-            tracker.spawn(run_session(ctx, inbound, tx));
+            tracker.spawn(run_session(ctx, inbound, tx, identity));
             Ok(Response::new(ReceiverStream::new(rx)))
         })
     }
@@ -469,12 +472,15 @@ struct Session {
     /// A snapshot was withheld for that reason (logged once).
     withheld: bool,
     record: DataPlaneRecord,
+    /// The node ids its client certificate allows (every Hello is checked).
+    identity: NodeIdentity,
 }
 
 async fn run_session(
     ctx: Arc<DiscoveryContext>,
     mut inbound: Streaming<pb::DataPlaneMessage>,
     tx: mpsc::Sender<Result<EncodedUpdate, Status>>,
+    identity: NodeIdentity,
 ) {
     let hello = tokio::select! {
         _ = ctx.cancel.cancelled() => return,
@@ -494,6 +500,12 @@ async fn run_session(
             return;
         }
     };
+    if let Err(status) = identity.check(&hello.node_id) {
+        tracing::warn!(node_id = %hello.node_id, reason = %status.message(), "Hello refused");
+        ctx.metrics.grpc_error("Discovery/Stream", &status);
+        let _ = tx.send(Err(status)).await;
+        return;
+    }
     if let Err(reason) = crate::compat::check(crate::compat::VERSION, &hello.build_version) {
         tracing::warn!(node_id = %hello.node_id, data_plane_version = %hello.build_version, "{reason}");
         let status = Status::failed_precondition(reason);
@@ -532,6 +544,7 @@ async fn run_session(
         holds_other_history: false,
         withheld: false,
         record,
+        identity,
     };
     let _ = session.run(hello, &mut inbound).await;
     ctx.sessions.close(local_id);
@@ -721,6 +734,10 @@ impl Session {
             }
             Some(Kind::Report(report)) => self.merge_report(report),
             Some(Kind::Hello(hello)) => {
+                if let Err(status) = self.identity.check(&hello.node_id) {
+                    let _ = self.tx.send(Err(status)).await;
+                    return Err(Closed);
+                }
                 self.greet(&hello).await?;
             }
             None => {}
@@ -912,6 +929,7 @@ mod tests {
             holds_other_history: false,
             withheld: false,
             record: DataPlaneRecord::default(),
+            identity: NodeIdentity::Any,
         };
         let hello = pb::Hello {
             node_id: "dp".into(),
@@ -948,6 +966,7 @@ mod tests {
             holds_other_history: false,
             withheld: false,
             record: DataPlaneRecord::default(),
+            identity: NodeIdentity::Any,
         };
         (session, rx)
     }

@@ -8,6 +8,10 @@
 //! [`view`], and the holder of the [`leader`] lock runs the [`health`]
 //! checker and the lease sweeper ([`leases`]).
 //!
+//! The gRPC port may speak TLS, and require client certificates ([`tls`]);
+//! a data plane's certificate may then pin the node ids it may say Hello as
+//! ([`node_identity`]).
+//!
 //! Start one with [`ControlPlane::start`] and [`Settings`].
 
 #![warn(missing_docs)]
@@ -23,6 +27,7 @@ pub mod http;
 pub mod leader;
 pub mod leases;
 pub mod metrics;
+pub mod node_identity;
 pub mod propagation;
 pub mod registry;
 pub mod rpc_metrics;
@@ -30,6 +35,7 @@ pub mod rpc_spans;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod tls;
 pub mod view;
 
 pub use server::{ControlPlane, ShutdownHandle};

@@ -12,6 +12,7 @@ use crate::settings::Settings;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::Store;
+use crate::tls::ServerTls;
 use crate::view::{self, View};
 use anyhow::Context;
 use gateway_proto::v1::admin_server::AdminServer;
@@ -68,9 +69,10 @@ impl ShutdownHandle {
 async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     match &settings.redis_url {
         Some(url) => {
-            let store = RedisStore::connect(url, &settings.key_prefix)
-                .await
-                .context("cannot use Redis (REDIS_URL)")?;
+            let store =
+                RedisStore::connect_with_tls(url, &settings.redis_tls, &settings.key_prefix)
+                    .await
+                    .context("cannot use Redis (REDIS_URL)")?;
             tracing::info!(prefix = %settings.key_prefix, "using the Redis store");
             Ok(Arc::new(store))
         }
@@ -139,6 +141,12 @@ impl ControlPlane {
         if settings.allow_unauthenticated {
             warn_if_unauthenticated(&settings);
         }
+        let tls = ServerTls::load(
+            settings.tls_cert.as_deref(),
+            settings.tls_key.as_deref(),
+            settings.tls_client_ca.as_deref(),
+        )
+        .context("cannot use the gRPC port's TLS settings")?;
         let grpc_listener = bind(settings.grpc_addr, "gRPC").await?;
         let http_listener = bind(settings.http_addr, "HTTP").await?;
         let store = open_store(&settings).await?;
@@ -166,7 +174,15 @@ impl ControlPlane {
         sessions.spawn(discovery.status.clone().run(store.clone(), cancel.clone()));
         let mut critical = Critical::new();
 
-        let grpc = grpc_server(&settings, &store, &view, &metrics, &discovery, &cancel)?;
+        let grpc = grpc_server(
+            &settings,
+            tls.as_ref(),
+            &store,
+            &view,
+            &metrics,
+            &discovery,
+            &cancel,
+        )?;
         let grpc_cancel = cancel.clone();
         critical.spawn(async move {
             // Without TCP_NODELAY the tail of a large snapshot, or a delta
@@ -217,6 +233,11 @@ impl ControlPlane {
             http = %http_addr,
             replica = %settings.replica_id,
             store = store.kind(),
+            grpc_tls = match &tls {
+                None => "off",
+                Some(tls) if tls.requires_client_certificates() => "mutual",
+                Some(_) => "on",
+            },
             version = view.stamp().version,
             "control plane started"
         );
@@ -313,6 +334,7 @@ type GrpcRouter = tonic::transport::server::Router<
 
 fn grpc_server(
     settings: &Settings,
+    tls: Option<&ServerTls>,
     store: &Arc<dyn Store>,
     view: &Arc<View>,
     metrics: &Arc<Metrics>,
@@ -363,7 +385,13 @@ fn grpc_server(
             tonic_health::pb::FILE_DESCRIPTOR_SET,
         ],
     );
-    Ok(tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls.config())
+            .context("cannot use the gRPC port's TLS settings")?;
+    }
+    Ok(builder
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .layer(crate::rpc_spans::RpcSpansLayer)

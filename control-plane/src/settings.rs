@@ -1,6 +1,8 @@
 //! What a control plane is started with.
 
+use gateway_common::redis_client::RedisTls;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Settings of one control-plane replica.
@@ -12,6 +14,16 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     /// Redis URL; `None` for the in-memory store (one replica, not durable).
     pub redis_url: Option<String>,
+    /// TLS files of a `rediss://` URL (`REDIS_CA_FILE`, `REDIS_CLIENT_*`).
+    pub redis_tls: RedisTls,
+    /// PEM certificate chain of the gRPC port (`CP_TLS_CERT`); set, the
+    /// whole port speaks TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// Its PEM private key (`CP_TLS_KEY`).
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates of client certificates (`CP_TLS_CLIENT_CA`);
+    /// set, every gRPC client must present a certificate signed by one.
+    pub tls_client_ca: Option<PathBuf>,
     /// Token of Admin calls.
     pub admin_token: Option<String>,
     /// Token of Registry calls.
@@ -44,6 +56,10 @@ impl Default for Settings {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
             http_addr: SocketAddr::from(([0, 0, 0, 0], 9091)),
             redis_url: None,
+            redis_tls: RedisTls::default(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             admin_token: None,
             registration_token: None,
             dataplane_token: None,

@@ -47,6 +47,10 @@ pub struct Cli {
     )]
     pub dataplane_token: Option<String>,
 
+    /// TLS to an https:// control plane and to a rediss:// Redis.
+    #[command(flatten)]
+    pub cluster_tls: crate::cluster_tls::ClusterTlsArgs,
+
     /// Time in-flight requests get to finish on SIGTERM/SIGINT (e.g. 30s, 500ms).
     #[arg(long, env = "GW_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "30s", value_parser = gateway_common::duration::parse)]
     pub shutdown_grace: Duration,
@@ -248,7 +252,9 @@ fn parse_control_plane(text: &str) -> Result<String, String> {
         .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
     match (uri.scheme_str(), uri.host()) {
         (Some("http" | "https"), Some(_)) => Ok(text.to_string()),
-        _ => Err(format!("{text:?} must be http://HOST:PORT")),
+        _ => Err(format!(
+            "{text:?} must be http://HOST:PORT or https://HOST:PORT"
+        )),
     }
 }
 
@@ -343,10 +349,15 @@ impl Cli {
             (None, Some(port)) => SocketAddr::from(([0, 0, 0, 0], port)),
             (None, None) => parse_listen(settings::DEFAULT_LISTEN)?,
         };
+        let control_plane_tls = match &self.config {
+            Some(_) => None,
+            None => self.cluster_tls.control_plane(&self.control_plane)?,
+        };
         Ok(Settings {
             listen,
             admin_listen: self.admin_listen,
             control_plane: self.control_plane,
+            control_plane_tls,
             config_file: self.config,
             node_id: self
                 .node_id
@@ -360,6 +371,7 @@ impl Cli {
             jwks,
             trusted_proxies,
             redis_url: non_empty(self.redis_url),
+            redis_tls: self.cluster_tls.redis(),
             redis_key_prefix: self.redis_key_prefix,
             redis_timeout: self.redis_timeout,
             rate_limit: crate::policy::ratelimit::RateLimitSettings {

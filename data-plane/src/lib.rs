@@ -7,6 +7,7 @@
 //! `data-plane` binary and `gwctl dev` share one implementation.
 
 pub mod cli;
+pub mod cluster_tls;
 pub mod config;
 pub mod connection;
 pub mod edge;
@@ -111,6 +112,7 @@ impl DataPlane {
             Some(url) => Some(
                 shared_state::SharedState::start(
                     url,
+                    &settings.redis_tls,
                     &settings.redis_key_prefix,
                     settings.redis_timeout,
                 )
@@ -214,8 +216,20 @@ impl DataPlane {
                 )));
             }
             None => {
+                // An https:// URL always speaks TLS: with the platform's
+                // roots when no settings were given.
+                let tls = match &settings.control_plane_tls {
+                    Some(tls) => Some(tls.clone()),
+                    None => gateway_common::grpc_tls::ClientTls::for_url(
+                        &settings.control_plane,
+                        cluster_tls::CONTROL_PLANE_TLS,
+                        Default::default(),
+                    )
+                    .context("refusing to start")?,
+                };
                 let config = discovery::DiscoveryConfig {
                     url: settings.control_plane.clone(),
+                    tls,
                     node_id: settings.node_id.clone(),
                     token: settings.dataplane_token.clone(),
                     timing: discovery::DiscoveryTiming::default(),

@@ -60,6 +60,9 @@ pub struct Settings {
     pub node_id: String,
     /// Bearer token sent on the Discovery stream.
     pub dataplane_token: Option<String>,
+    /// TLS to an `https://` control plane (trusted roots, client
+    /// certificate); `None` with an `https://` URL: the platform's roots.
+    pub control_plane_tls: Option<gateway_common::grpc_tls::ClientTls>,
     /// Time in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
     /// Time a client gets to send a request head (slow-client protection).
@@ -78,6 +81,8 @@ pub struct Settings {
     /// Redis shared by the data planes (rate limits, response cache);
     /// `None`: every data plane keeps its own.
     pub redis_url: Option<String>,
+    /// TLS files of a `rediss://` URL (`REDIS_CA_FILE`, `REDIS_CLIENT_*`).
+    pub redis_tls: gateway_common::redis_client::RedisTls,
     /// Prefix of the keys the data plane writes in Redis.
     pub redis_key_prefix: String,
     /// Bound on one Redis call of the request path.
@@ -108,6 +113,7 @@ impl Default for Settings {
             config_file: None,
             node_id: default_node_id(),
             dataplane_token: None,
+            control_plane_tls: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             service_urls: Vec::new(),
@@ -115,6 +121,7 @@ impl Default for Settings {
             jwks: None,
             trusted_proxies: Default::default(),
             redis_url: None,
+            redis_tls: Default::default(),
             redis_key_prefix: crate::shared_state::DEFAULT_KEY_PREFIX.to_string(),
             redis_timeout: crate::shared_state::DEFAULT_REDIS_TIMEOUT,
             rate_limit: crate::policy::ratelimit::RateLimitSettings::default(),
@@ -176,6 +183,9 @@ pub enum SettingsError {
     /// The HTTPS listener's flags do not go together.
     #[error("{0}")]
     BadTls(String),
+    /// The TLS settings to the control plane or Redis cannot be used.
+    #[error("{0}")]
+    ClusterTls(String),
 }
 
 /// Refuses a `JWT_SECRET` shorter than [`MIN_JWT_SECRET_BYTES`]; unset is fine.

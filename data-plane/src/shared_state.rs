@@ -23,9 +23,9 @@ const CONNECT_RETRY: Duration = Duration::from_secs(1);
 /// Why the shared state cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedStateError {
-    /// `REDIS_URL` does not parse.
-    #[error("invalid REDIS_URL ({0}); expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]")]
-    BadUrl(String),
+    /// `REDIS_URL` does not parse, or its TLS files cannot be used.
+    #[error(transparent)]
+    BadUrl(#[from] gateway_common::redis_client::RedisClientError),
 }
 
 /// A handle on the Redis the data planes share; cheap to clone through `Arc`.
@@ -48,15 +48,16 @@ impl std::fmt::Debug for SharedState {
 }
 
 impl SharedState {
-    /// Checks `url` and starts connecting in the background; returns at once.
+    /// Checks `url` (and the TLS files of a `rediss://` one) and starts
+    /// connecting in the background; returns at once.
     /// Must be called inside a tokio runtime.
     pub fn start(
         url: &str,
+        tls: &gateway_common::redis_client::RedisTls,
         prefix: &str,
         timeout: Duration,
     ) -> Result<Arc<Self>, SharedStateError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| SharedStateError::BadUrl(e.detail().unwrap_or("does not parse").into()))?;
+        let client = gateway_common::redis_client::open(url, tls)?;
         let state = Arc::new(SharedState {
             client,
             conn: arc_swap::ArcSwapOption::empty(),

@@ -11,6 +11,8 @@ use std::time::Duration;
 /// Admin calls (apply, get, drain, undrain, topology, breaker) send
 /// `authorization: Bearer $GW_ADMIN_TOKEN`; Registry calls (register,
 /// deregister, keepalive) send `authorization: Bearer $GW_REGISTRATION_TOKEN`.
+/// An https:// control plane is always reached over TLS (the platform's
+/// roots plus --ca-file); a failed handshake is an error, never plaintext.
 /// Exit code 0 on success; on failure a single `error: <reason>` line on
 /// stderr and a non-zero exit code.
 #[derive(Debug, Parser)]
@@ -25,6 +27,18 @@ pub struct Cli {
         value_name = "URL"
     )]
     pub control_plane: String,
+
+    /// PEM CA certificates trusted for an https:// control plane, besides the platform's roots.
+    #[arg(long, global = true, env = "GW_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// PEM client certificate chain presented to an https:// control plane that requires one (mTLS).
+    #[arg(long, global = true, env = "GW_CLIENT_CERT", value_name = "FILE")]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key of --client-cert.
+    #[arg(long, global = true, env = "GW_CLIENT_KEY", value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
 
     /// Output format of get, topology and breaker verbs (and of other verbs' results).
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]

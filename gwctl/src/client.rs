@@ -1,13 +1,17 @@
 //! gRPC clients of the control plane, with the bearer token of each API and
 //! gRPC failures turned into one readable reason.
 
+use gateway_common::grpc_tls::{
+    endpoint, ClientTls, ClientTlsFiles, ClientTlsNames, EndpointError,
+};
+use gateway_common::tls::PairSettings;
 use gateway_proto::v1::admin_client::AdminClient;
 use gateway_proto::v1::registry_client::RegistryClient;
 use std::time::Duration;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 /// Time allowed to open the connection to the control plane.
@@ -55,6 +59,9 @@ pub enum CallError {
         /// The transport's or the server's reason.
         reason: String,
     },
+    /// The TLS files cannot be used.
+    #[error("{0}")]
+    Tls(String),
     /// The token is missing or wrong.
     #[error("{detail}")]
     Unauthenticated {
@@ -91,6 +98,9 @@ pub enum CallError {
 pub struct ControlPlane {
     url: String,
     channel: Channel,
+    /// TLS without a client certificate: a connection closed under a call
+    /// may be a control plane that requires one.
+    without_client_certificate: bool,
 }
 
 /// Adds `authorization: Bearer <token>` to every call (when a token is set).
@@ -116,9 +126,21 @@ pub type Admin = AdminClient<InterceptedService<Channel, BearerAuth>>;
 pub type Registry = RegistryClient<InterceptedService<Channel, BearerAuth>>;
 
 impl ControlPlane {
-    /// Connects to `url` (e.g. `http://127.0.0.1:50051`).
+    /// Connects to `url` (e.g. `http://127.0.0.1:50051`); an `https://`
+    /// URL over TLS with the platform's roots.
     pub async fn connect(url: &str) -> Result<Self, CallError> {
-        let endpoint = Endpoint::from_shared(url.to_string())
+        Self::connect_with(url, ClientTlsFiles::default()).await
+    }
+
+    /// Connects to `url` with TLS `files`: an `https://` URL always speaks
+    /// TLS (the platform's roots plus the CA file, and the client
+    /// certificate when given); files with an `http://` URL are refused.
+    pub async fn connect_with(url: &str, files: ClientTlsFiles<'_>) -> Result<Self, CallError> {
+        let tls = ClientTls::for_url(url, TLS_NAMES, files).map_err(|e| match e {
+            EndpointError::BadUrl { url, reason } => CallError::BadUrl { url, reason },
+            e => CallError::Tls(e.to_string()),
+        })?;
+        let endpoint = endpoint(url, tls.as_ref())
             .map_err(|e| CallError::BadUrl {
                 url: url.to_string(),
                 reason: e.to_string(),
@@ -131,11 +153,12 @@ impl ControlPlane {
             .await
             .map_err(|e| CallError::Unreachable {
                 url: url.to_string(),
-                reason: error_chain(&e),
+                reason: with_tls_hint(error_chain(&e)),
             })?;
         Ok(Self {
             url: url.to_string(),
             channel,
+            without_client_certificate: tls.as_ref().is_some_and(|t| !t.has_client_certificate()),
         })
     }
 
@@ -165,7 +188,17 @@ impl ControlPlane {
 
     /// Turns a failed call to `api` into a readable error.
     pub fn explain(&self, api: Api, status: Status) -> CallError {
-        explain(&self.url, api, status)
+        match explain(&self.url, api, status) {
+            CallError::Unreachable { url, reason }
+                if self.without_client_certificate && reason.contains("connection closed") =>
+            {
+                CallError::Unreachable {
+                    url,
+                    reason: format!("{reason} (a control plane that requires client certificates closes connections without one: give one with --client-cert / --client-key)"),
+                }
+            }
+            other => other,
+        }
     }
 }
 
@@ -181,6 +214,20 @@ fn bearer(api: Api) -> BearerAuth {
 pub fn explain(url: &str, api: Api, status: Status) -> CallError {
     let message = one_line(status.message());
     let var = api.token_variable();
+    // A connection that failed under the call (e.g. a TLS alert once the
+    // handshake seemed done) carries its cause as the status' source.
+    if let Some(cause) = std::error::Error::source(&status).map(error_chain) {
+        if matches!(
+            status.code(),
+            Code::Unavailable | Code::Cancelled | Code::Unknown
+        ) && !message.to_ascii_lowercase().contains("timeout")
+        {
+            return CallError::Unreachable {
+                url: url.to_string(),
+                reason: with_tls_hint(format!("{message}: {cause}")),
+            };
+        }
+    }
     match status.code() {
         Code::Unauthenticated => {
             let token_set = std::env::var(var).is_ok_and(|t| !t.is_empty());
@@ -196,7 +243,7 @@ pub fn explain(url: &str, api: Api, status: Status) -> CallError {
             reason: if message.is_empty() {
                 "unavailable".into()
             } else {
-                message
+                with_tls_hint(message)
             },
         },
         Code::InvalidArgument => CallError::InvalidArgument(message),
@@ -211,6 +258,38 @@ pub fn explain(url: &str, api: Api, status: Status) -> CallError {
         },
         code => CallError::Other { code, message },
     }
+}
+
+/// Names of gwctl's TLS settings, for messages.
+const TLS_NAMES: ClientTlsNames = ClientTlsNames {
+    url: "--control-plane / GW_CONTROL_PLANE",
+    ca_file: "--ca-file / GW_CA_FILE",
+    identity: PairSettings {
+        cert: "--client-cert / GW_CLIENT_CERT",
+        key: "--client-key / GW_CLIENT_KEY",
+    },
+};
+
+/// `reason` with what to do about a TLS failure it names, if any.
+fn with_tls_hint(reason: String) -> String {
+    let text = reason.to_ascii_lowercase().replace(['_', ' '], "");
+    let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
+    let hint = if has(&["unknownissuer"]) {
+        "the control plane's certificate is not signed by a trusted CA: give its CA with --ca-file / GW_CA_FILE"
+    } else if has(&["certificaterequired"]) {
+        "the control plane requires a client certificate: give one with --client-cert / --client-key (GW_CLIENT_CERT / GW_CLIENT_KEY)"
+    } else if has(&["badcertificate", "unknownca", "decrypterror"]) {
+        "the control plane refused the client certificate: it must be signed by the control plane's client CA"
+    } else if has(&["certificateexpired"]) {
+        "the control plane's certificate has expired"
+    } else if has(&["notvalidforname"]) {
+        "the control plane's certificate does not name the URL's host"
+    } else if has(&["invalidcontenttype", "corruptmessage"]) {
+        "the control plane does not speak TLS on this port: check the URL's scheme"
+    } else {
+        return reason;
+    };
+    format!("{reason} ({hint})")
 }
 
 /// Collapses a multi-line message into one line.

@@ -56,6 +56,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         leader_ttl: Duration::from_secs(10),
         lease_sweep_interval: Duration::from_millis(250),
         delta_ring: control_plane::view::RING_CAPACITY,
+        ..control_plane::Settings::default()
     })
     .await
     .context("cannot start the embedded control plane")?;

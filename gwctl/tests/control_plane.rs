@@ -52,6 +52,7 @@ fn start_control_plane() -> Cp {
                 leader_ttl: Duration::from_secs(2),
                 lease_sweep_interval: Duration::from_millis(100),
                 delta_ring: 1_000,
+                ..control_plane::Settings::default()
             },
         ))
         .expect("control plane starts");

@@ -545,6 +545,7 @@ impl CmdOutput {
 pub struct Gwctl {
     url: String,
     tokens: Tokens,
+    env: Vec<(String, String)>,
 }
 
 impl Gwctl {
@@ -553,16 +554,27 @@ impl Gwctl {
         Self {
             url: url.to_string(),
             tokens: tokens.clone(),
+            env: Vec::new(),
         }
+    }
+
+    /// The same gwctl with one more environment variable (e.g. `GW_CA_FILE`).
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// The process spec for `gwctl ARGS`.
     pub fn spec(&self, args: &[&str]) -> Spec {
-        Spec::new("gwctl", "gwctl")
+        let mut spec = Spec::new("gwctl", "gwctl")
             .args(args.iter().copied())
             .env("GW_CONTROL_PLANE", &self.url)
             .env("GW_ADMIN_TOKEN", &self.tokens.admin)
-            .env("GW_REGISTRATION_TOKEN", &self.tokens.registration)
+            .env("GW_REGISTRATION_TOKEN", &self.tokens.registration);
+        for (key, value) in &self.env {
+            spec = spec.env(key.as_str(), value.as_str());
+        }
+        spec
     }
 
     /// Runs `gwctl ARGS` to completion (at most 60 s).

@@ -54,6 +54,19 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    tls: Option<RedisTlsFiles>,
+}
+
+/// The certificate, key and CA files of a TLS-only `redis-server`.
+#[derive(Debug, Clone)]
+pub struct RedisTlsFiles {
+    /// PEM certificate of the server.
+    pub cert: PathBuf,
+    /// Its PEM key.
+    pub key: PathBuf,
+    /// PEM CA certificate (required by `redis-server`; clients are not
+    /// asked for certificates).
+    pub ca: PathBuf,
 }
 
 impl RedisServer {
@@ -62,6 +75,18 @@ impl RedisServer {
     ///
     /// Panics with an install hint when `redis-server` is missing.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts `redis-server` speaking TLS only (`--port 0 --tls-port P`)
+    /// with `files`, not asking clients for certificates; reach it with
+    /// [`Self::tls_url`]. Panics when `redis-server` is missing or was
+    /// built without TLS.
+    pub fn start_tls(files: RedisTlsFiles) -> Self {
+        Self::start_with(Some(files))
+    }
+
+    fn start_with(tls: Option<RedisTlsFiles>) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("gw-redis-{}-{port}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
@@ -69,17 +94,41 @@ impl RedisServer {
             child: None,
             port,
             dir,
+            tls,
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some(tls) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca),
+        };
+        let log = self.dir.join("redis-server.log");
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
+            .arg("--logfile")
+            .arg(&log)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -88,8 +137,14 @@ impl RedisServer {
             });
         self.child = Some(child);
         if let Err(e) = wait_for_port(self.addr(), Duration::from_secs(10)) {
-            panic!("redis-server did not come up: {e}");
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("redis-server did not come up: {e}; its log:\n{log}");
         }
+    }
+
+    /// `rediss://127.0.0.1:PORT` of a server started with [`Self::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
     }
 
     /// The server's address.

@@ -115,7 +115,7 @@ pub struct Spec {
 
 /// Environment variables of the gateway that must not leak from the
 /// developer's shell into the processes under test.
-const SCRUBBED_ENV: [&str; 24] = [
+const SCRUBBED_ENV: [&str; 36] = [
     "GW_ADMIN_TOKEN",
     "GW_REGISTRATION_TOKEN",
     "GW_DATAPLANE_TOKEN",
@@ -140,6 +140,18 @@ const SCRUBBED_ENV: [&str; 24] = [
     "RATE_LIMIT_WINDOW_MS",
     "RATE_LIMIT_MAX_REQUESTS",
     "IP_SALT",
+    "CP_TLS_CERT",
+    "CP_TLS_KEY",
+    "CP_TLS_CLIENT_CA",
+    "GW_CP_CA_FILE",
+    "GW_CP_CLIENT_CERT",
+    "GW_CP_CLIENT_KEY",
+    "GW_CA_FILE",
+    "GW_CLIENT_CERT",
+    "GW_CLIENT_KEY",
+    "REDIS_CA_FILE",
+    "REDIS_CLIENT_CERT",
+    "REDIS_CLIENT_KEY",
 ];
 
 impl Spec {

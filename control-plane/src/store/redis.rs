@@ -16,6 +16,7 @@ use super::{
 use async_trait::async_trait;
 use gateway_common::cache::CachePattern;
 use gateway_common::credentials::ApiKeyRecord;
+use gateway_common::redis_client::RedisTls;
 use gateway_common::registration::{Health, Instance, InstanceSpec, InstanceState};
 use gateway_common::GatewayConfig;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -201,12 +202,17 @@ impl RedisStore {
     /// Connects to `url` and checks that Redis answers; keys are prefixed
     /// with `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = Client::open(url).map_err(|e| {
-            StoreError::Invalid(vec![format!(
-                "invalid Redis URL ({}); expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]",
-                e.detail().unwrap_or("does not parse")
-            )])
-        })?;
+        Self::connect_with_tls(url, &RedisTls::default(), prefix).await
+    }
+
+    /// [`RedisStore::connect`] with the TLS files of a `rediss://` URL.
+    pub async fn connect_with_tls(
+        url: &str,
+        tls: &RedisTls,
+        prefix: &str,
+    ) -> Result<Self, StoreError> {
+        let client = gateway_common::redis_client::open(url, tls)
+            .map_err(|e| StoreError::Invalid(vec![e.to_string()]))?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT))

@@ -35,6 +35,7 @@ pub fn settings(redis_url: Option<String>) -> Settings {
         leader_ttl: Duration::from_secs(1),
         lease_sweep_interval: Duration::from_millis(50),
         delta_ring: control_plane::view::RING_CAPACITY,
+        ..Settings::default()
     }
 }
 

@@ -12,6 +12,7 @@ use crate::config::cache::Applied;
 use crate::config::runtime::{ConfigSource, Runtime};
 use crate::ops::metrics::Metrics;
 use crate::upstream::breaker::BreakerState;
+use gateway_common::grpc_tls::endpoint;
 use gateway_proto::v1 as pb;
 use gateway_proto::v1::discovery_client::DiscoveryClient;
 use pb::data_plane_message::Kind;
@@ -22,7 +23,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Endpoint;
 
 /// An update with at least this many instances is large: once applied, the
 /// memory it freed is handed back to the OS.
@@ -73,6 +73,9 @@ impl Default for DiscoveryTiming {
 pub struct DiscoveryConfig {
     /// Control-plane URL.
     pub url: String,
+    /// TLS of an `https://` URL (required for one: it never goes out in
+    /// plaintext).
+    pub tls: Option<gateway_common::grpc_tls::ClientTls>,
     /// Identity sent in Hello.
     pub node_id: String,
     /// Bearer token, if the control plane requires one.
@@ -84,10 +87,17 @@ pub struct DiscoveryConfig {
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("cannot connect: {0}")]
+    #[error("cannot connect: {}", gateway_common::error_chain(.0))]
     Connect(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Endpoint(#[from] gateway_common::grpc_tls::EndpointError),
     #[error("stream failed: {0}")]
     Status(#[from] tonic::Status),
+    #[error("cannot open the stream: {status}{}", open_hint(status, *client_certificate))]
+    Open {
+        status: tonic::Status,
+        client_certificate: Option<bool>,
+    },
     #[error("the control plane closed the stream")]
     Closed,
     #[error("bad token: {0}")]
@@ -155,6 +165,19 @@ fn log_stream_down(url: &str, error: &SessionError, runtime: &Runtime) {
     }
 }
 
+/// What a connection closed while opening the stream over TLS may mean
+/// (`client_certificate`: whether one was presented; `None`: plaintext):
+/// a control plane that requires client certificates closes the
+/// connection after the handshake rather than answering.
+fn open_hint(status: &tonic::Status, client_certificate: Option<bool>) -> &'static str {
+    let closed = gateway_common::error_chain(status).contains("connection closed");
+    match client_certificate {
+        Some(false) if closed => " (a control plane that requires client certificates, CP_TLS_CLIENT_CA, closes connections without one: set GW_CP_CLIENT_CERT and GW_CP_CLIENT_KEY)",
+        Some(true) if closed => " (the control plane may have refused the client certificate: it must be signed by its CP_TLS_CLIENT_CA)",
+        _ => "",
+    }
+}
+
 /// Full-jitter exponential backoff: uniform in `[0, min(cap, base * 2^attempt)]`.
 pub fn backoff(timing: &DiscoveryTiming, attempt: u32) -> Duration {
     let ceiling = timing
@@ -176,7 +199,7 @@ struct Session<'a> {
 impl Session<'_> {
     async fn run(&mut self) -> Result<(), SessionError> {
         let opened = Instant::now();
-        let channel = Endpoint::from_shared(self.config.url.clone())?
+        let channel = endpoint(&self.config.url, self.config.tls.as_ref())?
             .connect_timeout(self.config.timing.connect_timeout)
             .tcp_nodelay(true)
             // A snapshot of a large fleet arrives in one flight instead of
@@ -209,10 +232,19 @@ impl Session<'_> {
                 .map_err(|e| SessionError::Token(e.to_string()))?;
             request.metadata_mut().insert("authorization", value);
         }
+        let client_certificate = self
+            .config
+            .tls
+            .as_ref()
+            .map(|tls| tls.has_client_certificate());
         let mut inbound = DiscoveryClient::new(channel)
             .max_decoding_message_size(MAX_UPDATE_BYTES)
             .stream(request)
-            .await?
+            .await
+            .map_err(|status| SessionError::Open {
+                status,
+                client_certificate,
+            })?
             .into_inner();
         self.metrics.control_plane_connected.set(1);
         tracing::info!(url = %self.config.url, "discovery stream open");

@@ -17,12 +17,17 @@ mod topology;
 pub use diff::Differs;
 
 use crate::cli::{Cli, Command};
-use context::{emit, Context};
+use context::{emit, Context, TlsFiles};
 
 /// Runs the verb of `cli`.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Context {
         control_plane: cli.control_plane,
+        tls: TlsFiles {
+            ca_file: cli.ca_file,
+            client_cert: cli.client_cert,
+            client_key: cli.client_key,
+        },
         format: cli.output,
     };
     match cli.command {
