@@ -184,11 +184,38 @@ impl Inner {
         })
     }
 
-    async fn get_config(&self) -> Result<pb::GetConfigResponse, Status> {
+    async fn get_config(&self, req: pb::GetConfigRequest) -> Result<pb::GetConfigResponse, Status> {
         let (config, version) = self.store.current_config().await?;
+        if req.data_plane.is_empty() {
+            return Ok(pb::GetConfigResponse {
+                config_json: config.to_json(),
+                version,
+                current_version: version,
+            });
+        }
+        if !crate::node_identity::valid_node_id(&req.data_plane) {
+            return Err(Status::invalid_argument(
+                "data_plane: a node id of 1-253 printable characters",
+            ));
+        }
+        let records = self.store.list_dataplanes().await?;
+        let record = records
+            .iter()
+            .find(|r| r.node_id == req.data_plane)
+            .ok_or_else(|| Status::not_found(format!("no data plane {:?}", req.data_plane)))?;
+        let acked = record.acked_version;
+        self.catch_up().await?;
+        let json = self.view.read().config_json_at(acked).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "data plane {:?} acknowledged version {acked}, older than this control plane \
+                 still holds (current {version}); its admin port's GET /config shows what it serves",
+                req.data_plane
+            ))
+        })?;
         Ok(pb::GetConfigResponse {
-            config_json: config.to_json(),
-            version,
+            config_json: json.to_string(),
+            version: acked,
+            current_version: version,
         })
     }
 
@@ -462,9 +489,9 @@ impl Admin for AdminService {
 
     async fn get_config(
         &self,
-        _request: Request<pb::GetConfigRequest>,
+        request: Request<pb::GetConfigRequest>,
     ) -> Result<Response<pb::GetConfigResponse>, Status> {
-        let result = self.inner.get_config().await;
+        let result = self.inner.get_config(request.into_inner()).await;
         self.inner
             .metrics
             .observe("Admin/GetConfig", result)

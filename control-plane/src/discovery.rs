@@ -15,7 +15,7 @@
 //! encoded bytes as they are.
 
 use crate::metrics::Metrics;
-use crate::node_identity::NodeIdentity;
+use crate::node_identity::{valid_node_id, NodeIdentity};
 use crate::store::{unix_ms, BreakerStatus, DataPlaneRecord, Delta, InFlight, Store};
 use crate::view::{merge, Stamp, View, ViewState};
 use bytes::{BufMut, Bytes};
@@ -427,10 +427,6 @@ impl Codec for DiscoveryCodec {
     fn decoder(&mut self) -> MessageDecoder {
         MessageDecoder(tonic_prost::ProstDecoder::default())
     }
-}
-
-fn valid_node_id(id: &str) -> bool {
-    (1..=253).contains(&id.len()) && !id.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 fn truncate(text: &str, max: usize) -> String {

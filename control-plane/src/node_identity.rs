@@ -80,6 +80,11 @@ pub fn node_ids(cert: &[u8]) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// Whether `id` can be a node id: 1-253 printable characters, no spaces.
+pub(crate) fn valid_node_id(id: &str) -> bool {
+    (1..=253).contains(&id.len()) && !id.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -150,6 +150,35 @@ impl ViewState {
         self.applied.get(version)
     }
 
+    /// The config JSON at `version`, if this view can tell: the current
+    /// one when no change since `version` touched the config, else the
+    /// last config the ring holds at or before `version`. `None` when the
+    /// version is newer than the view or older than the ring can answer.
+    pub fn config_json_at(&self, version: u64) -> Option<Arc<str>> {
+        if version > self.version {
+            return None;
+        }
+        if version == self.version {
+            return Some(self.config_json.clone());
+        }
+        let first = self.ring.front()?.0;
+        if version + 1 < first {
+            return None;
+        }
+        let changed_since = self
+            .ring
+            .iter()
+            .any(|(v, d)| *v > version && d.config.is_some());
+        if !changed_since {
+            return Some(self.config_json.clone());
+        }
+        self.ring
+            .iter()
+            .rev()
+            .filter(|(v, _)| *v <= version)
+            .find_map(|(_, d)| d.config.as_deref().map(Arc::from))
+    }
+
     /// The deltas turning version `from` into version `to`, if the ring
     /// still holds all of them (an empty list when `from == to`).
     pub fn deltas_between(&self, from: u64, to: u64) -> Option<Vec<Arc<Delta>>> {
@@ -730,6 +759,41 @@ mod tests {
         assert!(state.deltas_between(1, 5).is_none(), "trimmed");
         assert_eq!(state.deltas_between(5, 5), Some(vec![]));
         assert!(state.deltas_between(5, 6).is_none(), "future");
+    }
+
+    #[test]
+    fn the_config_at_an_older_version_comes_from_the_ring() {
+        let view = View::new(snapshot(0), vec![], 10);
+        let a = GatewayConfig::default().to_json();
+        let b = GatewayConfig::load(
+            b"version: 1\nservices:\n  - name: echo\n    instances: [\"http://127.0.0.1:8081\"]\n",
+        )
+        .unwrap()
+        .to_json();
+        let config = |v, json: &str| {
+            change(
+                v,
+                Delta {
+                    config: Some(json.to_string()),
+                    ..Delta::default()
+                },
+            )
+        };
+        view.apply(vec![
+            config(1, &a),
+            upsert(2, "i", 1),
+            config(3, &b),
+            upsert(4, "j", 1),
+        ])
+        .unwrap();
+        let state = view.read();
+        let at = |v| state.config_json_at(v).map(|j| j.to_string());
+        assert_eq!(at(4).as_deref(), Some(b.as_str()));
+        assert_eq!(at(3).as_deref(), Some(b.as_str()));
+        assert_eq!(at(2).as_deref(), Some(a.as_str()));
+        assert_eq!(at(1).as_deref(), Some(a.as_str()));
+        assert_eq!(at(0), None, "before the ring's first config");
+        assert_eq!(at(5), None, "newer than the view");
     }
 
     #[test]

@@ -61,7 +61,7 @@ async fn calls_without_or_with_a_wrong_token_are_unauthenticated() {
     for token in [None, Some("wrong"), Some(REGISTRATION_TOKEN)] {
         let mut client = AdminClient::with_interceptor(ch.clone(), Bearer(token));
         let err = client
-            .get_config(pb::GetConfigRequest {})
+            .get_config(pb::GetConfigRequest::default())
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "admin with {token:?}");
@@ -80,7 +80,7 @@ async fn calls_without_or_with_a_wrong_token_are_unauthenticated() {
     // Nothing was written by the refused calls; the right tokens pass.
     let config = admin(&cp)
         .await
-        .get_config(pb::GetConfigRequest {})
+        .get_config(pb::GetConfigRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -145,7 +145,7 @@ async fn bad_input_is_invalid_argument_with_every_reason() {
 
     let mut adm = admin(&cp).await;
     let before = adm
-        .get_config(pb::GetConfigRequest {})
+        .get_config(pb::GetConfigRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -178,7 +178,7 @@ async fn bad_input_is_invalid_argument_with_every_reason() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("cannot parse"), "{}", err.message());
     let after = adm
-        .get_config(pb::GetConfigRequest {})
+        .get_config(pb::GetConfigRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -221,6 +221,87 @@ async fn bad_input_is_invalid_argument_with_every_reason() {
         .into_inner();
     let err = updates.message().await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    cp.shutdown().await;
+}
+
+/// Waits until the Admin API lists `node` with `acked` as its acknowledged version.
+async fn until_acked(adm: &Admin, node: &'static str, acked: u64) {
+    until_some(SECONDS_5, || {
+        let mut adm = adm.clone();
+        async move {
+            let list = adm
+                .list_data_planes(pb::ListDataPlanesRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            list.data_planes
+                .into_iter()
+                .find(|d| d.node_id == node && d.acked_version == acked)
+        }
+    })
+    .await;
+}
+
+async fn config_of(adm: &mut Admin, node: &str) -> Result<pb::GetConfigResponse, tonic::Status> {
+    adm.get_config(pb::GetConfigRequest {
+        data_plane: node.into(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_config_shows_what_a_data_plane_acknowledged() {
+    let redis = RedisServer::start();
+    let cp = start(Some(redis.url())).await;
+    let mut adm = admin(&cp).await;
+    let mut reg = registry(&cp).await;
+    assert_eq!(apply(&mut adm, CONFIG).await.version, 1);
+    let v1 = adm
+        .get_config(pb::GetConfigRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((v1.version, v1.current_version), (1, 1));
+
+    let mut dp = DataPlane::connect(&cp, "dp-1", "", 0).await.unwrap();
+    assert_eq!(dp.next(SECONDS_5).await.version, 1);
+    dp.ack(1).await;
+    until_acked(&adm, "dp-1", 1).await;
+
+    // A new config the data plane has not acknowledged: it still holds v1.
+    assert_eq!(apply(&mut adm, WITH_STATIC).await.version, 2);
+    let held = config_of(&mut adm, "dp-1").await.unwrap();
+    assert_eq!((held.version, held.current_version), (1, 2));
+    assert_eq!(held.config_json, v1.config_json);
+
+    // It takes v2, then a registration (v3) leaves the config as it was.
+    assert_eq!(dp.next(SECONDS_5).await.version, 2);
+    reg.register(registration("echo", "echo-1", 9001))
+        .await
+        .unwrap();
+    assert_eq!(dp.next(SECONDS_5).await.version, 3);
+    dp.ack(3).await;
+    until_acked(&adm, "dp-1", 3).await;
+    let current = adm
+        .get_config(pb::GetConfigRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let held = config_of(&mut adm, "dp-1").await.unwrap();
+    assert_eq!((held.version, held.current_version), (3, 3));
+    assert_eq!(held.config_json, current.config_json);
+    assert_ne!(held.config_json, v1.config_json);
+
+    // Unknown and malformed node ids.
+    assert_eq!(
+        config_of(&mut adm, "dp-9").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        config_of(&mut adm, "a b").await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
     cp.shutdown().await;
 }
 
@@ -624,7 +705,7 @@ async fn admin_applies_drains_and_shows_topology() {
     assert_eq!(dry.version, 1);
     assert_eq!(dry.changes[0].action, "changed");
     let config = adm
-        .get_config(pb::GetConfigRequest {})
+        .get_config(pb::GetConfigRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -725,7 +806,7 @@ async fn admin_applies_drains_and_shows_topology() {
         .into_inner();
     assert_eq!(got, set);
     let config = adm
-        .get_config(pb::GetConfigRequest {})
+        .get_config(pb::GetConfigRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -119,6 +119,10 @@ pub struct GetArgs {
     /// Only instances of this service (for `get instances`).
     #[arg(long, value_name = "SERVICE")]
     pub service: Option<String>,
+    /// The config a data plane holds: the version it last acknowledged, as
+    /// the control plane sent it (for `get config`).
+    #[arg(long, value_name = "NODE")]
+    pub data_plane: Option<String>,
 }
 
 /// What `get` lists.
@@ -132,7 +136,8 @@ pub enum GetKind {
     Instances,
     /// Data planes with acked version, connection and in-flight requests.
     Dataplanes,
-    /// The control plane's current config as a document `gwctl apply` takes (YAML unless -o json).
+    /// The control plane's current config (or a data plane's, with --data-plane) as a document
+    /// `gwctl apply` takes (YAML unless -o json).
     Config,
 }
 

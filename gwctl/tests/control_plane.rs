@@ -143,6 +143,20 @@ fn apply_get_register_deregister_round_trip() {
 
     let services = json(&cp, &["get", "services"]);
     assert_eq!(services[0]["name"], "echo");
+    // No data plane has connected: asking for one's config names it.
+    let unknown = gwctl(
+        &cp,
+        &["get", "config", "--data-plane", "dp-9"],
+        (ADMIN_TOKEN, REGISTRATION_TOKEN),
+    );
+    let error = one_line_error(&unknown);
+    assert!(error.contains("no data plane \"dp-9\""), "{error}");
+    let misplaced = gwctl(
+        &cp,
+        &["get", "routes", "--data-plane", "dp-9"],
+        (ADMIN_TOKEN, REGISTRATION_TOKEN),
+    );
+    assert!(one_line_error(&misplaced).contains("--data-plane only applies to `get config`"));
     let routes = ok(&cp, &["get", "routes"]);
     assert!(
         routes.contains("path /users/{id}") && routes.contains("strip prefix"),

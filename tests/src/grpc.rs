@@ -133,7 +133,7 @@ impl Grpc {
     /// `Admin.GetConfig`: (config JSON, version).
     pub fn config(&self) -> Result<(String, u64), Status> {
         let url = self.url.clone();
-        let request = Self::with_token(pb::GetConfigRequest {}, &self.admin_token);
+        let request = Self::with_token(pb::GetConfigRequest::default(), &self.admin_token);
         self.block(async move {
             let mut client = AdminClient::new(Self::channel(url).await?);
             let answer = client.get_config(request).await?.into_inner();

@@ -16,6 +16,9 @@ pub async fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<()> {
     if args.service.is_some() && args.kind != GetKind::Instances {
         anyhow::bail!("--service only applies to `get instances`");
     }
+    if args.data_plane.is_some() && args.kind != GetKind::Config {
+        anyhow::bail!("--data-plane only applies to `get config`");
+    }
     let cp = ctx.connect().await?;
     let text = match args.kind {
         GetKind::Services => {
@@ -36,10 +39,22 @@ pub async fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<()> {
                 instances_table(&instances).render()
             })?
         }
-        GetKind::Config => {
-            let (config, version) = versioned_config(&cp).await?;
-            render_config(ctx.format, &config, version)?
-        }
+        GetKind::Config => match args.data_plane {
+            None => {
+                let (config, version) = versioned_config(&cp).await?;
+                render_config(ctx.format, &config, version)?
+            }
+            Some(node) => {
+                let held = config_request(&cp, node.clone()).await?;
+                if held.version != held.current {
+                    eprintln!(
+                        "data plane {node} holds version {} (the control plane is at {})",
+                        held.version, held.current
+                    );
+                }
+                render_config(ctx.format, &held.config, held.version)?
+            }
+        },
         GetKind::Dataplanes => {
             let data_planes = list_data_planes(&cp).await?;
             render(ctx.format, &data_planes, || {
@@ -68,18 +83,40 @@ pub async fn current_config(cp: &ControlPlane) -> anyhow::Result<GatewayConfig> 
 
 /// The control plane's current config and its version.
 pub async fn versioned_config(cp: &ControlPlane) -> anyhow::Result<(GatewayConfig, u64)> {
+    let held = config_request(cp, String::new()).await?;
+    Ok((held.config, held.version))
+}
+
+/// A config as the control plane answered it.
+struct HeldConfig {
+    config: GatewayConfig,
+    /// Its version.
+    version: u64,
+    /// The store's current version.
+    current: u64,
+}
+
+/// The current config (`data_plane` empty), or the one data plane
+/// `data_plane` acknowledged last.
+async fn config_request(cp: &ControlPlane, data_plane: String) -> anyhow::Result<HeldConfig> {
     let answer = cp
         .admin()
-        .get_config(pb::GetConfigRequest {})
+        .get_config(pb::GetConfigRequest { data_plane })
         .await
         .map_err(|s| cp.explain(Api::Admin, s))?
         .into_inner();
-    if answer.config_json.trim().is_empty() {
-        return Ok((GatewayConfig::default(), answer.version));
-    }
-    let config = serde_json::from_str(&answer.config_json)
-        .context("the control plane sent a config gwctl cannot read")?;
-    Ok((config, answer.version))
+    let config = if answer.config_json.trim().is_empty() {
+        GatewayConfig::default()
+    } else {
+        serde_json::from_str(&answer.config_json)
+            .context("the control plane sent a config gwctl cannot read")?
+    };
+    Ok(HeldConfig {
+        config,
+        version: answer.version,
+        // A control plane of an earlier build does not send it.
+        current: answer.current_version.max(answer.version),
+    })
 }
 
 /// The config as a document `gwctl apply -f` takes back.
