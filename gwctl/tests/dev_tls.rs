@@ -56,13 +56,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A directory of its own for TMPDIR, so that leftovers can be seen.
-fn scratch(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("gwctl-dev-tls-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A directory of its own for TMPDIR, so that leftovers can be seen
+/// (removed when dropped, also when a test fails).
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("gwctl-dev-tls-test-{name}."))
+        .tempdir()
+        .unwrap()
 }
 
 fn dev_command(listen: &str, tmpdir: &Path) -> Command {
@@ -106,10 +106,11 @@ fn sh(line: &str) -> Output {
 fn dev_tls_serves_https_that_curl_verifies_with_the_printed_ca() {
     let _turn = serialized();
     wait_for_dev_ports();
-    let tmpdir = scratch("serve");
+    let scratch = scratch("serve");
+    let tmpdir = scratch.path();
     let listen = format!("127.0.0.1:{}", free_port());
     let mut dev = Running(
-        dev_command(&listen, &tmpdir)
+        dev_command(&listen, tmpdir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -137,7 +138,7 @@ fn dev_tls_serves_https_that_curl_verifies_with_the_printed_ca() {
         .unwrap_or_else(|| panic!("no curl --cacert line in the banner:\n{banner}"))
         .to_string();
     assert!(ca.is_file(), "{} is not a file", ca.display());
-    assert!(ca.starts_with(&tmpdir), "{} not in TMPDIR", ca.display());
+    assert!(ca.starts_with(tmpdir), "{} not in TMPDIR", ca.display());
     assert!(banner.contains("https://localhost:3443"), "{banner}");
     assert_eq!(
         curl,
@@ -175,21 +176,21 @@ fn dev_tls_serves_https_that_curl_verifies_with_the_printed_ca() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(!ca.exists(), "{} is left behind", ca.display());
     assert!(
-        std::fs::read_dir(&tmpdir).unwrap().next().is_none(),
+        std::fs::read_dir(tmpdir).unwrap().next().is_none(),
         "TMPDIR holds leftovers"
     );
     assert!(rest.iter().any(|l| l.starts_with("removed ")), "{rest:?}");
-    let _ = std::fs::remove_dir_all(&tmpdir);
 }
 
 #[test]
 fn a_taken_https_port_is_a_one_line_error() {
     let _turn = serialized();
     wait_for_dev_ports();
-    let tmpdir = scratch("taken");
+    let scratch = scratch("taken");
+    let tmpdir = scratch.path();
     let taken = TcpListener::bind("127.0.0.1:3443").expect("port 3443 is free");
     let listen = format!("127.0.0.1:{}", free_port());
-    let output = dev_command(&listen, &tmpdir)
+    let output = dev_command(&listen, tmpdir)
         .stdin(Stdio::null())
         .output()
         .expect("gwctl dev runs");
@@ -203,8 +204,7 @@ fn a_taken_https_port_is_a_one_line_error() {
     );
     assert!(last.contains("--tls-listen"), "{stderr}");
     assert!(
-        std::fs::read_dir(&tmpdir).unwrap().next().is_none(),
+        std::fs::read_dir(tmpdir).unwrap().next().is_none(),
         "TMPDIR holds leftovers"
     );
-    let _ = std::fs::remove_dir_all(&tmpdir);
 }
