@@ -392,6 +392,18 @@ pub struct DevArgs {
     /// else the built-in copy of it.
     #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
+    /// Also serve HTTPS: generate a throwaway CA and a certificate for localhost, 127.0.0.1
+    /// and ::1, listen on --tls-listen beside the plain listener, and print the CA's path and
+    /// a `curl --cacert` line. The files are removed on exit (unless --tls-dir).
+    #[arg(long)]
+    pub tls: bool,
+    /// Address of the HTTPS listener of --tls.
+    #[arg(long, value_name = "ADDR", default_value = crate::dev::DEFAULT_TLS_LISTEN, requires = "tls")]
+    pub tls_listen: SocketAddr,
+    /// Write the --tls files (ca.pem, server.pem, server-key.pem) to DIR, created when
+    /// missing, and keep them on exit; a new CA replaces the one of a previous run.
+    #[arg(long, value_name = "DIR", requires = "tls")]
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// `HOST:PORT` of a registration.

@@ -1,6 +1,11 @@
 //! `gwctl dev`: a whole gateway in one process: an embedded control plane
 //! (in-memory store), the built-in echo upstream and one data plane, with
-//! the dev config applied.
+//! the dev config applied; with `--tls` also an HTTPS listener serving
+//! throwaway certificates ([`tls`]).
+
+mod tls;
+
+pub use tls::DEFAULT_TLS_LISTEN;
 
 use crate::cli::DevArgs;
 use crate::client::{Api, ControlPlane as CpClient};
@@ -42,6 +47,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let admin_token = random_token();
     let registration_token = random_token();
     let jwt_secret = dev_jwt_secret(std::env::var("JWT_SECRET").ok())?;
+    // Dropped (and a temporary directory removed) on every way out.
+    let dev_tls = if args.tls {
+        tls::check_port(args.tls_listen)?;
+        Some(tls::DevTls::create(
+            args.tls_dir.as_deref(),
+            args.tls_listen,
+        )?)
+    } else {
+        None
+    };
 
     let cp = control_plane::ControlPlane::start(control_plane::Settings {
         grpc_addr: SocketAddr::from(CP_GRPC),
@@ -78,6 +93,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             issuer: None,
             audience: None,
         }),
+        tls: dev_tls.as_ref().map(|t| t.settings(args.tls_listen)),
         ..data_plane::Settings::default()
     })
     .await
@@ -99,6 +115,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             admin_token: &admin_token,
             registration_token: &registration_token,
             jwt_secret: &jwt_secret,
+            https: dp.tls_addr().zip(dev_tls.as_ref()),
         })
     );
 
@@ -107,6 +124,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     dp.shutdown().await;
     cp.shutdown().await;
     echo.shutdown();
+    if let Some(tls) = dev_tls.filter(|t| t.is_temporary()) {
+        let dir = tls.ca.parent().map(Path::to_path_buf);
+        drop(tls);
+        if let Some(dir) = dir {
+            println!("removed {}", dir.display());
+        }
+    }
     Ok(())
 }
 
@@ -229,6 +253,8 @@ struct Banner<'a> {
     admin_token: &'a str,
     registration_token: &'a str,
     jwt_secret: &'a str,
+    /// The HTTPS listener and its certificates, with `--tls`.
+    https: Option<(SocketAddr, &'a tls::DevTls)>,
 }
 
 /// What was started and how to use it.
@@ -239,6 +265,15 @@ fn banner(b: &Banner<'_>) -> String {
     } else {
         public.to_string()
     };
+    // The certificate names localhost: curl checks that name.
+    let https = b.https.map(|(addr, tls)| {
+        let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
+            format!("localhost:{}", addr.port())
+        } else {
+            addr.to_string()
+        };
+        (addr, host, tls)
+    });
     let mut out = String::new();
     out.push_str("gwctl dev: a whole gateway in this process\n\n");
     out.push_str(&format!(
@@ -249,14 +284,32 @@ fn banner(b: &Banner<'_>) -> String {
         "  control plane  grpc {}, http http://{}  (in-memory store: not durable)\n",
         b.cp_grpc, b.cp_http
     ));
+    if let Some((addr, host, tls)) = &https {
+        out.push_str(&format!(
+            "  https          https://{host}  (listening on {addr}; throwaway CA, {})\n",
+            if tls.is_temporary() {
+                "files removed on exit"
+            } else {
+                "files kept"
+            }
+        ));
+        out.push_str(&format!("  CA cert        {}\n", tls.ca.display()));
+    }
     out.push_str(&format!("  echo upstream  http://{}\n", b.echo));
     out.push_str(&format!(
         "  config         {} applied as version {}\n\n",
         b.source, b.version
     ));
     out.push_str("Try:\n");
-    for example in curl_examples(&b.config.routes, &host) {
+    for example in curl_examples(&b.config.routes, &format!("http://{host}"), "") {
         out.push_str(&format!("  {example}\n"));
+    }
+    if let Some((_, host, tls)) = &https {
+        let cacert = format!("--cacert {} ", shell_quote(&tls.ca.display().to_string()));
+        let examples = curl_examples(&b.config.routes, &format!("https://{host}"), &cacert);
+        if let Some(example) = examples.first() {
+            out.push_str(&format!("  {example}\n"));
+        }
     }
     out.push_str("\nUse gwctl against it (from another shell):\n");
     out.push_str(&format!("  export GW_CONTROL_PLANE=http://{}\n", b.cp_grpc));
@@ -282,8 +335,9 @@ fn banner(b: &Banner<'_>) -> String {
     out
 }
 
-/// A `curl` line for each of the first routes, with sample path values.
-fn curl_examples(routes: &[RouteConfig], host: &str) -> Vec<String> {
+/// A `curl` line for each of the first routes, with sample path values:
+/// `curl -s {options}[-X METHOD ]'{base}{path}'`.
+fn curl_examples(routes: &[RouteConfig], base: &str, options: &str) -> Vec<String> {
     routes
         .iter()
         .take(4)
@@ -303,9 +357,20 @@ fn curl_examples(routes: &[RouteConfig], host: &str) -> Vec<String> {
                 .filter(|method| method.as_str() != "GET")
                 .map(|method| format!("-X {method} "))
                 .unwrap_or_default();
-            Some(format!("curl -s {method}'http://{host}{path}'"))
+            Some(format!("curl -s {options}{method}'{base}{path}'"))
         })
         .collect()
+}
+
+/// `text` as one shell word: as is when it holds only safe characters,
+/// else in single quotes.
+fn shell_quote(text: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    if !text.is_empty() && text.chars().all(safe) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }
 
 /// `/users/{id}` -> `/users/42`.
@@ -354,7 +419,7 @@ mod tests {
     #[test]
     fn examples_fill_in_parameters() {
         let config = GatewayConfig::load(EMBEDDED_DEV_CONFIG.as_bytes()).unwrap();
-        let examples = curl_examples(&config.routes, "localhost:3000");
+        let examples = curl_examples(&config.routes, "http://localhost:3000", "");
         assert!(
             examples.contains(&"curl -s 'http://localhost:3000/echo/hello?x=1'".to_string()),
             "{examples:?}"
@@ -363,5 +428,24 @@ mod tests {
             examples.contains(&"curl -s 'http://localhost:3000/users/42'".to_string()),
             "{examples:?}"
         );
+        let examples = curl_examples(&config.routes, "https://localhost:3443", "--cacert ca.pem ");
+        assert_eq!(
+            examples[0],
+            "curl -s --cacert ca.pem 'https://localhost:3443/echo/hello?x=1'"
+        );
+    }
+
+    #[test]
+    fn shell_words() {
+        assert_eq!(
+            shell_quote("/tmp/gwctl-dev-tls.x1/ca.pem"),
+            "/tmp/gwctl-dev-tls.x1/ca.pem"
+        );
+        assert_eq!(
+            shell_quote("/tmp/my certs/ca.pem"),
+            "'/tmp/my certs/ca.pem'"
+        );
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
     }
 }
