@@ -5,7 +5,8 @@
 //! processes with logs), [`cluster`] (control planes, data planes,
 //! upstreams, gwctl, one-test-at-a-time guard), [`http`] (a tiny blocking
 //! HTTP client) and [`grpc`] (a blocking Registry/Admin client); [`promql`]
-//! finds the metric names of alert and dashboard expressions.
+//! finds the metric names of alert and dashboard expressions, and
+//! [`monitoring`] reads those and runs a cluster that exports them.
 //!
 //! The kit every test crate shares: [`wait`] (polling until a condition
 //! holds), [`upstream`] (an in-process echo upstream for tests that run the
@@ -20,6 +21,7 @@ pub mod fleet;
 pub mod grpc;
 pub mod help;
 pub mod http;
+pub mod monitoring;
 pub mod procs;
 pub mod promql;
 pub mod upstream;

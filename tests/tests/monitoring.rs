@@ -5,90 +5,13 @@
 //! The same scrape checks what build runs (`*_build_info`), the process
 //! metrics, the control plane's RPC latency and its propagation histogram.
 
-use gateway_tests::cluster::{
-    start_test, wait_until, write_temp_file, ControlPlaneProc, DataPlaneProc, Tokens, Upstream,
-};
+use gateway_tests::cluster::{start_test, write_temp_file, DataPlaneProc};
 use gateway_tests::http;
+use gateway_tests::monitoring::{
+    alert_expressions, dashboard_expressions, repo_file, scrape, MonitoredCluster,
+};
 use gateway_tests::promql::metric_names;
-use gateway_tests::RedisServer;
-use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-fn repo_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate lives in the workspace")
-        .join(rel)
-}
-
-fn read(rel: &str) -> String {
-    std::fs::read_to_string(repo_file(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
-}
-
-/// `(alert name, expression)` of every rule of the PrometheusRule.
-fn alert_expressions() -> Vec<(String, String)> {
-    let text = read("deploy/monitoring/prometheusrule.yaml");
-    let rule: Value = serde_norway::from_str::<serde_norway::Value>(&text)
-        .map(|v| serde_json::to_value(v).expect("JSON form"))
-        .expect("prometheusrule.yaml is YAML");
-    let mut expressions = Vec::new();
-    for group in rule["spec"]["groups"].as_array().expect("spec.groups") {
-        for rule in group["rules"].as_array().expect("rules") {
-            let name = rule["alert"].as_str().expect("alert name").to_string();
-            let expr = rule["expr"].as_str().expect("expr").to_string();
-            expressions.push((name, expr));
-        }
-    }
-    expressions
-}
-
-/// `(panel title, expression)` of every query of the dashboard: its panels'
-/// targets (rows' nested panels included) and its template variables'
-/// `label_values(METRIC, label)` queries.
-fn dashboard_expressions() -> Vec<(String, String)> {
-    let dashboard: Value = serde_json::from_str(&read("deploy/monitoring/grafana-dashboard.json"))
-        .expect("grafana-dashboard.json is JSON");
-    let mut expressions = Vec::new();
-    let mut panels: Vec<&Value> = dashboard["panels"]
-        .as_array()
-        .expect("panels")
-        .iter()
-        .collect();
-    while let Some(panel) = panels.pop() {
-        panels.extend(panel["panels"].as_array().into_iter().flatten());
-        let title = panel["title"].as_str().unwrap_or_default();
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            let expr = target["expr"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{title}: a target without expr"));
-            expressions.push((title.to_string(), expr.to_string()));
-        }
-    }
-    for variable in dashboard["templating"]["list"]
-        .as_array()
-        .expect("templating")
-    {
-        let query = variable["query"]["query"]
-            .as_str()
-            .or(variable["query"].as_str());
-        if variable["type"] == "query" {
-            let query = query.expect("a query variable has a query");
-            let metric = query
-                .strip_prefix("label_values(")
-                .and_then(|rest| rest.split(',').next())
-                .unwrap_or_else(|| {
-                    panic!("variable query {query:?} is not label_values(METRIC, label)")
-                });
-            expressions.push((
-                format!("variable {}", variable["name"]),
-                metric.trim().to_string(),
-            ));
-        }
-    }
-    expressions
-}
 
 /// The sample names of an exposition (`gateway_requests_total`,
 /// `..._bucket`, `..._info`), with the value of each unlabelled sample.
@@ -128,35 +51,6 @@ fn value(exported: &BTreeMap<String, Option<f64>>, name: &str) -> f64 {
         .copied()
         .flatten()
         .unwrap_or_else(|| panic!("no unlabelled sample {name}"))
-}
-
-fn config(upstream: &Upstream) -> String {
-    format!(
-        r#"
-version: 1
-services:
-  - name: echo
-    instances: ["{}"]
-    circuit_breaker: {{ error_threshold_percent: 50, volume_threshold: 20, reset_timeout: 30s, rolling_window: 60s, rolling_buckets: 6 }}
-    outlier_detection: {{ consecutive_failures: 5, base_ejection_time: 30s }}
-    retry: {{ max_attempts: 2, base_delay: 1ms, max_delay: 5ms, retry_on: [503] }}
-routes:
-  - name: limited
-    match: {{ path_prefix: /limited }}
-    service: echo
-    rate_limit: {{ requests: 2, window: 1h }}
-  - name: open
-    match: {{ path_prefix: /open }}
-    service: echo
-"#,
-        upstream.url()
-    )
-}
-
-fn scrape(addr: std::net::SocketAddr) -> String {
-    let response = http::get(addr, "/metrics").expect("GET /metrics");
-    assert_eq!(response.status, 200);
-    response.text()
 }
 
 /// The label value `label="..."` of the first sample line of `name`.
@@ -219,50 +113,21 @@ fn assert_process_and_build(text: &str, prefix: &str) {
 #[test]
 fn every_metric_of_the_alerts_and_the_dashboard_is_exported() {
     let _test = start_test();
-    let redis = RedisServer::start();
-    let tokens = Tokens::random();
-    let cp = ControlPlaneProc::start("cp-monitoring", Some(&redis.url()), &tokens);
-    let upstream = Upstream::start("monitoring");
     // With an HTTPS listener, so that its certificate-expiry gauge (read by an
     // alert) has a sample.
     let tls = rcgen::generate_simple_self_signed(vec!["monitoring.test".to_string()]).unwrap();
     let cert = write_temp_file("monitoring.crt", &tls.cert.pem());
     let key = write_temp_file("monitoring.key", &tls.key_pair.serialize_pem());
     let tls_listen = format!("127.0.0.1:{}", gateway_tests::free_port());
-    let mut dp = DataPlaneProc::start_with_env(
-        "dp-monitoring",
-        &cp.url(),
-        Some(&redis.url()),
+    let cluster = MonitoredCluster::start(
+        "monitoring",
         &[
             ("GW_TLS_LISTEN", tls_listen.as_str()),
             ("GW_TLS_CERT", &cert.to_string_lossy()),
             ("GW_TLS_KEY", &key.to_string_lossy()),
         ],
     );
-    // The config goes out after the data plane's session opened, so that its
-    // ACK is a propagation the control plane times.
-    wait_until(
-        "the data plane's Discovery session",
-        Duration::from_secs(20),
-        || {
-            let text = scrape(cp.http);
-            match samples(&text).get("control_plane_connected_data_planes") {
-                Some(Some(n)) if *n >= 1.0 => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    );
-    cp.gwctl().apply(&config(&upstream)).success();
-    dp.wait_ready();
-
-    for _ in 0..3 {
-        assert_eq!(dp.send("GET", "/open/x", &[], b"").status, 200);
-    }
-    let limited: Vec<u16> = (0..4)
-        .map(|_| dp.send("GET", "/limited/x", &[], b"").status)
-        .collect();
-    assert_eq!(limited, [200, 200, 429, 429]);
-    assert_eq!(dp.send("GET", "/nowhere", &[], b"").status, 404);
+    let (dp, cp) = (&cluster.dp, &cluster.cp);
 
     let dp_text = scrape(dp.admin);
     let cp_text = scrape(cp.http);
