@@ -432,6 +432,7 @@ mod tests {
                 timeout: Duration::from_millis(500),
                 healthy_threshold: 2,
                 unhealthy_threshold: 3,
+                tls: Default::default(),
             },
             health,
             next_due: Instant::now(),
