@@ -47,6 +47,9 @@ pub struct InstanceSpec {
     /// Declared in the config rather than registered (no lease).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub static_instance: bool,
+    /// Speaks TLS (`https://`): connected to with TLS only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 /// Result of active health checks.
@@ -113,6 +116,7 @@ impl Instance {
             } as i32,
             draining: self.state.draining,
             static_instance: s.static_instance,
+            tls: s.tls,
         }
     }
 
@@ -149,6 +153,7 @@ impl Instance {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 static_instance: p.static_instance,
+                tls: p.tls,
             },
             state: InstanceState {
                 health,
@@ -211,6 +216,16 @@ pub fn validate_registration(req: &pb::RegisterRequest) -> Result<ValidRegistrat
         errors.push("zone: 63 printable characters at most".into());
     }
     check_metadata(&req.metadata, &mut errors);
+    let tls = match req.scheme.as_str() {
+        "" | "http" => false,
+        "https" => true,
+        other => {
+            errors.push(format!(
+                "scheme: {other:?} must be \"http\" or \"https\" (empty: http)"
+            ));
+            false
+        }
+    };
     let ttl = match req.lease_ttl_seconds {
         0 => DEFAULT_LEASE_TTL,
         s => Duration::from_secs(u64::from(s)),
@@ -239,6 +254,7 @@ pub fn validate_registration(req: &pb::RegisterRequest) -> Result<ValidRegistrat
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             static_instance: false,
+            tls,
         },
         ttl,
     })
@@ -335,6 +351,7 @@ pub fn static_instances(config: &GatewayConfig) -> Vec<InstanceSpec> {
                 zone: String::new(),
                 metadata: BTreeMap::new(),
                 static_instance: true,
+                tls: addr.tls,
             });
         }
     }
@@ -358,6 +375,7 @@ mod tests {
             zone: "a".into(),
             metadata: [("version".to_string(), "1.2.3".to_string())].into(),
             lease_ttl_seconds: 0,
+            scheme: String::new(),
         }
     }
 
@@ -379,6 +397,7 @@ mod tests {
         r.health_path = "health".into();
         r.weight = 5000;
         r.lease_ttl_seconds = 7200;
+        r.scheme = "tcp".into();
         r.metadata = (0..70)
             .map(|i| (format!("k{i}"), "v".repeat(100)))
             .collect();
@@ -391,6 +410,7 @@ mod tests {
             "health_path:",
             "weight:",
             "lease_ttl_seconds:",
+            "scheme: \"tcp\" must be",
             "entries",
             "bytes",
         ] {
@@ -422,8 +442,22 @@ mod tests {
     }
 
     #[test]
+    fn schemes() {
+        let mut r = request();
+        assert!(!validate_registration(&r).unwrap().spec.tls);
+        r.scheme = "http".into();
+        assert!(!validate_registration(&r).unwrap().spec.tls);
+        r.scheme = "https".into();
+        assert!(validate_registration(&r).unwrap().spec.tls);
+        r.scheme = "HTTPS".into();
+        assert!(validate_registration(&r).is_err());
+    }
+
+    #[test]
     fn proto_round_trip() {
-        let valid = validate_registration(&request()).unwrap();
+        let mut request = request();
+        request.scheme = "https".into();
+        let valid = validate_registration(&request).unwrap();
         let inst = Instance {
             spec: valid.spec,
             state: InstanceState {
@@ -437,7 +471,9 @@ mod tests {
 
     #[test]
     fn static_instances_of_a_config() {
-        let config = GatewayConfig::load(b"version: 1\nservices:\n  - name: a\n    instances: ['http://127.0.0.1:81', 'http://[::1]:82']\n").unwrap();
+        let config = GatewayConfig::load(b"version: 1\nservices:\n  - name: a\n    instances: ['http://127.0.0.1:81', 'https://[::1]:82']\n").unwrap();
+        let tls: Vec<bool> = static_instances(&config).iter().map(|s| s.tls).collect();
+        assert_eq!(tls, [false, true]);
         let ids: Vec<_> = static_instances(&config)
             .into_iter()
             .map(|s| (s.id.clone(), s.authority()))

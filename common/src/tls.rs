@@ -252,6 +252,40 @@ pub fn trust_roots(
     Ok(roots)
 }
 
+/// The TLS client settings of calls to a service's `https://` instances
+/// (the data planes' connections, the control plane's health checks):
+/// rustls on ring, TLS 1.2 and 1.3, ALPN `http/1.1`, session resumption on
+/// (rustls' in-memory cache, which lives as long as the returned config),
+/// the platform's roots plus `ca_file`, and the client certificate of
+/// `client_cert`/`client_key` when given. The files are read here: an
+/// unreadable file, a key that does not fit its certificate, or no trusted
+/// root at all is refused, naming the `tls.*` key and the file.
+pub fn upstream_client_config(
+    settings: &crate::config::UpstreamTlsConfig,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = trust_roots("tls.ca_file", settings.ca_file.as_deref())?;
+    let identity = Identity::read_pair(
+        PairSettings {
+            cert: "tls.client_cert",
+            key: "tls.client_key",
+        },
+        settings.client_cert.as_deref(),
+        settings.client_key.as_deref(),
+    )?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(identity) => builder
+            .with_client_auth_cert(identity.chain, identity.key)
+            .map_err(|e| TlsError::Config(e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

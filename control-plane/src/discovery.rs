@@ -816,6 +816,7 @@ mod tests {
                 zone: String::new(),
                 metadata: Default::default(),
                 static_instance: false,
+                tls: false,
             },
             state: InstanceState::default(),
         }

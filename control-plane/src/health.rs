@@ -9,10 +9,11 @@
 //! per tick). The last result of every check goes to the store's health
 //! records in batches, outside the change log.
 
+use crate::health_tls::TlsClients;
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::store::{unix_ms, HealthRecord, Store};
 use crate::view::{Stamp, View};
-use gateway_common::config::{GatewayConfig, HealthCheckConfig};
+use gateway_common::config::{GatewayConfig, HealthCheckConfig, UpstreamTlsConfig};
 use gateway_common::error_chain;
 use gateway_common::http_client::{self, Client, HttpClientError};
 use gateway_common::registration::{Health, Instance};
@@ -40,11 +41,14 @@ struct ServiceCheck {
     timeout: Duration,
     healthy_threshold: u32,
     unhealthy_threshold: u32,
+    /// The service's TLS settings, for its `https://` instances.
+    tls: UpstreamTlsConfig,
 }
 
 impl ServiceCheck {
-    fn from_config(hc: &HealthCheckConfig) -> Option<Self> {
+    fn from_config(hc: &HealthCheckConfig, tls: Option<&UpstreamTlsConfig>) -> Option<Self> {
         hc.enabled.then(|| ServiceCheck {
+            tls: tls.cloned().unwrap_or_default(),
             path: hc.path.clone(),
             interval: hc.interval,
             timeout: hc.timeout,
@@ -157,6 +161,7 @@ pub struct HealthChecker {
     verdicts: HashMap<String, Health>,
     records: HashMap<String, HealthRecord>,
     probes: JoinSet<Outcome>,
+    tls_clients: TlsClients,
 }
 
 impl HealthChecker {
@@ -173,6 +178,7 @@ impl HealthChecker {
             verdicts: HashMap::new(),
             records: HashMap::new(),
             probes: JoinSet::new(),
+            tls_clients: TlsClients::default(),
         }
     }
 
@@ -258,7 +264,12 @@ impl HealthChecker {
         self.services = config
             .services
             .iter()
-            .filter_map(|s| Some((s.name.clone(), ServiceCheck::from_config(&s.health_check)?)))
+            .filter_map(|s| {
+                Some((
+                    s.name.clone(),
+                    ServiceCheck::from_config(&s.health_check, s.tls.as_ref())?,
+                ))
+            })
             .collect();
         let mut seen = HashSet::with_capacity(self.targets.len());
         for instance in instances {
@@ -285,7 +296,8 @@ impl HealthChecker {
         } else {
             &instance.spec.health_path
         };
-        let uri = format!("http://{}{}", instance.spec.authority(), path);
+        let scheme = if instance.spec.tls { "https" } else { "http" };
+        let uri = format!("{scheme}://{}{}", instance.spec.authority(), path);
         let check = service.clone();
         match self.targets.get_mut(id) {
             Some(target) if target.uri == uri => {
@@ -323,9 +335,17 @@ impl HealthChecker {
             }
             target.in_flight = true;
             let (id, revision) = (id.clone(), target.revision);
-            let (client, uri, timeout) = (client.clone(), target.uri.clone(), target.check.timeout);
+            // An https:// instance is checked with its service's TLS client.
+            let client = match target.uri.starts_with("https:") {
+                true => self.tls_clients.get(&target.check.tls),
+                false => Ok(client.clone()),
+            };
+            let (uri, timeout) = (target.uri.clone(), target.check.timeout);
             self.probes.spawn(async move {
-                let (success, result) = probe(client, uri, timeout).await;
+                let (success, result) = match client {
+                    Ok(client) => probe(client, uri, timeout).await,
+                    Err(reason) => (false, reason),
+                };
                 Outcome {
                     id,
                     revision,
@@ -412,6 +432,7 @@ mod tests {
                 timeout: Duration::from_millis(500),
                 healthy_threshold: 2,
                 unhealthy_threshold: 3,
+                tls: Default::default(),
             },
             health,
             next_due: Instant::now(),

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod compat;
 pub mod discovery;
 pub mod health;
+mod health_tls;
 pub mod http;
 pub mod leader;
 pub mod leases;

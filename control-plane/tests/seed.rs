@@ -47,6 +47,7 @@ fn spec(id: &str, port: u16) -> InstanceSpec {
         zone: String::new(),
         metadata: Default::default(),
         static_instance: false,
+        tls: false,
     }
 }
 

@@ -24,6 +24,7 @@ fn spec(id: &str, service: &str, port: u16) -> InstanceSpec {
         zone: String::new(),
         metadata: Default::default(),
         static_instance: false,
+        tls: false,
     }
 }
 

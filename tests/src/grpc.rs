@@ -211,5 +211,6 @@ pub fn registration(service: &str, id: &str, port: u16, ttl_seconds: u32) -> pb:
         zone: String::new(),
         metadata: Default::default(),
         lease_ttl_seconds: ttl_seconds,
+        scheme: String::new(),
     }
 }

@@ -26,6 +26,7 @@ mod route;
 mod service;
 mod shared;
 mod signature;
+mod upstream_tls;
 mod webhook;
 
 #[cfg(test)]
@@ -62,6 +63,7 @@ pub use signature::{
     SignatureConfig, DEFAULT_SIGNATURE_HEADER, DEFAULT_SIGNATURE_TIMESTAMP_HEADER,
     DEFAULT_SIGNATURE_WINDOW, MAX_SIGNATURE_WINDOW, RESERVED_SECRET_ENV,
 };
+pub use upstream_tls::UpstreamTlsConfig;
 pub use webhook::{WebhookConfig, WebhookProvider, DEFAULT_WEBHOOK_BODY_LIMIT};
 
 use crate::aggregation::route_params;

@@ -10,6 +10,7 @@ use super::load_balancer::LoadBalancerConfig;
 use super::outlier::OutlierConfig;
 use super::retry::RetryConfig;
 use super::shared::check_range;
+use super::upstream_tls::UpstreamTlsConfig;
 use crate::duration;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -30,12 +31,19 @@ pub struct ServiceConfig {
     /// Time allowed for the upstream to answer (response headers).
     #[serde(default = "default_timeout", with = "duration")]
     pub timeout: Duration,
-    /// Time allowed to open a TCP connection to an instance.
+    /// Time allowed to open a connection to an instance (TCP, and the TLS
+    /// handshake of an `https://` instance).
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
-    /// Static instances as `http://host:port` URLs, besides registered ones.
+    /// Static instances as `http://host:port` or `https://host:port` URLs,
+    /// besides registered ones.
     #[serde(default)]
     pub instances: Vec<String>,
+    /// TLS to the service's `https://` instances (trusted CA, verified name,
+    /// client certificate); absent: the platform's roots and the instance's
+    /// host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
     /// Circuit-breaker policy (also set with `gwctl breaker set`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<BreakerConfig>,
@@ -92,6 +100,9 @@ impl ServiceConfig {
             if let Err(e) = parse_instance_url(url) {
                 errors.push(format!("{at}.instances[{i}]: {e}"));
             }
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate(&format!("{at}.tls"), errors);
         }
         if let Some(cb) = &self.circuit_breaker {
             cb.validate(&format!("{at}.circuit_breaker"), errors);

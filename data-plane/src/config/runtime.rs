@@ -21,6 +21,7 @@ use crate::upstream::pool::ConnPool;
 use crate::upstream::retry::RetryPolicy;
 pub use crate::upstream::service::ServiceRuntime;
 use crate::upstream::service::{CurrentServices, Services};
+use crate::upstream::tls::{self, UpstreamTls};
 use arc_swap::{ArcSwap, Guard};
 use gateway_common::config::{ConfigError, ServiceConfig};
 use gateway_common::registration::Instance;
@@ -29,6 +30,7 @@ use gateway_common::GatewayConfig;
 use gateway_proto::v1 as pb;
 use http::uri::Authority;
 use http::HeaderValue;
+use rustls::pki_types::ServerName;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -164,6 +166,10 @@ pub enum UpdateError {
     /// A route's validation schema does not compile.
     #[error("validation: {0}")]
     Validation(String),
+    /// A service's `tls` settings cannot be used (a file unreadable, a key
+    /// that does not fit its certificate).
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 impl UpdateError {
@@ -291,9 +297,11 @@ impl Store {
 
     /// The connection pool of a known instance at the same address (kept
     /// across updates), else a new one.
-    fn pool_of(&self, id: &str, target: &str) -> Arc<ConnPool> {
+    fn pool_of(&self, id: &str, target: &str, tls: bool) -> Arc<ConnPool> {
         match self.instances.get(id) {
-            Some(e) if e.endpoint.pool.target() == target => e.endpoint.pool.clone(),
+            Some(e) if e.endpoint.pool.target() == target && e.instance.spec.tls == tls => {
+                e.endpoint.pool.clone()
+            }
             _ => Arc::new(ConnPool::new(target.to_string())),
         }
     }
@@ -535,6 +543,13 @@ impl Runtime {
             Some(config) => Some(self.build_router(config)?),
             None => None,
         };
+        let tls_clients = match &config {
+            Some(config) => tls::clients_for(config, |name| {
+                old.service_named(name).and_then(|s| s.tls.clone())
+            })
+            .map_err(UpdateError::Tls)?,
+            None => Default::default(),
+        };
         let prepared = change
             .upserts
             .into_iter()
@@ -570,7 +585,12 @@ impl Runtime {
                         {
                             p.clone()
                         }
-                        _ => Arc::new(self.build_service(&store, sc, previous.map(|p| &**p))),
+                        _ => Arc::new(self.build_service(
+                            &store,
+                            sc,
+                            previous.map(|p| &**p),
+                            tls_clients.get(&sc.name).cloned(),
+                        )),
                     }
                 })
                 .collect()
@@ -579,8 +599,12 @@ impl Runtime {
             for name in &affected {
                 if let Some(&i) = old.service_index.get(name) {
                     let previous = &old.services[i];
-                    services[i] =
-                        Arc::new(self.build_service(&store, &previous.config, Some(previous)));
+                    services[i] = Arc::new(self.build_service(
+                        &store,
+                        &previous.config,
+                        Some(previous),
+                        previous.tls.clone().filter(|t| t.settings().is_some()),
+                    ));
                 }
             }
             services
@@ -685,6 +709,7 @@ impl Runtime {
         store: &Store,
         config: &ServiceConfig,
         previous: Option<&ServiceRuntime>,
+        tls: Option<Arc<UpstreamTls>>,
     ) -> ServiceRuntime {
         let name = previous.map_or_else(|| Arc::new(config.name.clone()), |p| p.name.clone());
         // Breaker, retry budget and outlier state carry over while their
@@ -727,7 +752,12 @@ impl Runtime {
                 .unwrap_or_else(|| Arc::new(RetryPolicy::new(policy, self.metrics.retries(&name))))
         });
         let (healthy, unhealthy) = store.endpoints(&config.name);
+        // A service without `tls` settings gets the platform's client once
+        // it holds an `https://` instance.
+        let https = || healthy.iter().chain(&unhealthy).any(|e| e.tls.is_some());
+        let tls = tls.or_else(|| https().then(UpstreamTls::platform).flatten());
         ServiceRuntime {
+            tls,
             errors: self.metrics.upstream_errors(&name),
             balancer: Balancer::build(
                 &config.load_balancer,
@@ -758,7 +788,11 @@ fn prepare(store: &Store, instance: Instance) -> Result<InstanceEntry, UpdateErr
     };
     let text = spec.authority();
     let host_header = HeaderValue::from_str(&text).map_err(|e| bad(&e))?;
-    let pool = store.pool_of(&spec.id, &text);
+    let pool = store.pool_of(&spec.id, &text, spec.tls);
+    let tls = match spec.tls {
+        true => Some(ServerName::try_from(spec.address.clone()).map_err(|e| bad(&e))?),
+        false => None,
+    };
     let authority = Authority::try_from(text).map_err(|e| bad(&e))?;
     let endpoint = Arc::new(Endpoint {
         id: Arc::from(spec.id.as_str()),
@@ -767,6 +801,7 @@ fn prepare(store: &Store, instance: Instance) -> Result<InstanceEntry, UpdateErr
         weight: spec.weight.max(1),
         load: store.load_of(&spec.id),
         pool,
+        tls,
     });
     Ok(InstanceEntry { instance, endpoint })
 }

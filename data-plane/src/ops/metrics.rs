@@ -139,16 +139,20 @@ pub enum UpstreamErrorKind {
     ConnectTimeout,
     /// Any other failure to connect.
     Connect,
+    /// The TLS handshake with an `https://` instance failed (certificate
+    /// refused, handshake broken off).
+    Tls,
     /// The exchange failed after connecting.
     Protocol,
 }
 
 impl UpstreamErrorKind {
-    const ALL: [UpstreamErrorKind; 5] = [
+    const ALL: [UpstreamErrorKind; 6] = [
         Self::Timeout,
         Self::ConnectRefused,
         Self::ConnectTimeout,
         Self::Connect,
+        Self::Tls,
         Self::Protocol,
     ];
 
@@ -159,6 +163,7 @@ impl UpstreamErrorKind {
             Self::ConnectRefused => "connect_refused",
             Self::ConnectTimeout => "connect_timeout",
             Self::Connect => "connect_error",
+            Self::Tls => "tls_error",
             Self::Protocol => "protocol_error",
         }
     }

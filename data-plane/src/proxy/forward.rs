@@ -327,7 +327,8 @@ async fn forward_with_retries(
                     Failure::Upstream(
                         UpstreamErrorKind::ConnectRefused
                         | UpstreamErrorKind::ConnectTimeout
-                        | UpstreamErrorKind::Connect,
+                        | UpstreamErrorKind::Connect
+                        | UpstreamErrorKind::Tls,
                     ) => policy.on.connect_failure,
                     Failure::Upstream(UpstreamErrorKind::Protocol) => policy.on.reset,
                     Failure::Upstream(UpstreamErrorKind::Timeout) | Failure::Client(_) => false,
@@ -431,6 +432,10 @@ fn upstream_error(
         UpstreamErrorKind::ConnectRefused => (
             GatewayError::UpstreamUnavailable,
             format!("Service {name} is unavailable (connection refused)"),
+        ),
+        UpstreamErrorKind::Tls => (
+            GatewayError::BadGateway,
+            format!("Service {name} failed the TLS handshake"),
         ),
         UpstreamErrorKind::Connect | UpstreamErrorKind::Protocol => (
             GatewayError::BadGateway,

@@ -15,6 +15,7 @@ use crate::upstream::deadline;
 use crate::upstream::h1::body::{ClientFault, LimitedBody};
 use crate::upstream::h1::response::UpstreamBody;
 use crate::upstream::h1::send::{classify, send_with, Failure, SendError};
+use crate::upstream::pool::TlsDial;
 use crate::upstream::service::ServiceRuntime;
 use http::{Request, Response};
 use std::future::Future;
@@ -163,7 +164,17 @@ where
     service.errors.attempt();
     // The send is awaited under the deadline as is, with no async block
     // around it: moving a larger future costs copies on the plain path.
-    let exchange = send_with(&endpoint.pool, service.config.connect_timeout, req, extra);
+    let tls = endpoint.tls.as_ref().map(|host| TlsDial {
+        client: service.tls.as_deref(),
+        host,
+    });
+    let exchange = send_with(
+        &endpoint.pool,
+        service.config.connect_timeout,
+        tls,
+        req,
+        extra,
+    );
     match tokio::time::timeout_at(call.deadline, exchange).await {
         Ok(Ok(response)) => {
             spans::answered(&span, response.status());

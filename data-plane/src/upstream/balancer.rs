@@ -83,6 +83,10 @@ pub struct Endpoint {
     pub load: Arc<InstanceLoad>,
     /// Keep-alive connections to the instance.
     pub pool: Arc<ConnPool>,
+    /// For an `https://` instance, its host as the name its certificate is
+    /// verified against (unless the service sets `tls.server_name`);
+    /// `None`: plain HTTP.
+    pub tls: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 /// What a consistent-hash key is read from.
@@ -573,6 +577,7 @@ pub(crate) mod fixtures {
             weight,
             load: Arc::default(),
             pool: Arc::new(ConnPool::new("127.0.0.1:1".into())),
+            tls: None,
         })
     }
 }

@@ -14,3 +14,5 @@ pub mod outlier;
 pub mod pool;
 pub mod retry;
 pub mod service;
+pub mod stream;
+pub mod tls;

@@ -1,14 +1,19 @@
 //! Upstream connections: a keep-alive pool per instance, of the
 //! connections HTTP/1.1 exchanges go over (see [`crate::upstream::h1`]).
+//! The connector opens TCP and, for an `https://` instance, does the TLS
+//! handshake, both within the connect timeout; a pooled TLS connection
+//! stays TLS and is reused like a plain one.
 //!
 //! A checkout is a pop from the instance's own idle stack (no hashing of a
 //! pool key), and a connection goes back to the stack as soon as its
 //! response body has been read to its end.
 
+use crate::upstream::stream::Stream;
+use crate::upstream::tls::{HandshakeError, UpstreamTls};
 use bytes::BytesMut;
+use rustls::pki_types::ServerName;
 use std::io;
 use std::sync::{Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
@@ -39,7 +44,7 @@ impl std::fmt::Debug for ConnPool {
 /// An idle connection to an instance, as its pool keeps it.
 #[derive(Debug)]
 pub struct Conn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     pub(crate) bufs: Buffers,
 }
 
@@ -56,7 +61,7 @@ pub(crate) struct Buffers {
 
 impl Conn {
     /// A connection over `stream`.
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: Stream) -> Self {
         Self {
             stream,
             bufs: Buffers::default(),
@@ -64,20 +69,33 @@ impl Conn {
     }
 
     /// Whether an idle connection can carry a request: the instance has
-    /// neither closed it nor sent anything unasked. Costs no system call
-    /// unless the socket turned readable while idle.
-    pub fn is_reusable(&self) -> bool {
-        let stream = &self.stream;
-        let mut cx = Context::from_waker(Waker::noop());
-        match stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut byte = [0u8; 1];
-                matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+    /// neither closed it nor sent anything unasked (see
+    /// [`Stream::is_reusable`]).
+    pub fn is_reusable(&mut self) -> bool {
+        self.stream.is_reusable()
     }
+}
+
+/// How a new connection to an `https://` instance is secured.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsDial<'a> {
+    /// The service's TLS client; `None` when it has none (the connection
+    /// fails rather than fall back to plaintext).
+    pub client: Option<&'a UpstreamTls>,
+    /// The instance's host, verified unless the service names a
+    /// `server_name`.
+    pub host: &'a ServerName<'static>,
+}
+
+/// Why a new connection failed: TCP, or the TLS handshake after it.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// TCP did not connect (refused, timed out, unreachable).
+    #[error(transparent)]
+    Connect(#[from] io::Error),
+    /// TLS did not handshake.
+    #[error(transparent)]
+    Tls(#[from] HandshakeError),
 }
 
 impl ConnPool {
@@ -106,7 +124,7 @@ impl ConnPool {
     /// The most recently used idle connection that is still open.
     pub(crate) fn checkout(&self) -> Option<Conn> {
         let mut idle = self.lock();
-        while let Some(entry) = idle.pop() {
+        while let Some(mut entry) = idle.pop() {
             if entry.since.elapsed() > POOL_IDLE_TIMEOUT {
                 // Everything below is older still.
                 idle.clear();
@@ -132,20 +150,37 @@ impl ConnPool {
         idle.push(Idle { conn, since: now });
     }
 
-    /// Opens a new connection within `connect_timeout`.
-    pub(crate) async fn open(&self, connect_timeout: Duration) -> io::Result<Conn> {
+    /// Opens a new connection within `connect_timeout`: TCP, then TLS when
+    /// `tls` is given (the handshake within the same timeout).
+    pub(crate) async fn open(
+        &self,
+        connect_timeout: Duration,
+        tls: Option<TlsDial<'_>>,
+    ) -> Result<Conn, OpenError> {
+        let timed_out = || {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no connection within {} ms", connect_timeout.as_millis()),
+            )
+        };
+        let deadline = tokio::time::Instant::now() + connect_timeout;
         let stream =
-            match tokio::time::timeout(connect_timeout, TcpStream::connect(&*self.target)).await {
+            match tokio::time::timeout_at(deadline, TcpStream::connect(&*self.target)).await {
                 Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no connection within {} ms", connect_timeout.as_millis()),
-                    ))
-                }
+                Ok(Err(e)) => return Err(OpenError::Connect(e)),
+                Err(_) => return Err(OpenError::Connect(timed_out())),
             };
         stream.set_nodelay(true)?;
-        Ok(Conn::new(stream))
+        let Some(tls) = tls else {
+            return Ok(Conn::new(Stream::Plain(stream)));
+        };
+        let client = tls.client.ok_or(HandshakeError::NoClient(
+            "the platform has no trusted root and the service sets no tls.ca_file",
+        ))?;
+        match tokio::time::timeout_at(deadline, client.handshake(stream, tls.host)).await {
+            Ok(Ok(stream)) => Ok(Conn::new(Stream::Tls(Box::new(stream)))),
+            Ok(Err(e)) => Err(OpenError::Tls(e)),
+            Err(_) => Err(OpenError::Connect(timed_out())),
+        }
     }
 }

@@ -6,6 +6,7 @@ use crate::upstream::balancer::Balancer;
 use crate::upstream::breaker::CircuitBreaker;
 use crate::upstream::deadline::EndpointTimeouts;
 use crate::upstream::retry::RetryPolicy;
+use crate::upstream::tls::UpstreamTls;
 use gateway_common::config::ServiceConfig;
 use std::sync::Arc;
 
@@ -26,6 +27,10 @@ pub struct ServiceRuntime {
     pub endpoint_timeouts: EndpointTimeouts,
     /// Cached error counters.
     pub errors: UpstreamErrorMetrics,
+    /// The TLS client of its `https://` instances: built from its `tls`
+    /// settings, or the platform default when it has none but holds an
+    /// `https://` instance; `None` otherwise.
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 /// The services of one config, by name (the runtime snapshot).

@@ -78,6 +78,7 @@ fn build_request(args: RegisterArgs) -> anyhow::Result<pb::RegisterRequest> {
         zone: args.zone.unwrap_or_default(),
         metadata: args.metadata.into_iter().collect(),
         lease_ttl_seconds: args.ttl.as_secs() as u32,
+        scheme: String::new(),
     };
     if args.weight == Some(0) {
         anyhow::bail!("invalid registration: weight: must be between 1 and 1000");

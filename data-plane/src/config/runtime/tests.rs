@@ -162,6 +162,7 @@ async fn standalone_change_is_applied() {
         zone: String::new(),
         metadata: Default::default(),
         static_instance: true,
+        tls: false,
     };
     rt.apply(Change {
         source: ConfigSource::File,

@@ -16,6 +16,7 @@ pub mod send;
 
 use crate::upstream::h1::body::{LimitedBody, RequestBodyError};
 use crate::upstream::pool::{Buffers, Conn, ConnPool};
+use crate::upstream::stream::{ReadHalf, Stream, WriteHalf};
 use bytes::BytesMut;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
@@ -26,8 +27,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use response::*;
@@ -98,17 +97,17 @@ impl ExchangeError {
 #[derive(Debug)]
 enum Wire {
     /// Only this exchange's task uses it.
-    Whole(TcpStream),
+    Whole(Stream),
     /// The read half is here; the write half is with the upload, which
     /// hands it back when the body has gone out.
-    Split { read: OwnedReadHalf, upload: Upload },
+    Split { read: ReadHalf, upload: Upload },
     /// The write half is gone (sending the body failed): not reusable.
-    ReadOnly(OwnedReadHalf),
+    ReadOnly(ReadHalf),
 }
 
 /// The task sending a streamed request body; aborted when dropped.
 #[derive(Debug)]
-struct Upload(JoinHandle<Result<OwnedWriteHalf, ExchangeError>>);
+struct Upload(JoinHandle<Result<WriteHalf, ExchangeError>>);
 
 impl Drop for Upload {
     fn drop(&mut self) {
@@ -131,13 +130,13 @@ impl Wire {
     }
 
     /// The whole socket again, if the upload has finished sending.
-    fn into_whole(self) -> Option<TcpStream> {
+    fn into_whole(self) -> Option<Stream> {
         match self {
             Wire::Whole(stream) => Some(stream),
             Wire::Split { read, mut upload } => {
                 let mut cx = Context::from_waker(Waker::noop());
                 match Pin::new(&mut upload.0).poll(&mut cx) {
-                    Poll::Ready(Ok(Ok(write))) => read.reunite(write).ok(),
+                    Poll::Ready(Ok(Ok(write))) => read.reunite(write),
                     _ => None,
                 }
             }
@@ -278,7 +277,7 @@ pub async fn exchange(
 /// that fails before any answer (over the route's limit) fails the
 /// exchange.
 async fn send_streaming(
-    stream: TcpStream,
+    stream: Stream,
     body: LimitedBody,
     framing: RequestFraming,
     bufs: &mut Buffers,
@@ -314,9 +313,9 @@ async fn send_streaming(
         Ok(head) => Ok((head?, Wire::Split { read: rd, upload })),
         Err(Ok(Ok(wr))) => {
             let head = read_head(&mut rd, read, fields).await?;
-            let stream = rd
-                .reunite(wr)
-                .map_err(|_| ExchangeError::Write(io::Error::other("socket halves mismatched")))?;
+            let stream = rd.reunite(wr).ok_or_else(|| {
+                ExchangeError::Write(io::Error::other("socket halves mismatched"))
+            })?;
             Ok((head, Wire::Whole(stream)))
         }
         Err(Ok(Err(ExchangeError::Body(e)))) => Err(ExchangeError::Body(e)),

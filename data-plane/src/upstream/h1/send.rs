@@ -6,7 +6,8 @@ use crate::ops::metrics::UpstreamErrorKind;
 use crate::upstream::h1::body::{ClientFault, LimitedBody};
 use crate::upstream::h1::response::UpstreamBody;
 use crate::upstream::h1::{self, ExchangeError};
-use crate::upstream::pool::{Conn, ConnPool};
+use crate::upstream::pool::{Conn, ConnPool, OpenError, TlsDial};
+use crate::upstream::tls::HandshakeError;
 use http::{HeaderName, HeaderValue, Method, Request, Response};
 use std::io;
 use std::sync::Arc;
@@ -23,6 +24,16 @@ pub enum SendError {
         /// The cause.
         source: io::Error,
     },
+    /// The TLS handshake with an `https://` instance failed (its
+    /// certificate refused, or the handshake broken off): a connect failure
+    /// of the upstream's, never plaintext instead.
+    #[error("connecting to {target}: {source}")]
+    Tls {
+        /// The instance address.
+        target: String,
+        /// The cause.
+        source: HandshakeError,
+    },
     /// The exchange failed.
     #[error("exchange with {target}: {source}")]
     Exchange {
@@ -33,14 +44,23 @@ pub enum SendError {
     },
 }
 
-/// A new connection to the pool's instance, within `connect_timeout`.
-async fn connect(pool: &ConnPool, connect_timeout: Duration) -> Result<Conn, SendError> {
-    pool.open(connect_timeout)
-        .await
-        .map_err(|source| SendError::Connect {
+/// A new connection to the pool's instance, within `connect_timeout`,
+/// secured by `tls` when given.
+async fn connect(
+    pool: &ConnPool,
+    connect_timeout: Duration,
+    tls: Option<TlsDial<'_>>,
+) -> Result<Conn, SendError> {
+    pool.open(connect_timeout, tls).await.map_err(|e| match e {
+        OpenError::Connect(source) => SendError::Connect {
             target: pool.target().to_string(),
             source,
-        })
+        },
+        OpenError::Tls(source) => SendError::Tls {
+            target: pool.target().to_string(),
+            source,
+        },
+    })
 }
 
 /// Whether a request may be sent again after a kept-alive connection
@@ -74,14 +94,16 @@ pub async fn send(
     connect_timeout: Duration,
     req: Request<LimitedBody>,
 ) -> Result<Response<UpstreamBody>, SendError> {
-    send_with(pool, connect_timeout, req, &[]).await
+    send_with(pool, connect_timeout, None, req, &[]).await
 }
 
 /// [`send`] with `extra` header fields written after the request's own
-/// (the proxy's forwarding headers, see [`crate::headers::Forwarding`]).
+/// (the proxy's forwarding headers, see [`crate::headers::Forwarding`]),
+/// and new connections secured by `tls` (an `https://` instance).
 pub async fn send_with(
     pool: &Arc<ConnPool>,
     connect_timeout: Duration,
+    tls: Option<TlsDial<'_>>,
     req: Request<LimitedBody>,
     extra: &[(&HeaderName, &HeaderValue)],
 ) -> Result<Response<UpstreamBody>, SendError> {
@@ -92,7 +114,7 @@ pub async fn send_with(
             // Boxed: opening a connection is the rare path, and its future
             // would otherwise make every request's future larger (and every
             // move of it costlier).
-            None => (Box::pin(connect(pool, connect_timeout)).await?, false),
+            None => (Box::pin(connect(pool, connect_timeout, tls)).await?, false),
         };
         let again = if reused {
             replay(&parts.method, &body)
@@ -132,6 +154,7 @@ pub fn classify(err: &SendError) -> Failure {
             io::ErrorKind::TimedOut => UpstreamErrorKind::ConnectTimeout,
             _ => UpstreamErrorKind::Connect,
         }),
+        SendError::Tls { .. } => Failure::Upstream(UpstreamErrorKind::Tls),
         SendError::Exchange { source, .. } => match source {
             ExchangeError::Body(body) => Failure::Client(body.fault()),
             _ => Failure::Upstream(UpstreamErrorKind::Protocol),
@@ -150,7 +173,9 @@ mod tests {
             l.local_addr().unwrap()
         };
         let pool = ConnPool::new(closed.to_string());
-        let err = connect(&pool, Duration::from_secs(2)).await.unwrap_err();
+        let err = connect(&pool, Duration::from_secs(2), None)
+            .await
+            .unwrap_err();
         assert_eq!(
             classify(&err),
             Failure::Upstream(UpstreamErrorKind::ConnectRefused)

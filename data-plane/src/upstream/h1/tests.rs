@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// What the scripted instance does with one request.
@@ -452,6 +452,7 @@ async fn extra_fields_follow_the_request_headers() {
     send::send_with(
         &inst.pool,
         Duration::from_secs(2),
+        None,
         request(Method::GET, "/p", b""),
         &[(&name, &value)],
     )
