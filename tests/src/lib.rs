@@ -16,6 +16,7 @@
 //! Tests never touch the shared Redis on 6379: each [`RedisServer`] is a
 //! child process with its own port and data directory, killed on drop.
 
+pub mod certs;
 pub mod cluster;
 pub mod fleet;
 pub mod grpc;

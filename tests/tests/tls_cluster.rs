@@ -23,8 +23,7 @@ const REFUSED_FOR: Duration = Duration::from_secs(4);
 
 /// A test certificate authority.
 struct TestCa {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
+    ca: gateway_tests::certs::TestCa,
     file: PathBuf,
 }
 
@@ -36,15 +35,9 @@ struct Issued {
 
 impl TestCa {
     fn new(name: &str) -> Self {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        let file = temp_file(&format!("{name}-ca.pem"), &cert.pem());
-        Self { cert, key, file }
+        let ca = gateway_tests::certs::TestCa::new(name);
+        let file = temp_file(&format!("{name}-ca.pem"), &ca.pem());
+        Self { ca, file }
     }
 
     fn ca_file(&self) -> String {
@@ -72,11 +65,10 @@ impl TestCa {
     }
 
     fn issue(&self, name: &str, params: rcgen::CertificateParams) -> Issued {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let (cert, key) = self.ca.sign(params);
         Issued {
-            cert: temp_file(&format!("{name}-cert.pem"), &cert.pem()),
-            key: temp_file(&format!("{name}-key.pem"), &key.serialize_pem()),
+            cert: temp_file(&format!("{name}-cert.pem"), &cert),
+            key: temp_file(&format!("{name}-key.pem"), &key),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! unharmed; a broken file keeps the old one; SIGHUP), refusals at start,
 //! the handshake timeout and the metrics and health report.
 
+use gateway_tests::certs::TestCa as Ca;
 use gateway_tests::cluster::{start_test, write_temp_file, DataPlaneProc, Upstream};
 use gateway_tests::procs::Spec;
 use gateway_tests::wait::wait_until;
@@ -23,54 +24,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-
-/// A certificate authority of the test.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        Self { cert, key }
-    }
-
-    /// A server certificate for `names` (PEM chain, PEM key), valid for
-    /// `days` when given (rcgen's default, decades, otherwise).
-    fn server(&self, names: &[&str], days: Option<i64>) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        if let Some(days) = days {
-            params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
-        }
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// A client certificate for `CN=cn,O=org` (PEM certificate, PEM key).
-    fn client(&self, cn: &str, org: &str) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::OrganizationName, org);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// A temporary directory of PEM files, removed when dropped.
 struct Dir(PathBuf);
@@ -273,7 +226,7 @@ fn https_requests_are_proxied_as_https_beside_plain_http() {
     let _guard = start_test();
     let dir = Dir::new();
     let ca = Ca::new("edge test CA");
-    let ca_file = dir.write("ca.pem", &ca.cert.pem());
+    let ca_file = dir.write("ca.pem", &ca.pem());
     let pair = dir.pair("api", &ca.server(&["api.test"], None));
     let upstream = Upstream::start("echo");
     let gw = start("tls-proxy", &upstream, &[&pair], &[]);
@@ -394,7 +347,7 @@ fn sni_chooses_between_certificates_and_the_first_is_the_default() {
     let _guard = start_test();
     let dir = Dir::new();
     let ca = Ca::new("edge test CA");
-    let ca_file = dir.write("ca.pem", &ca.cert.pem());
+    let ca_file = dir.write("ca.pem", &ca.pem());
     let first = ca.server(&["api.test"], None);
     let second = ca.server(&["*.partners.test"], None);
     let (a, b) = (dir.pair("a", &first), dir.pair("b", &second));
@@ -437,11 +390,12 @@ fn partner_routes_need_a_verified_client_certificate_whose_subject_is_forwarded(
     let ca = Ca::new("edge test CA");
     let clients = Ca::new("partner CA");
     let stranger = Ca::new("someone else's CA");
-    let ca_file = dir.write("ca.pem", &ca.cert.pem());
-    let client_ca = dir.write("clients.pem", &clients.cert.pem());
+    let ca_file = dir.write("ca.pem", &ca.pem());
+    let client_ca = dir.write("clients.pem", &clients.pem());
     let pair = dir.pair("api", &ca.server(&["api.test"], None));
-    let (partner_crt, partner_key) = dir.pair("partner", &clients.client("partner-1", "Acme, Inc"));
-    let (rogue_crt, rogue_key) = dir.pair("rogue", &stranger.client("partner-1", "Acme, Inc"));
+    let (partner_crt, partner_key) =
+        dir.pair("partner", &clients.client("partner-1", "Acme, Inc", &[]));
+    let (rogue_crt, rogue_key) = dir.pair("rogue", &stranger.client("partner-1", "Acme, Inc", &[]));
     let upstream = Upstream::start("echo");
     let client_ca_path = client_ca.to_string_lossy().into_owned();
     let gw = start(
@@ -635,7 +589,7 @@ fn rotated_certificates_are_served_without_dropping_connections_or_requests() {
     let _guard = start_test();
     let dir = Dir::new();
     let ca = Ca::new("edge test CA");
-    let ca_file = dir.write("ca.pem", &ca.cert.pem());
+    let ca_file = dir.write("ca.pem", &ca.pem());
     let old = ca.server(&["api.test"], None);
     let new = ca.server(&["api.test"], None);
     let pair = dir.pair("api", &old);

@@ -9,6 +9,7 @@
 //! (mTLS) given and missing, and unusable `tls` settings refusing the
 //! config at start.
 
+use gateway_tests::certs::TestCa as Ca;
 use gateway_tests::cluster::{start_test, write_temp_file, DataPlaneProc};
 use gateway_tests::procs::Spec;
 use http_body_util::Full;
@@ -19,37 +20,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A certificate authority of the test.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        Self { cert, key }
-    }
-
-    /// A certificate for `names` (PEM chain, PEM key).
-    fn issue(&self, names: &[&str], client: bool) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        if client {
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, "gateway");
-            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        }
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        (cert.pem(), key.serialize_pem())
+/// A certificate for `names` from `ca` (PEM chain, PEM key): a client's
+/// (`CN=gateway`, client-auth usage) or a server's.
+fn issue(ca: &Ca, names: &[&str], client: bool) -> (String, String) {
+    if client {
+        ca.client("gateway", "", names)
+    } else {
+        ca.server(names, None)
     }
 }
 
@@ -118,7 +95,7 @@ impl TlsUpstream {
         let builder = match client_ca {
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
-                roots.add(ca.cert.der().clone()).unwrap();
+                roots.add(ca.der().clone()).unwrap();
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider,
@@ -237,8 +214,8 @@ fn requests_go_over_tls_with_the_server_name_and_reuse_one_connection() {
     let _guard = start_test();
     let dir = Dir::new();
     let ca = Ca::new("upstream test CA");
-    let upstream = TlsUpstream::start(&ca.issue(&["echo.internal"], false), None);
-    let ca_file = dir.write("ca.pem", &ca.cert.pem());
+    let upstream = TlsUpstream::start(&issue(&ca, &["echo.internal"], false), None);
+    let ca_file = dir.write("ca.pem", &ca.pem());
     let file = write_temp_file(
         "tls-upstream-ok.yaml",
         &config(&[(
@@ -277,9 +254,9 @@ fn an_untrusted_or_misnamed_upstream_certificate_is_a_counted_502() {
     let dir = Dir::new();
     let ours = Ca::new("our CA");
     let theirs = Ca::new("another CA");
-    let foreign = TlsUpstream::start(&theirs.issue(&["echo.internal"], false), None);
-    let misnamed = TlsUpstream::start(&ours.issue(&["other.internal"], false), None);
-    let ca_file = dir.write("ca.pem", &ours.cert.pem());
+    let foreign = TlsUpstream::start(&issue(&theirs, &["echo.internal"], false), None);
+    let misnamed = TlsUpstream::start(&issue(&ours, &["other.internal"], false), None);
+    let ca_file = dir.write("ca.pem", &ours.pem());
     let tls = format!("ca_file: {ca_file}, server_name: echo.internal");
     let file = write_temp_file(
         "tls-upstream-refused.yaml",
@@ -322,9 +299,9 @@ fn an_upstream_requiring_client_certificates_takes_the_gateways_only() {
     let _guard = start_test();
     let dir = Dir::new();
     let ca = Ca::new("mesh CA");
-    let upstream = TlsUpstream::start(&ca.issue(&["localhost"], false), Some(&ca));
-    let ca_file = dir.write("ca.pem", &ca.cert.pem());
-    let (cert, key) = ca.issue(&["gateway.internal"], true);
+    let upstream = TlsUpstream::start(&issue(&ca, &["localhost"], false), Some(&ca));
+    let ca_file = dir.write("ca.pem", &ca.pem());
+    let (cert, key) = issue(&ca, &["gateway.internal"], true);
     let (cert, key) = (dir.write("gw.crt", &cert), dir.write("gw.key", &key));
     let url = format!("https://localhost:{}", upstream.addr.port());
     let file = write_temp_file(
@@ -368,8 +345,8 @@ fn unusable_tls_settings_refuse_the_config_at_start() {
     let _guard = start_test();
     let dir = Dir::new();
     let ca = Ca::new("test CA");
-    let (cert, _) = ca.issue(&["a.internal"], true);
-    let (_, other_key) = ca.issue(&["b.internal"], true);
+    let (cert, _) = issue(&ca, &["a.internal"], true);
+    let (_, other_key) = issue(&ca, &["b.internal"], true);
     let cert = dir.write("c.crt", &cert);
     let other_key = dir.write("other.key", &other_key);
     let missing = dir.0.join("missing.pem").to_string_lossy().into_owned();
