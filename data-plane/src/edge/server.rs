@@ -5,7 +5,7 @@
 
 use crate::edge::framing::{FramingWatch, Watched};
 use crate::edge::request_id::{InFlightLayer, RequestIdLayer};
-use crate::edge::transport::{Attached, Handshake};
+use crate::edge::transport::Handshake;
 use crate::headers::peer_value;
 use crate::proxy::{self, Proxy};
 use hyper::server::conn::http1;
@@ -69,10 +69,7 @@ pub async fn serve<H: Handshake>(
                         let service = ServiceBuilder::new()
                             .layer(RequestIdLayer)
                             .layer(InFlightLayer::new(in_flight))
-                            .service(Attached::new(
-                                proxy::service(proxy, peer_value(peer.ip()), framing.clone()),
-                                facts,
-                            ));
+                            .service(proxy::service(proxy, peer_value(peer.ip()), framing.clone(), facts));
                         let stream = TokioIo::new(Watched::new(stream, framing));
                         let conn = http.serve_connection(stream, TowerToHyperService::new(service));
                         if let Err(e) = watcher.watch(conn).await {

@@ -5,12 +5,12 @@
 //! [`crate::edge::server::serve`] is generic over the [`Handshake`], so the
 //! plain listener's stream is the bare `TcpStream` (no box, no dynamic
 //! dispatch) and its requests carry nothing: [`Attach`] for `()` does no
-//! work.
+//! work. The proxy's per-connection service attaches the facts
+//! (`proxy::service`).
 
 use crate::connection::TlsConnection;
 use http::Request;
 use std::future::Future;
-use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -66,58 +66,17 @@ impl Handshake for Plain {
     }
 }
 
-/// The per-connection service that attaches the connection's facts to each
-/// request before `S` handles it; for a plain connection, `S` itself once
-/// inlined.
-#[derive(Debug, Clone)]
-pub struct Attached<S, F> {
-    inner: S,
-    facts: F,
-}
-
-impl<S, F> Attached<S, F> {
-    /// `inner`, with `facts` attached to every request.
-    pub fn new(inner: S, facts: F) -> Self {
-        Self { inner, facts }
-    }
-}
-
-impl<S, F, B> tower::Service<Request<B>> for Attached<S, F>
-where
-    S: tower::Service<Request<B>>,
-    F: Attach,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        self.facts.attach(&mut req);
-        self.inner.call(req)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower::{Service, ServiceExt};
 
-    #[tokio::test]
-    async fn facts_reach_the_request_and_plain_adds_nothing() {
-        let seen = tower::service_fn(|req: Request<()>| async move {
-            Ok::<_, std::convert::Infallible>(TlsConnection::of(&req).map(|t| t.port().clone()))
-        });
-        let mut tls = Attached::new(seen, TlsConnection::new(8443, None));
-        let port = tls.ready().await.unwrap().call(Request::new(())).await;
-        assert_eq!(port.unwrap().unwrap(), "8443");
-        let mut plain = Attached::new(seen, ());
-        let port = plain.ready().await.unwrap().call(Request::new(())).await;
-        assert!(port.unwrap().is_none());
+    #[test]
+    fn facts_reach_the_request_and_plain_adds_nothing() {
+        let mut req = Request::new(());
+        TlsConnection::new(8443, None).attach(&mut req);
+        assert_eq!(TlsConnection::of(&req).unwrap().port(), "8443");
+        let mut plain = Request::new(());
+        ().attach(&mut plain);
+        assert!(TlsConnection::of(&plain).is_none());
     }
 }

@@ -9,6 +9,7 @@ use crate::config::runtime::{ConfigSource, RouteRuntime, Runtime, ServiceRuntime
 use crate::edge::errors::{GatewayError, X_REQUEST_ID};
 use crate::edge::framing::FramingWatch;
 use crate::edge::security;
+use crate::edge::transport::Attach;
 use crate::ops::access_log::{self, AccessLog};
 use crate::ops::metrics::Metrics;
 use crate::policy::auth::{AuthError, Verifier};
@@ -462,12 +463,17 @@ impl Proxy {
 }
 
 /// The proxy as a tower service for one connection from `peer` (its IP as
-/// a header value). The future is unboxed: hyper keeps one slot per
-/// connection for it, so a request allocates no future of its own.
-pub fn service(
+/// a header value), each request carrying the connection's `facts`. The
+/// future is unboxed: hyper keeps one slot per connection for it, so a
+/// request allocates no future of its own. The facts are attached here
+/// rather than by a service layer of their own: one more layer kept the
+/// compiler from building the handler's future in place, and the whole
+/// future was copied for every request.
+pub fn service<F: Attach>(
     proxy: Arc<Proxy>,
     peer: HeaderValue,
     framing: Arc<FramingWatch>,
+    facts: F,
 ) -> impl tower::Service<
     Request<Incoming>,
     Response = Response<ProxyBody>,
@@ -475,10 +481,11 @@ pub fn service(
     Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
 > + Clone
        + Send {
-    tower::service_fn(move |req: Request<Incoming>| {
+    tower::service_fn(move |mut req: Request<Incoming>| {
         let proxy = proxy.clone();
         let peer = peer.clone();
         let framing = framing.clone();
+        facts.attach(&mut req);
         framing.note_body(!http_body::Body::is_end_stream(req.body()));
         async move { Ok(proxy.handle(&peer, &framing, req).await) }
     })
