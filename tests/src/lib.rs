@@ -33,14 +33,42 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-/// A free TCP port on 127.0.0.1 (bound once, then released).
+/// A free TCP port on 127.0.0.1 (bound once, then released), never the
+/// same twice in a process.
+///
+/// Ports come from below the kernel's ephemeral range, not from binding
+/// port 0: a port the kernel picked is an ephemeral one, which it may hand
+/// to an outgoing connection (a client of Redis, of an upstream) before
+/// the process the test starts binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("cannot find a free port: {e}"))
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = (FIRST_TEST_PORT, ephemeral_low().max(FIRST_TEST_PORT + 1000));
+    let span = u32::from(high - low);
+    // Each test process starts elsewhere in the range.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = low + offset as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("cannot find a free port between {low} and {high}")
+}
+
+/// The first port [`free_port`] hands out.
+const FIRST_TEST_PORT: u16 = 15_000;
+
+/// The lowest port of the kernel's ephemeral range (Linux's default when
+/// it cannot be read).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Waits until something accepts TCP connections on `addr`.
