@@ -42,6 +42,36 @@ impl RedisTls {
     }
 }
 
+/// The flags of [`RedisTls`], the same in both planes (flattened into
+/// their command lines).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RedisTlsArgs {
+    /// PEM CA certificates that sign a rediss:// server's certificate (the
+    /// only roots trusted for Redis when set; unset: the platform's).
+    #[arg(long, env = "REDIS_CA_FILE", value_name = "FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate chain presented to a rediss:// server.
+    #[arg(long, env = "REDIS_CLIENT_CERT", value_name = "FILE")]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-client-cert.
+    #[arg(long, env = "REDIS_CLIENT_KEY", value_name = "FILE")]
+    pub redis_client_key: Option<PathBuf>,
+}
+
+impl RedisTlsArgs {
+    /// The files given (an empty path counts as unset).
+    pub fn settings(&self) -> RedisTls {
+        let given = |path: &Option<PathBuf>| path.clone().filter(|p| !p.as_os_str().is_empty());
+        RedisTls {
+            ca_file: given(&self.redis_ca_file),
+            client_cert: given(&self.redis_client_cert),
+            client_key: given(&self.redis_client_key),
+        }
+    }
+}
+
 /// Why a Redis client cannot be made.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisClientError {

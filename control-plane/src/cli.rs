@@ -3,7 +3,6 @@
 
 use crate::settings::{default_replica_id, Settings};
 use clap::Parser;
-use gateway_common::redis_client::RedisTls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,18 +28,9 @@ pub struct Cli {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
-    /// PEM CA certificates that sign a rediss:// server's certificate (the
-    /// only roots trusted for Redis when set; unset: the platform's).
-    #[arg(long, env = "REDIS_CA_FILE", value_name = "FILE")]
-    pub redis_ca_file: Option<PathBuf>,
-
-    /// PEM client certificate chain presented to a rediss:// server.
-    #[arg(long, env = "REDIS_CLIENT_CERT", value_name = "FILE")]
-    pub redis_client_cert: Option<PathBuf>,
-
-    /// PEM private key of --redis-client-cert.
-    #[arg(long, env = "REDIS_CLIENT_KEY", value_name = "FILE")]
-    pub redis_client_key: Option<PathBuf>,
+    /// TLS files of a rediss:// Redis.
+    #[command(flatten)]
+    pub redis_tls: gateway_common::redis_client::RedisTlsArgs,
 
     /// PEM certificate chain of the gRPC port; set (with --tls-key), the
     /// whole port (Registry, Admin, Discovery, health, reflection) speaks TLS.
@@ -115,11 +105,7 @@ impl Cli {
             grpc_addr: self.grpc_addr,
             http_addr: self.http_addr,
             redis_url: non_empty(&self.redis_url),
-            redis_tls: RedisTls {
-                ca_file: non_empty_path(&self.redis_ca_file),
-                client_cert: non_empty_path(&self.redis_client_cert),
-                client_key: non_empty_path(&self.redis_client_key),
-            },
+            redis_tls: self.redis_tls.settings(),
             tls_cert: non_empty_path(&self.tls_cert),
             tls_key: non_empty_path(&self.tls_key),
             tls_client_ca: non_empty_path(&self.tls_client_ca),

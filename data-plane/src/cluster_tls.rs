@@ -36,18 +36,9 @@ pub struct ClusterTlsArgs {
     #[arg(long, env = "GW_CP_CLIENT_KEY", value_name = "FILE")]
     pub cp_client_key: Option<PathBuf>,
 
-    /// PEM CA certificates that sign a rediss:// server's certificate (the
-    /// only roots trusted for Redis when set; unset: the platform's).
-    #[arg(long, env = "REDIS_CA_FILE", value_name = "FILE")]
-    pub redis_ca_file: Option<PathBuf>,
-
-    /// PEM client certificate chain presented to a rediss:// server.
-    #[arg(long, env = "REDIS_CLIENT_CERT", value_name = "FILE")]
-    pub redis_client_cert: Option<PathBuf>,
-
-    /// PEM private key of --redis-client-cert.
-    #[arg(long, env = "REDIS_CLIENT_KEY", value_name = "FILE")]
-    pub redis_client_key: Option<PathBuf>,
+    /// TLS files of a rediss:// Redis.
+    #[command(flatten)]
+    pub redis_tls: gateway_common::redis_client::RedisTlsArgs,
 }
 
 fn given(path: &Option<PathBuf>) -> Option<&Path> {
@@ -69,11 +60,7 @@ impl ClusterTlsArgs {
 
     /// The TLS files of a `rediss://` Redis (checked when the client is made).
     pub fn redis(&self) -> RedisTls {
-        RedisTls {
-            ca_file: given(&self.redis_ca_file).map(Path::to_path_buf),
-            client_cert: given(&self.redis_client_cert).map(Path::to_path_buf),
-            client_key: given(&self.redis_client_key).map(Path::to_path_buf),
-        }
+        self.redis_tls.settings()
     }
 }
 
@@ -95,7 +82,10 @@ mod tests {
         );
         let args = ClusterTlsArgs {
             cp_ca_file: Some(PathBuf::new()),
-            redis_ca_file: Some(PathBuf::new()),
+            redis_tls: gateway_common::redis_client::RedisTlsArgs {
+                redis_ca_file: Some(PathBuf::new()),
+                ..Default::default()
+            },
             ..ClusterTlsArgs::default()
         };
         assert!(
