@@ -185,6 +185,22 @@ pub fn endpoint(url: &str, tls: Option<&ClientTls>) -> Result<Endpoint, Endpoint
     }
 }
 
+/// Whether a transport error says the control plane dropped the
+/// connection: how a TLS 1.3 server that wants a client certificate refuses
+/// one, seen by the client as a closed, reset or cancelled connection
+/// depending on when the refusal arrives.
+pub fn closed_by_peer(reason: &str) -> bool {
+    [
+        "connection closed",
+        "connection reset",
+        "connection was not ready",
+        "operation was canceled",
+        "broken pipe",
+    ]
+    .iter()
+    .any(|words| reason.contains(words))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

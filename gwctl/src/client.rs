@@ -190,7 +190,7 @@ impl ControlPlane {
     pub fn explain(&self, api: Api, status: Status) -> CallError {
         match explain(&self.url, api, status) {
             CallError::Unreachable { url, reason }
-                if self.without_client_certificate && reason.contains("connection closed") =>
+                if self.without_client_certificate && gateway_common::grpc_tls::closed_by_peer(&reason) =>
             {
                 CallError::Unreachable {
                     url,

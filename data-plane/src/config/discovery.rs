@@ -170,7 +170,7 @@ fn log_stream_down(url: &str, error: &SessionError, runtime: &Runtime) {
 /// a control plane that requires client certificates closes the
 /// connection after the handshake rather than answering.
 fn open_hint(status: &tonic::Status, client_certificate: Option<bool>) -> &'static str {
-    let closed = gateway_common::error_chain(status).contains("connection closed");
+    let closed = gateway_common::grpc_tls::closed_by_peer(&gateway_common::error_chain(status));
     match client_certificate {
         Some(false) if closed => " (a control plane that requires client certificates, CP_TLS_CLIENT_CA, closes connections without one: set GW_CP_CLIENT_CERT and GW_CP_CLIENT_KEY)",
         Some(true) if closed => " (the control plane may have refused the client certificate: it must be signed by its CP_TLS_CLIENT_CA)",
