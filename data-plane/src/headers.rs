@@ -26,8 +26,9 @@ pub const X_USER_PERMISSIONS: HeaderName = HeaderName::from_static("x-user-permi
 pub const X_USER_TIER: HeaderName = HeaderName::from_static("x-user-tier");
 
 /// Identity headers the gateway sets from a verified token. A client's own
-/// copies are always removed, on every route.
-pub const IDENTITY_HEADERS: [HeaderName; 6] = [
+/// copies are always removed, on every route. A static, not a `const`:
+/// iterating a `const` array of header names builds and drops a copy of it.
+pub static IDENTITY_HEADERS: [HeaderName; 6] = [
     X_USER_ID,
     X_TENANT_ID,
     X_TENANT_SOURCE,
@@ -42,7 +43,7 @@ pub const X_API_KEY_ID: HeaderName = HeaderName::from_static("x-api-key-id");
 pub const X_API_KEY_SCOPES: HeaderName = HeaderName::from_static("x-api-key-scopes");
 /// Identity headers of an API-key caller beyond the token's; only the
 /// gateway may set them.
-pub const API_KEY_IDENTITY_HEADERS: [HeaderName; 2] = [X_API_KEY_ID, X_API_KEY_SCOPES];
+pub static API_KEY_IDENTITY_HEADERS: [HeaderName; 2] = [X_API_KEY_ID, X_API_KEY_SCOPES];
 /// `X-API-Key`, where a caller presents a key.
 pub const API_KEY_HEADER: HeaderName =
     HeaderName::from_static(gateway_common::credentials::API_KEY_HEADER);
@@ -81,10 +82,10 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     UPGRADE,
 ];
 /// The bits of [`HOP_BY_HOP`] in a [`scan`].
-const HOP_BY_HOP_BITS: u16 = (1 << 9) - 1;
-const HOST_BIT: u16 = 1 << 9;
-const FORWARDED_FOR_BIT: u16 = 1 << 10;
-const ORIGINAL_IP_BIT: u16 = 1 << 11;
+const HOP_BY_HOP_BITS: u32 = (1 << 9) - 1;
+const HOST_BIT: u32 = 1 << 9;
+const FORWARDED_FOR_BIT: u32 = 1 << 10;
+const ORIGINAL_IP_BIT: u32 = 1 << 11;
 /// The names the proxy sets on a request it sends upstream (a client's
 /// copies go): `X-Forwarded-Proto`, `X-Forwarded-Host`,
 /// `X-Gateway-Forwarded` and the deadline.
@@ -95,10 +96,13 @@ static REPLACED: [HeaderName; 4] = [
     DEADLINE_HEADER,
 ];
 const REPLACED_SHIFT: usize = 12;
+/// `X-Forwarded-Port`, replaced on requests that came over TLS only.
+const FORWARDED_PORT_BIT: u32 = 1 << 16;
 
 /// Bit of `name` in a [`scan`]: the hop-by-hop headers, then `Host`,
-/// `X-Forwarded-For`, `X-Original-IP` and the [`REPLACED`] names.
-fn scan_bit(name: &HeaderName) -> u16 {
+/// `X-Forwarded-For`, `X-Original-IP`, the [`REPLACED`] names and
+/// `X-Forwarded-Port`.
+fn scan_bit(name: &HeaderName) -> u32 {
     let index = match name.as_str() {
         "connection" => 0,
         "keep-alive" => 1,
@@ -116,6 +120,7 @@ fn scan_bit(name: &HeaderName) -> u16 {
         "x-forwarded-host" => 13,
         "x-gateway-forwarded" => 14,
         "x-request-deadline-ms" => 15,
+        "x-forwarded-port" => 16,
         _ => return 0,
     };
     1 << index
@@ -123,7 +128,7 @@ fn scan_bit(name: &HeaderName) -> u16 {
 
 /// Which of the names the proxy removes or replaces are present: one pass
 /// over the names, so that only those present are looked up again.
-fn scan(headers: &HeaderMap) -> u16 {
+fn scan(headers: &HeaderMap) -> u32 {
     headers.keys().fold(0, |bits, name| bits | scan_bit(name))
 }
 
@@ -170,7 +175,7 @@ pub fn remove_connection_options(headers: &mut HeaderMap, keep: Option<&HeaderNa
 }
 
 /// Removes the hop-by-hop headers of the fixed list found by a [`scan`].
-fn remove_listed_hop_by_hop(headers: &mut HeaderMap, present: u16) {
+fn remove_listed_hop_by_hop(headers: &mut HeaderMap, present: u32) {
     if present & HOP_BY_HOP_BITS == 0 {
         return;
     }
@@ -276,50 +281,39 @@ impl Forwarding {
             len: 0,
         };
         fields.push(&HOST_NAME, host);
-        fields.push(&FORWARDED_FOR, &self.forwarded_for);
-        match &self.tls {
-            None => fields.push(&FORWARDED_PROTO, &PROTO_HTTP),
-            Some(tls) => {
-                fields.push(&FORWARDED_PROTO, &PROTO_HTTPS);
-                fields.push(&FORWARDED_PORT, tls.port());
-                if let Some(subject) = tls.client_subject() {
-                    fields.push(&CLIENT_CERT_SUBJECT, subject);
-                }
-            }
-        }
-        fields.push(&GATEWAY_FORWARDED, &TRUE);
-        if let Some(ip) = &self.original_ip {
-            fields.push(&ORIGINAL_IP, ip);
-        }
-        if let Some(host) = &self.forwarded_host {
-            fields.push(&FORWARDED_HOST, host);
-        }
+        self.each(|name, value| fields.push(name, value));
         fields.push(&DEADLINE, deadline);
         fields
     }
 
     /// Inserts the forwarding headers (all but `Host` and the deadline)
     /// into `headers`, for a request built as a `HeaderMap`.
-    pub fn insert_into(self, headers: &mut HeaderMap) {
-        headers.insert(X_FORWARDED_FOR, self.forwarded_for);
-        match self.tls {
-            None => {
-                headers.insert(X_FORWARDED_PROTO, PROTO_HTTP.clone());
-            }
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        self.each(|name, value| {
+            headers.insert(name, value.clone());
+        });
+    }
+
+    /// Each forwarding header but `Host` and the deadline, in the order
+    /// they are written.
+    fn each<'a>(&'a self, mut field: impl FnMut(&'a HeaderName, &'a HeaderValue)) {
+        field(&FORWARDED_FOR, &self.forwarded_for);
+        match &self.tls {
+            None => field(&FORWARDED_PROTO, &PROTO_HTTP),
             Some(tls) => {
-                headers.insert(X_FORWARDED_PROTO, PROTO_HTTPS.clone());
-                headers.insert(X_FORWARDED_PORT, tls.port().clone());
+                field(&FORWARDED_PROTO, &PROTO_HTTPS);
+                field(&FORWARDED_PORT, tls.port());
                 if let Some(subject) = tls.client_subject() {
-                    headers.insert(X_CLIENT_CERT_SUBJECT, subject.clone());
+                    field(&CLIENT_CERT_SUBJECT, subject);
                 }
             }
         }
-        headers.insert(X_GATEWAY_FORWARDED, TRUE.clone());
-        if let Some(ip) = self.original_ip {
-            headers.insert(X_ORIGINAL_IP, ip);
+        field(&GATEWAY_FORWARDED, &TRUE);
+        if let Some(ip) = &self.original_ip {
+            field(&ORIGINAL_IP, ip);
         }
-        if let Some(host) = self.forwarded_host {
-            headers.insert(X_FORWARDED_HOST, host);
+        if let Some(host) = &self.forwarded_host {
+            field(&FORWARDED_HOST, host);
         }
     }
 }
@@ -332,15 +326,15 @@ impl Forwarding {
 /// ([`remove_connection_options`]), so that nothing the gateway set since
 /// goes with them. `X-Forwarded-For` extends the client's list with `peer`;
 /// `X-Forwarded-Host` is the original host (the `Host` header, else
-/// `uri_host`). A request that came over TLS (`tls`, the request's
-/// [`TlsConnection`] extension) is forwarded as `https` with the TLS
-/// listener's port (the client's `X-Forwarded-Port` removed); a client's
-/// `X-Forwarded-Proto` is never believed, whoever sent it.
+/// `uri_host`). A request that came over TLS (`tls`, taken from the
+/// request's [`TlsConnection`] extension) is forwarded as `https` with the
+/// TLS listener's port (the client's `X-Forwarded-Port` removed); a
+/// client's `X-Forwarded-Proto` is never believed, whoever sent it.
 pub fn forwarding(
     headers: &mut HeaderMap,
     peer: &HeaderValue,
     uri_host: Option<&str>,
-    tls: Option<&TlsConnection>,
+    tls: Option<TlsConnection>,
 ) -> Forwarding {
     let present = scan(headers);
     remove_listed_hop_by_hop(headers, present);
@@ -370,14 +364,14 @@ pub fn forwarding(
     // Set beforehand to the resolved client address (trusted proxies); a
     // client's own copy was removed on arrival.
     let original_ip = (present & ORIGINAL_IP_BIT == 0).then(|| peer.clone());
-    if tls.is_some() {
+    if tls.is_some() && present & FORWARDED_PORT_BIT != 0 {
         headers.remove(X_FORWARDED_PORT);
     }
     Forwarding {
         forwarded_for,
         forwarded_host,
         original_ip,
-        tls: tls.cloned(),
+        tls,
     }
 }
 
@@ -466,7 +460,7 @@ mod tests {
         uri_host: Option<&str>,
         tls: Option<&TlsConnection>,
     ) -> HeaderMap {
-        let forwarding = forwarding(h, peer, uri_host, tls);
+        let forwarding = forwarding(h, peer, uri_host, tls.cloned());
         let host = HeaderValue::from_static("10.0.0.1:80");
         let deadline = HeaderValue::from_static("250");
         let mut seen = h.clone();
@@ -540,7 +534,7 @@ mod tests {
         let tls = TlsConnection::new(8443, Some(HeaderValue::from_static("CN=p")));
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_PORT, HeaderValue::from_static("1"));
-        forwarding(&mut h, &peer, None, Some(&tls)).insert_into(&mut h);
+        forwarding(&mut h, &peer, None, Some(tls.clone())).insert_into(&mut h);
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_PORT], "8443");
         assert_eq!(h[X_CLIENT_CERT_SUBJECT], "CN=p");

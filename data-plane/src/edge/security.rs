@@ -37,11 +37,6 @@ static SET_BY_GATEWAY: [HeaderName; 6] = [
     crate::edge::errors::X_REQUEST_ID,
 ];
 
-/// The identity headers authentication sets.
-static IDENTITY: [HeaderName; 6] = IDENTITY_HEADERS;
-/// The identity headers of an API key.
-static API_KEY_IDENTITY: [HeaderName; 2] = API_KEY_IDENTITY_HEADERS;
-
 /// Logs a security event as one structured line with a `severity` field
 /// (`low`, `medium`, `high`, `critical`), as the seed's `logSecurityEvent`.
 #[macro_export]
@@ -563,9 +558,9 @@ fn is_client_forbidden(name: &HeaderName) -> bool {
         return false;
     }
     n.starts_with("x-internal-")
-        || IDENTITY.iter().any(|h| h == name)
+        || IDENTITY_HEADERS.iter().any(|h| h == name)
         || CLIENT_FORBIDDEN.iter().any(|h| h == name)
-        || API_KEY_IDENTITY.iter().any(|h| h == name)
+        || API_KEY_IDENTITY_HEADERS.iter().any(|h| h == name)
 }
 
 /// Whether `name` (lower case, with some `_`) reads as one of the
@@ -580,10 +575,10 @@ fn is_gateway_name_spelled(name: &[u8]) -> bool {
     let internal = b"x-internal-";
     name.get(..internal.len())
         .is_some_and(|p| same(p, internal))
-        || IDENTITY
+        || IDENTITY_HEADERS
             .iter()
             .chain(&CLIENT_FORBIDDEN)
-            .chain(&API_KEY_IDENTITY)
+            .chain(&API_KEY_IDENTITY_HEADERS)
             .chain(&SET_BY_GATEWAY)
             .any(|h| same(name, h.as_str().as_bytes()))
 }

@@ -453,7 +453,7 @@ fn source_headers(
     for name in &NOT_FORWARDED {
         headers.remove(name);
     }
-    headers::forwarding(&mut headers, peer, None, tls).insert_into(&mut headers);
+    headers::forwarding(&mut headers, peer, None, tls.cloned()).insert_into(&mut headers);
     headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
     headers
 }

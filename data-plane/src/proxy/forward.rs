@@ -98,7 +98,7 @@ pub(super) async fn forward(
                         Err(fault) => return client_fault(fault, &route, request_id),
                     },
                 };
-                let tls = parts.extensions.get::<TlsConnection>();
+                let tls = parts.extensions.remove::<TlsConnection>();
                 let forwarding = headers::forwarding(&mut parts.headers, peer, uri_host, tls);
                 let request = Retryable {
                     method: parts.method,
@@ -213,7 +213,8 @@ async fn forward_once(
     deadline: Deadline,
     request_id: Option<&HeaderValue>,
 ) -> Response<ProxyBody> {
-    let tls = parts.extensions.get::<TlsConnection>();
+    // Taken, not cloned: nothing after the forwarding headers reads it.
+    let tls = parts.extensions.remove::<TlsConnection>();
     let forwarding = headers::forwarding(&mut parts.headers, peer, uri_host, tls);
     let call = Call {
         service,
