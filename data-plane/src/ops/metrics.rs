@@ -156,6 +156,15 @@ impl UpstreamErrorKind {
         Self::Protocol,
     ];
 
+    /// Whether no connection could be made (TCP or TLS), so the request
+    /// never reached the instance (`retry_on: connect-failure`).
+    pub fn is_connect_failure(self) -> bool {
+        matches!(
+            self,
+            Self::ConnectRefused | Self::ConnectTimeout | Self::Connect | Self::Tls
+        )
+    }
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -325,14 +325,11 @@ async fn forward_with_retries(
                 tried.push(endpoint.clone());
                 let response = send_failed(&err, failure, route, service, endpoint, request_id);
                 let retryable = match failure {
-                    Failure::Upstream(
-                        UpstreamErrorKind::ConnectRefused
-                        | UpstreamErrorKind::ConnectTimeout
-                        | UpstreamErrorKind::Connect
-                        | UpstreamErrorKind::Tls,
-                    ) => policy.on.connect_failure,
+                    Failure::Upstream(kind) if kind.is_connect_failure() => {
+                        policy.on.connect_failure
+                    }
                     Failure::Upstream(UpstreamErrorKind::Protocol) => policy.on.reset,
-                    Failure::Upstream(UpstreamErrorKind::Timeout) | Failure::Client(_) => false,
+                    Failure::Upstream(_) | Failure::Client(_) => false,
                 };
                 (response, retryable)
             }
