@@ -88,7 +88,9 @@ fn replay(method: &Method, body: &LimitedBody) -> Option<LimitedBody> {
 /// the connection, which returns to the pool once that body is read. When a
 /// reused connection turns out closed by the instance before any answer, a
 /// request that can be replayed (see [`replay`]) is sent once more on a
-/// fresh connection.
+/// fresh connection. The exchange's tests call it; the gateway itself sends
+/// through [`send_with`] from the attempt function.
+#[cfg(test)]
 pub async fn send(
     pool: &Arc<ConnPool>,
     connect_timeout: Duration,
