@@ -25,6 +25,23 @@ pub struct BuildLabels {
     pub commit: &'static str,
 }
 
+/// Labels of the Discovery update series of both planes (sent by the
+/// control plane, received by a data plane).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpdateKindLabel {
+    /// `snapshot` or `delta`.
+    pub kind: &'static str,
+}
+
+impl UpdateKindLabel {
+    /// The label of a snapshot (`true`) or a delta.
+    pub fn of(snapshot: bool) -> Self {
+        Self {
+            kind: if snapshot { "snapshot" } else { "delta" },
+        }
+    }
+}
+
 /// Registers `build_info` (an OpenMetrics info metric, value 1, under the
 /// registry's prefix) and, on Linux, the `process_*` metrics, which carry no
 /// prefix: `root` must be the registry without one.

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the control plane (`/metrics`).
 
+use gateway_common::metrics::UpdateKindLabel;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -36,22 +37,6 @@ pub struct EffectLabel {
 pub struct OutcomeLabel {
     /// `success` or `failure`.
     pub outcome: &'static str,
-}
-
-/// Labels of Discovery update counts.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpdateKindLabel {
-    /// `snapshot` or `delta`.
-    pub kind: &'static str,
-}
-
-impl UpdateKindLabel {
-    /// The label of a snapshot (`true`) or a delta.
-    pub fn of(snapshot: bool) -> Self {
-        UpdateKindLabel {
-            kind: if snapshot { "snapshot" } else { "delta" },
-        }
-    }
 }
 
 /// Labels of gRPC error counts.

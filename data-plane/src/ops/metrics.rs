@@ -5,6 +5,7 @@
 //! path touches atomics only: no label set is built, no lock taken, no string
 //! allocated, except the first time an unusual method or status is seen.
 
+use gateway_common::metrics::UpdateKindLabel;
 use http::{Method, StatusCode};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -107,22 +108,6 @@ pub struct SourceLabels {
 pub struct ResultLabels {
     /// `ok` or `error`.
     pub result: &'static str,
-}
-
-/// Labels of the per-kind Discovery update series.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpdateKindLabels {
-    /// `snapshot` or `delta`.
-    pub kind: &'static str,
-}
-
-impl UpdateKindLabels {
-    /// The label of a snapshot (`true`) or a delta.
-    pub fn of(snapshot: bool) -> Self {
-        Self {
-            kind: if snapshot { "snapshot" } else { "delta" },
-        }
-    }
 }
 
 /// A gauge holding seconds.
@@ -271,12 +256,12 @@ pub struct Metrics {
     /// 1 while `/health/ready` answers 200 (set at every scrape).
     pub ready: Gauge,
     /// Discovery updates received, by kind.
-    pub updates_received: Family<UpdateKindLabels, Counter>,
+    pub updates_received: Family<UpdateKindLabel, Counter>,
     /// Encoded bytes of the Discovery updates received, by kind.
-    pub update_bytes: Family<UpdateKindLabels, Counter>,
+    pub update_bytes: Family<UpdateKindLabel, Counter>,
     /// Time the last update of each kind took to apply, from the decoded
     /// message to the new snapshot being in force.
-    pub apply_seconds: Family<UpdateKindLabels, SecondsGauge>,
+    pub apply_seconds: Family<UpdateKindLabel, SecondsGauge>,
     /// From opening the Discovery connection to the first update applied,
     /// for the last session that received one.
     pub sync_seconds: SecondsGauge,
@@ -360,9 +345,9 @@ impl Metrics {
             "Instances ejected by outlier detection, by service",
             ejections.clone(),
         );
-        let updates_received = Family::<UpdateKindLabels, Counter>::default();
-        let update_bytes = Family::<UpdateKindLabels, Counter>::default();
-        let apply_seconds = Family::<UpdateKindLabels, SecondsGauge>::default();
+        let updates_received = Family::<UpdateKindLabel, Counter>::default();
+        let update_bytes = Family::<UpdateKindLabel, Counter>::default();
+        let apply_seconds = Family::<UpdateKindLabel, SecondsGauge>::default();
         let sync_seconds = SecondsGauge::default();
         let ready_seconds = SecondsGauge::default();
         registry.register(
@@ -612,7 +597,7 @@ impl Metrics {
 
     /// Counts a Discovery update of `bytes` encoded bytes as received.
     pub fn count_received(&self, snapshot: bool, bytes: usize) {
-        let labels = UpdateKindLabels::of(snapshot);
+        let labels = UpdateKindLabel::of(snapshot);
         self.updates_received.get_or_create(&labels).inc();
         self.update_bytes
             .get_or_create(&labels)
@@ -622,7 +607,7 @@ impl Metrics {
     /// Records how long applying an update took.
     pub fn observe_apply(&self, snapshot: bool, elapsed: Duration) {
         self.apply_seconds
-            .get_or_create(&UpdateKindLabels::of(snapshot))
+            .get_or_create(&UpdateKindLabel::of(snapshot))
             .set(elapsed.as_secs_f64());
     }
 
