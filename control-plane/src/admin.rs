@@ -185,37 +185,44 @@ impl Inner {
     }
 
     async fn get_config(&self, req: pb::GetConfigRequest) -> Result<pb::GetConfigResponse, Status> {
-        let (config, version) = self.store.current_config().await?;
-        if req.data_plane.is_empty() {
-            return Ok(pb::GetConfigResponse {
-                config_json: config.to_json(),
-                version,
-                current_version: version,
-            });
+        if !req.data_plane.is_empty() {
+            return self.data_plane_config(&req.data_plane).await;
         }
-        if !crate::node_identity::valid_node_id(&req.data_plane) {
+        let (config, version) = self.store.current_config().await?;
+        Ok(pb::GetConfigResponse {
+            config_json: config.to_json(),
+            version,
+            current_version: version,
+        })
+    }
+
+    /// The config data plane `node` acknowledged last, from this replica's
+    /// view once it has caught up with the store.
+    async fn data_plane_config(&self, node: &str) -> Result<pb::GetConfigResponse, Status> {
+        if !crate::node_identity::valid_node_id(node) {
             return Err(Status::invalid_argument(
                 "data_plane: a node id of 1-253 printable characters",
             ));
         }
         let records = self.store.list_dataplanes().await?;
-        let record = records
+        let acked = records
             .iter()
-            .find(|r| r.node_id == req.data_plane)
-            .ok_or_else(|| Status::not_found(format!("no data plane {:?}", req.data_plane)))?;
-        let acked = record.acked_version;
+            .find(|r| r.node_id == node)
+            .ok_or_else(|| Status::not_found(format!("no data plane {node:?}")))?
+            .acked_version;
         self.catch_up().await?;
-        let json = self.view.read().config_json_at(acked).ok_or_else(|| {
+        let view = self.view.read();
+        let current = view.version();
+        let json = view.config_json_at(acked).ok_or_else(|| {
             Status::failed_precondition(format!(
-                "data plane {:?} acknowledged version {acked}, older than this control plane \
-                 still holds (current {version}); its admin port's GET /config shows what it serves",
-                req.data_plane
+                "data plane {node:?} acknowledged version {acked}, older than this control plane \
+                 still holds (current {current}); its admin port's GET /config shows what it serves"
             ))
         })?;
         Ok(pb::GetConfigResponse {
             config_json: json.to_string(),
             version: acked,
-            current_version: version,
+            current_version: current,
         })
     }
 

@@ -155,21 +155,8 @@ impl ViewState {
     /// last config the ring holds at or before `version`. `None` when the
     /// version is newer than the view or older than the ring can answer.
     pub fn config_json_at(&self, version: u64) -> Option<Arc<str>> {
-        if version > self.version {
-            return None;
-        }
-        if version == self.version {
-            return Some(self.config_json.clone());
-        }
-        let first = self.ring.front()?.0;
-        if version + 1 < first {
-            return None;
-        }
-        let changed_since = self
-            .ring
-            .iter()
-            .any(|(v, d)| *v > version && d.config.is_some());
-        if !changed_since {
+        let since = self.deltas_between(version, self.version)?;
+        if !since.iter().any(|d| d.config.is_some()) {
             return Some(self.config_json.clone());
         }
         self.ring
