@@ -224,8 +224,13 @@ async fn bad_input_is_invalid_argument_with_every_reason() {
     cp.shutdown().await;
 }
 
-/// Waits until the Admin API lists `node` with `acked` as its acknowledged version.
-async fn until_acked(adm: &Admin, node: &'static str, acked: u64) {
+/// Waits until the Admin API lists a data plane that `listed` accepts, and
+/// answers it.
+async fn until_listed(
+    adm: &Admin,
+    listed: impl Fn(&pb::DataPlaneStatus) -> bool,
+) -> pb::DataPlaneStatus {
+    let listed = &listed;
     until_some(SECONDS_5, || {
         let mut adm = adm.clone();
         async move {
@@ -234,12 +239,15 @@ async fn until_acked(adm: &Admin, node: &'static str, acked: u64) {
                 .await
                 .unwrap()
                 .into_inner();
-            list.data_planes
-                .into_iter()
-                .find(|d| d.node_id == node && d.acked_version == acked)
+            list.data_planes.into_iter().find(|d| listed(d))
         }
     })
-    .await;
+    .await
+}
+
+/// Waits until the Admin API lists `node` with `acked` as its acknowledged version.
+async fn until_acked(adm: &Admin, node: &'static str, acked: u64) {
+    until_listed(adm, |d| d.node_id == node && d.acked_version == acked).await;
 }
 
 async fn config_of(adm: &mut Admin, node: &str) -> Result<pb::GetConfigResponse, tonic::Status> {
@@ -337,38 +345,14 @@ async fn discovery_sends_snapshot_then_deltas_and_resumes() {
     dp.ack(2).await;
 
     let replica = cp.replica_id().to_string();
-    until_some(SECONDS_5, || {
-        let mut adm = adm.clone();
-        let replica = replica.clone();
-        async move {
-            let list = adm
-                .list_data_planes(pb::ListDataPlanesRequest {})
-                .await
-                .unwrap()
-                .into_inner();
-            list.data_planes.into_iter().find(|d| {
-                d.node_id == "dp-1" && d.acked_version == 2 && d.connected && d.replica == replica
-            })
-        }
+    until_listed(&adm, |d| {
+        d.node_id == "dp-1" && d.acked_version == 2 && d.connected && d.replica == replica
     })
     .await;
 
     // Disconnected: the data plane is listed as such, and misses two versions.
     drop(dp);
-    until_some(SECONDS_5, || {
-        let mut adm = adm.clone();
-        async move {
-            let list = adm
-                .list_data_planes(pb::ListDataPlanesRequest {})
-                .await
-                .unwrap()
-                .into_inner();
-            list.data_planes
-                .into_iter()
-                .find(|d| d.node_id == "dp-1" && !d.connected)
-        }
-    })
-    .await;
+    until_listed(&adm, |d| d.node_id == "dp-1" && !d.connected).await;
     reg.register(registration("echo", "echo-2", 9002))
         .await
         .unwrap();
@@ -1062,23 +1046,7 @@ async fn data_planes_outside_the_version_window_are_refused() {
         .unwrap()
         .into_inner();
     assert!(updates.message().await.unwrap().unwrap().snapshot);
-    let listed = tokio::time::timeout(SECONDS_5, async {
-        loop {
-            let planes = admin(&cp)
-                .await
-                .list_data_planes(pb::ListDataPlanesRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .data_planes;
-            if let Some(found) = planes.into_iter().find(|d| d.node_id == "current") {
-                return found;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the data plane is listed");
+    let listed = until_listed(&admin(&cp).await, |d| d.node_id == "current").await;
     assert_eq!(listed.build_version, version);
     drop(tx);
     cp.shutdown().await;
