@@ -655,6 +655,96 @@ async fn health_checks_mark_instances_and_reach_data_planes() {
     cp.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_of_https_instances_go_over_tls_with_the_services_settings() {
+    let ca = gateway_tests::certs::TestCa::new("health test CA");
+    let other = gateway_tests::certs::TestCa::new("another CA");
+    let pair = ca.server(&["up.internal"], None);
+    let trusted = Upstream::start_tls("up", gateway_tests::certs::server_config(&pair, None)).await;
+    let foreign_pair = other.server(&["up.internal"], None);
+    let foreign = Upstream::start_tls(
+        "up",
+        gateway_tests::certs::server_config(&foreign_pair, None),
+    )
+    .await;
+    let dir = std::env::temp_dir().join(format!("cp-health-tls-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let check = "health_check: { path: /health, interval: 300ms, timeout: 300ms, healthy_threshold: 1, unhealthy_threshold: 1 }";
+    let tls = format!(
+        "tls: {{ ca_file: {}, server_name: up.internal }}",
+        ca_file.display()
+    );
+    let cp = start(None).await;
+    let mut adm = admin(&cp).await;
+    apply(
+        &mut adm,
+        &format!(
+            "version: 1\nservices:\n  - name: up\n    {check}\n    {tls}\n  - name: foreign\n    {check}\n    {tls}\n"
+        ),
+    )
+    .await;
+    let mut dp = DataPlane::connect(&cp, "dp", "", 0).await.unwrap();
+    dp.next(SECONDS_5).await;
+    let mut registry = registry(&cp).await;
+    for (service, id, upstream) in [("up", "up-1", &trusted), ("foreign", "foreign-1", &foreign)] {
+        let mut request = registration(service, id, u32::from(upstream.port()));
+        request.scheme = "https".into();
+        registry.register(request).await.unwrap();
+    }
+    let state = |id: &'static str, state: pb::HealthState| {
+        move |u: &pb::ConfigUpdate| {
+            u.upserts
+                .iter()
+                .any(|i| i.id == id && i.health == state as i32)
+        }
+    };
+    dp.until(SECONDS_5, state("up-1", pb::HealthState::Healthy))
+        .await;
+    assert!(trusted.hits() >= 1, "the probe reached the instance");
+    assert_eq!(
+        trusted.last_headers()["host"].to_str().unwrap(),
+        format!("127.0.0.1:{}", trusted.port())
+    );
+    // A certificate of another CA fails the check: the instance is never
+    // healthy and its probes never reach HTTP.
+    let checked = until_some(SECONDS_5, || {
+        let mut adm = adm.clone();
+        async move {
+            let t = adm
+                .get_topology(pb::TopologyRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            t.services
+                .iter()
+                .flat_map(|s| &s.instances)
+                .find(|i| {
+                    i.instance.as_ref().is_some_and(|i| i.id == "foreign-1")
+                        && !i.last_check_result.is_empty()
+                })
+                .cloned()
+        }
+    })
+    .await;
+    assert_ne!(
+        checked.instance.unwrap().health,
+        pb::HealthState::Healthy as i32
+    );
+    assert!(
+        checked
+            .last_check_result
+            .to_lowercase()
+            .contains("certificate"),
+        "{}",
+        checked.last_check_result
+    );
+    assert_eq!(foreign.hits(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+    cp.shutdown().await;
+}
+
 const WITH_STATIC: &str = r#"
 version: 1
 services:

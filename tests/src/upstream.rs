@@ -1,5 +1,6 @@
 //! An in-process echo upstream for tests that run the gateway in the same
-//! process (tokio tests): a real HTTP/1.1 server on 127.0.0.1:0 with
+//! process (tokio tests): a real HTTP/1.1 server (plain or HTTPS) on
+//! 127.0.0.1:0 with
 //! behaviours chosen by the request path. End-to-end tests use the
 //! `test-upstream` binary instead (see [`crate::cluster::Upstream`]).
 
@@ -51,6 +52,17 @@ pub struct Upstream {
 impl Upstream {
     /// Starts one on a free port of 127.0.0.1; it stops when dropped.
     pub async fn start(name: &str) -> Upstream {
+        Self::start_with(name, None).await
+    }
+
+    /// [`Upstream::start`] serving HTTPS with `tls` (see
+    /// [`crate::certs::server_config`]); connections whose handshake fails
+    /// are dropped and not counted.
+    pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Upstream {
+        Self::start_with(name, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -71,16 +83,21 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                accepted.fetch_add(1, Ordering::SeqCst);
-                let ctx = ctx.clone();
+                let (ctx, tls, accepted) = (ctx.clone(), tls.clone(), accepted.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let ctx = ctx.clone();
-                        async move { Ok::<_, Infallible>(ctx.handle(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    match tls {
+                        None => {
+                            accepted.fetch_add(1, Ordering::SeqCst);
+                            serve(ctx, stream).await;
+                        }
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            accepted.fetch_add(1, Ordering::SeqCst);
+                            serve(ctx, stream).await;
+                        }
+                    }
                 });
             }
         });
@@ -136,6 +153,20 @@ impl Drop for Upstream {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Serves HTTP/1.1 on `stream` with `ctx`'s behaviours.
+async fn serve<S>(ctx: Arc<Ctx>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(ctx.handle(req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
 }
 
 struct Ctx {

@@ -6,14 +6,16 @@
 //! (`server_name`), one TLS connection reused by several requests, an
 //! instance certificate of another CA or for another name refused (502 in
 //! the gateway's error shape, counted as `tls_error`), client certificates
-//! (mTLS) given and missing, and unusable `tls` settings refusing the
-//! config at start.
+//! (mTLS) given and missing, TLS sessions resumed on new connections, user
+//! lookups over TLS, and unusable `tls` settings refusing the config at
+//! start.
 
-use gateway_tests::certs::TestCa as Ca;
+use gateway_tests::certs::{server_config, TestCa as Ca};
 use gateway_tests::cluster::{start_test, write_temp_file, DataPlaneProc};
 use gateway_tests::procs::Spec;
 use http_body_util::Full;
 use hyper::body::Bytes;
+use rustls::HandshakeKind;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,10 +70,14 @@ struct Seen {
     sni: Mutex<Vec<Option<String>>>,
     /// Whether each accepted connection presented a client certificate.
     client_certs: Mutex<Vec<bool>>,
+    /// Whether each accepted connection resumed an earlier TLS session.
+    resumed: Mutex<Vec<bool>>,
 }
 
-/// An HTTPS instance: answers every request with its path, on its own
-/// runtime.
+/// An HTTPS instance, on its own runtime: answers every request with its
+/// path and the path's last segment as `id` (so `/users/ID` is a user of a
+/// user lookup), and closes the connection after answering a path that
+/// holds `/close`.
 struct TlsUpstream {
     addr: SocketAddr,
     seen: Arc<Seen>,
@@ -82,33 +88,7 @@ impl TlsUpstream {
     /// Serves `pair`; client certificates of `client_ca` are required when
     /// it is given.
     fn start(pair: &(String, String), client_ca: Option<&Ca>) -> Self {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pair.0.as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(pair.1.as_bytes()).unwrap();
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap();
-        let builder = match client_ca {
-            Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add(ca.der().clone()).unwrap();
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider,
-                )
-                .build()
-                .unwrap();
-                builder.with_client_cert_verifier(verifier)
-            }
-            None => builder.with_no_client_auth(),
-        };
-        let mut config = builder.with_single_cert(chain, key).unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_config(pair, client_ca));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -134,15 +114,26 @@ impl TlsUpstream {
                     let (_, session) = tls.get_ref();
                     let sni = session.server_name().map(str::to_string);
                     let cert = session.peer_certificates().is_some_and(|c| !c.is_empty());
+                    let resumed = session.handshake_kind() == Some(HandshakeKind::Resumed);
                     seen.sni.lock().unwrap().push(sni);
                     seen.client_certs.lock().unwrap().push(cert);
+                    seen.resumed.lock().unwrap().push(resumed);
                     seen.accepted.fetch_add(1, Ordering::SeqCst);
                     let service = hyper::service::service_fn(|req: hyper::Request<_>| {
-                        let body = format!("{{\"path\":\"{}\"}}", req.uri().path());
+                        let path = req.uri().path();
+                        // The last segment as `id`: under /users/ID, a user
+                        // of the auth service's lookup.
+                        let id = path.rsplit('/').next().unwrap_or_default();
+                        let body = format!("{{\"path\":\"{path}\",\"id\":\"{id}\"}}");
+                        let close = path.contains("/close");
                         async move {
                             Ok::<_, std::convert::Infallible>(
                                 hyper::Response::builder()
                                     .header("content-type", "application/json")
+                                    .header(
+                                        "connection",
+                                        if close { "close" } else { "keep-alive" },
+                                    )
                                     .body(Full::new(Bytes::from(body)))
                                     .unwrap(),
                             )
@@ -327,6 +318,129 @@ fn an_upstream_requiring_client_certificates_takes_the_gateways_only() {
     let r = dp.send("GET", "/anonymous/who", &[], b"");
     assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(upstream.accepted(), 1);
+}
+
+#[test]
+fn new_connections_to_an_instance_resume_the_tls_session() {
+    let _guard = start_test();
+    let dir = Dir::new();
+    let ca = Ca::new("upstream test CA");
+    let upstream = TlsUpstream::start(&issue(&ca, &["echo.internal"], false), None);
+    let ca_file = dir.write("ca.pem", &ca.pem());
+    let file = write_temp_file(
+        "tls-upstream-resume.yaml",
+        &config(&[(
+            "echo",
+            upstream.url(),
+            format!("ca_file: {ca_file}, server_name: echo.internal"),
+        )]),
+    );
+    let dp = DataPlaneProc::standalone(&format!("tls-up-resume-{}", std::process::id()), &file);
+    // Each answer closes its connection, so each request needs a new one.
+    for i in 0..3 {
+        let r = dp.send("GET", &format!("/echo/close/{i}"), &[], b"");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["path"], format!("/close/{i}"));
+    }
+    assert_eq!(upstream.accepted(), 3, "one connection per request");
+    assert_eq!(
+        *upstream.seen.resumed.lock().unwrap(),
+        vec![false, true, true],
+        "the first handshake is a full one, the later ones resume its session"
+    );
+}
+
+const LOOKUP_SECRET: &str = "tls-lookup-test-secret-of-32-bytes";
+
+/// An access token of user `sub` signed with [`LOOKUP_SECRET`].
+fn token(sub: &str) -> String {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "sub": sub, "tenant_id": "tenant-a", "type": "access", "role": "customer",
+        "iat": now, "exp": now + 900,
+    });
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(LOOKUP_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[test]
+fn user_lookups_go_over_tls_and_an_untrusted_lookup_service_is_a_503() {
+    let _guard = start_test();
+    let dir = Dir::new();
+    let ours = Ca::new("our CA");
+    let theirs = Ca::new("another CA");
+    let app = TlsUpstream::start(&issue(&ours, &["app.internal"], false), None);
+    let auth = TlsUpstream::start(&issue(&ours, &["auth.internal"], false), None);
+    let foreign = TlsUpstream::start(&issue(&theirs, &["auth.internal"], false), None);
+    let ca_file = dir.write("ca.pem", &ours.pem());
+    let tls = |name: &str| format!("{{ ca_file: {ca_file}, server_name: {name}.internal }}");
+    let yaml = format!(
+        r#"
+version: 1
+services:
+  - {{ name: app, instances: ["{app}"], tls: {app_tls} }}
+  - {{ name: auth, instances: ["{auth}"], tls: {auth_tls} }}
+  - {{ name: auth-foreign, instances: ["{foreign}"], tls: {auth_tls} }}
+routes:
+  - name: me
+    match: {{ path_prefix: /me }}
+    service: app
+    auth: {{ user_details: true, user_lookup: {{ service: auth, path: "/users/{{userId}}" }} }}
+  - name: foreign
+    match: {{ path_prefix: /foreign }}
+    service: app
+    auth: {{ user_details: true, user_lookup: {{ service: auth-foreign, path: "/users/{{userId}}" }} }}
+"#,
+        app = app.url(),
+        auth = auth.url(),
+        foreign = foreign.url(),
+        app_tls = tls("app"),
+        auth_tls = tls("auth"),
+    );
+    let file = write_temp_file("tls-upstream-lookup.yaml", &yaml);
+    let dp = DataPlaneProc::standalone_with_env(
+        &format!("tls-up-lookup-{}", std::process::id()),
+        &file,
+        &[("JWT_SECRET", LOOKUP_SECRET)],
+    );
+    let bearer = format!("Bearer {}", token("u1"));
+    let r = dp.send("GET", "/me/tickets", &[("authorization", &bearer)], b"");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["path"], "/me/tickets");
+    assert_eq!(auth.accepted(), 1, "the lookup went to the auth service");
+    assert_eq!(
+        *auth.seen.sni.lock().unwrap(),
+        vec![Some("auth.internal".to_string())]
+    );
+
+    // The lookup service's certificate is not trusted: no user, no pass.
+    // Another user: user details are cached by user, whatever the service.
+    let bearer = format!("Bearer {}", token("u2"));
+    let r = dp.send(
+        "GET",
+        "/foreign/tickets",
+        &[("authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["code"], "SERVICE_UNAVAILABLE", "{}", r.text());
+    assert_eq!(foreign.accepted(), 0);
+    assert!(foreign.refused() >= 1);
+    assert_eq!(
+        metric(
+            &dp,
+            r#"gateway_upstream_errors_total{service="auth-foreign",kind="tls_error"}"#
+        ),
+        1.0
+    );
 }
 
 fn refusal(config: &Path) -> String {
