@@ -166,7 +166,9 @@ impl DataPlane {
         let mut tls_addr = None;
         let plain = tokio::spawn(server::serve(
             listener,
-            edge::transport::Plain,
+            edge::transport::Plain {
+                first_bytes: settings.header_read_timeout,
+            },
             proxy.clone(),
             stop_rx.clone(),
             timeouts,

@@ -19,6 +19,44 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head (request line and headers) accepted, in bytes;
 /// a larger one is answered 431 by hyper and the connection closed.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 32 * 1024;
+/// HTTP/2 from clients (ALPN `h2`, h2c with prior knowledge): the bounds set
+/// on hyper's `http2` server, the numbers of docs/security.md.
+pub mod http2 {
+    use std::time::Duration;
+
+    /// Streams a client may have open at once on one connection
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`); more are refused with
+    /// `RST_STREAM(REFUSED_STREAM)`.
+    pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+    /// Largest request header list, decoded (`SETTINGS_MAX_HEADER_LIST_SIZE`),
+    /// the bound HTTP/1.1 heads have. It also ends a CONTINUATION flood: the
+    /// h2 crate stops decoding once a header block passes it.
+    pub const MAX_HEADER_LIST_BYTES: u32 = super::MAX_REQUEST_HEAD_BYTES as u32;
+    /// Request body bytes a client may send on one stream before the gateway
+    /// reads them (`SETTINGS_INITIAL_WINDOW_SIZE`).
+    pub const STREAM_WINDOW_BYTES: u32 = 256 * 1024;
+    /// Request body bytes a client may send on the whole connection before
+    /// the gateway reads them: what one connection can make it buffer.
+    pub const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
+    /// Largest frame payload accepted (`SETTINGS_MAX_FRAME_SIZE`, the
+    /// protocol's minimum).
+    pub const MAX_FRAME_BYTES: u32 = 16 * 1024;
+    /// Streams a client may open and reset before the gateway has accepted
+    /// them (rapid reset, CVE-2023-44487); one more and the connection gets
+    /// `GOAWAY(ENHANCE_YOUR_CALM)`.
+    pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+    /// Streams the gateway may reset for a client's protocol errors on one
+    /// connection before it sends `GOAWAY(ENHANCE_YOUR_CALM)`.
+    pub const MAX_LOCAL_ERROR_RESETS: usize = 256;
+    /// Pause after which an idle connection is pinged.
+    pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+    /// Time a ping's answer may take before the connection is closed.
+    pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Response bytes buffered per stream before the gateway waits for the
+    /// client's window (hyper's `max_send_buf_size`).
+    pub const MAX_SEND_BUFFER_BYTES: usize = 256 * 1024;
+}
+
 /// Shortest `JWT_SECRET` accepted, in bytes.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 

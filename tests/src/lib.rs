@@ -25,6 +25,7 @@ pub mod http;
 pub mod monitoring;
 pub mod procs;
 pub mod promql;
+pub mod tools;
 pub mod upstream;
 pub mod wait;
 

@@ -24,7 +24,9 @@ pub(crate) fn screen<B>(
     let ip = || peer.to_str().unwrap_or("");
     let version = req.version();
     let screened =
-        match security::screen_headers(req.headers_mut(), version, framing.take_conflict()) {
+        match security::check_authority(version, req.uri(), req.headers()).and_then(|()| {
+            security::screen_headers(req.headers_mut(), version, framing.take_conflict())
+        }) {
             Ok(screened) => screened,
             Err(e) => {
                 crate::security_event!(

@@ -5,7 +5,7 @@
 
 use crate::headers::{API_KEY_HEADER, API_KEY_IDENTITY_HEADERS, IDENTITY_HEADERS};
 use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version};
 use std::borrow::Cow;
 
 pub use crate::headers::{X_GATEWAY_FORWARDED, X_ORIGINAL_IP};
@@ -339,6 +339,10 @@ pub enum HeadError {
     DuplicateApiKey,
     /// An HTTP/1.1 request without `Host` (RFC 9112 section 3.2).
     MissingHost,
+    /// An HTTP/2 request whose `Host` names another authority than its
+    /// `:authority` (RFC 9113 section 8.3.1): which one is routed, and which
+    /// one would the service read?
+    HostAuthorityMismatch,
 }
 
 impl HeadError {
@@ -353,6 +357,7 @@ impl HeadError {
             Self::DuplicateHost => "Requests must carry at most one Host",
             Self::DuplicateApiKey => "Requests must carry at most one X-API-Key",
             Self::MissingHost => "HTTP/1.1 requests must carry a Host",
+            Self::HostAuthorityMismatch => "The Host header and :authority must agree",
         }
     }
 
@@ -364,6 +369,7 @@ impl HeadError {
                 "duplicate_header"
             }
             Self::MissingHost => "missing_host",
+            Self::HostAuthorityMismatch => "host_mismatch",
         }
     }
 }
@@ -482,6 +488,29 @@ pub fn screen_headers(
         spoofed,
         underscores: found.underscores,
     })
+}
+
+/// Refuses an HTTP/2 request whose `Host` header and `:authority` (the
+/// URI's authority) name different authorities (ASCII case aside). Routing
+/// and `X-Forwarded-Host` read the `Host` header first, like HTTP/1.1; an
+/// HTTP/2 request without one is routed by its `:authority`. Requests of
+/// other versions are not looked at (one comparison).
+#[inline]
+pub fn check_authority(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<(), HeadError> {
+    if version != Version::HTTP_2 {
+        return Ok(());
+    }
+    let (Some(authority), Some(host)) = (uri.authority(), headers.get(HOST)) else {
+        return Ok(());
+    };
+    let authority = authority.as_str();
+    // RFC 9113 forbids userinfo in `:authority`; compare what follows it.
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    if host.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) {
+        Ok(())
+    } else {
+        Err(HeadError::HostAuthorityMismatch)
+    }
 }
 
 /// Checks the framing and the single-value fields of a request head.

@@ -3,6 +3,7 @@
 //! The line is written when the response head is ready (the latency is the
 //! time to the head, as in `gateway_request_duration_seconds`), with the
 //! method, the path as received (never the query, which may carry secrets),
+//! the HTTP version the client spoke (`protocol`: `HTTP/1.1`, `HTTP/2.0`),
 //! the route and service, the instance that answered, the status, the
 //! request id and the tenant of the verified token. With the log off
 //! (`GW_ACCESS_LOG=false`) a request pays one boolean check and the
@@ -13,7 +14,7 @@ use crate::edge::errors::X_REQUEST_ID;
 use crate::policy::auth::X_TENANT_ID;
 use http::header::CONTENT_LENGTH;
 use http::uri::Authority;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -64,6 +65,7 @@ impl AccessLog {
             start,
             method: req.method().clone(),
             uri: req.uri().clone(),
+            version: req.version(),
             request_id: req.headers().get(X_REQUEST_ID).cloned(),
             seen: Seen::default(),
             written: false,
@@ -86,6 +88,7 @@ pub struct Pending {
     start: Instant,
     method: Method,
     uri: Uri,
+    version: Version,
     request_id: Option<HeaderValue>,
     seen: Seen,
     written: bool,
@@ -136,6 +139,7 @@ impl Pending {
             target: TARGET,
             method = self.method.as_str(),
             path = self.uri.path(),
+            protocol = ?self.version,
             route,
             service,
             instance,

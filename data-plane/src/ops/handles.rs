@@ -87,6 +87,43 @@ impl RateLimitMetrics {
     }
 }
 
+/// Labels of `gateway_connections_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    /// `http1` or `h2`.
+    pub protocol: &'static str,
+}
+
+/// `gateway_connections_total`: client connections served, by the protocol
+/// chosen for them (ALPN, or the h2c preface). One counter increment per
+/// connection.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionMetrics {
+    /// Connections served with HTTP/1.1.
+    pub http1: Counter,
+    /// Connections served with HTTP/2.
+    pub h2: Counter,
+}
+
+impl ConnectionMetrics {
+    /// Creates and registers the counter, both protocols shown from the
+    /// start.
+    pub fn register(registry: &mut Registry) -> Self {
+        let family = Family::<ProtocolLabels, Counter>::default();
+        let of = |protocol| family.get_or_create(&ProtocolLabels { protocol }).clone();
+        let metrics = Self {
+            http1: of("http1"),
+            h2: of("h2"),
+        };
+        registry.register(
+            "connections",
+            "Client connections served on the public listeners, by protocol (http1, h2)",
+            family,
+        );
+        metrics
+    }
+}
+
 /// Labels of `gateway_tls_handshake_failures_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeFailureLabels {

@@ -275,6 +275,8 @@ pub struct Metrics {
     pub ratelimit: crate::ops::handles::RateLimitMetrics,
     /// The HTTPS listener's handshakes and certificates.
     pub tls: crate::ops::handles::TlsMetrics,
+    /// Client connections served, by protocol.
+    pub connections: crate::ops::handles::ConnectionMetrics,
     unmatched: Arc<RouteMetrics>,
     cache_requests: Family<CacheLabels, Counter>,
     /// Redis calls of the response cache that failed or timed out.
@@ -446,6 +448,7 @@ impl Metrics {
         );
         let ratelimit = crate::ops::handles::RateLimitMetrics::register(registry);
         let tls = crate::ops::handles::TlsMetrics::register(registry);
+        let connections = crate::ops::handles::ConnectionMetrics::register(registry);
         gateway_common::metrics::register_common(&mut root, "gateway");
         let empty = Arc::new(String::new());
         let unmatched = Arc::new(RouteMetrics::build(
@@ -481,6 +484,7 @@ impl Metrics {
             config_cache_writes,
             ratelimit,
             tls,
+            connections,
             unmatched,
             cache_requests,
             cache_redis_errors,

@@ -74,10 +74,14 @@ pub(super) async fn forward(
     // Origin-form (path and query only) on the upstream connection.
     let mut uri = Uri::from(path_and_query);
     std::mem::swap(&mut parts.uri, &mut uri);
+    // Without a `Host` header (HTTP/2 sends `:authority` instead, an
+    // HTTP/1.0 request may carry an absolute URI) the client's host, port
+    // included as a `Host` header would have it, is the URI's authority.
     let uri_host = if parts.headers.contains_key(HOST) {
         None
     } else {
-        uri.host()
+        uri.authority()
+            .map(|a| a.as_str().rsplit('@').next().unwrap_or(a.as_str()))
     };
     parts.version = Version::HTTP_11;
 

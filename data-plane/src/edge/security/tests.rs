@@ -292,3 +292,33 @@ fn forbidden_headers_go() {
     strip_internal_response_headers(&mut h);
     assert_eq!(h.len(), 1);
 }
+
+#[test]
+fn an_h2_host_must_name_the_authority() {
+    let uri: Uri = "https://api.example.com:8443/x".parse().unwrap();
+    let host = |value: &'static str| {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static(value));
+        h
+    };
+    let check = |version, headers: &HeaderMap| check_authority(version, &uri, headers);
+    assert_eq!(check(Version::HTTP_2, &HeaderMap::new()), Ok(()));
+    assert_eq!(
+        check(Version::HTTP_2, &host("API.example.com:8443")),
+        Ok(())
+    );
+    assert_eq!(
+        check(Version::HTTP_2, &host("api.example.com")),
+        Err(HeadError::HostAuthorityMismatch)
+    );
+    assert_eq!(
+        check(Version::HTTP_2, &host("other.example.com:8443")),
+        Err(HeadError::HostAuthorityMismatch)
+    );
+    assert_eq!(HeadError::HostAuthorityMismatch.event(), "host_mismatch");
+    // HTTP/1.1 is not looked at; an origin-form URI has no authority.
+    assert_eq!(check(Version::HTTP_11, &host("other.example.com")), Ok(()));
+    let origin: Uri = "/x".parse().unwrap();
+    let headers = host("other.example.com");
+    assert_eq!(check_authority(Version::HTTP_2, &origin, &headers), Ok(()));
+}

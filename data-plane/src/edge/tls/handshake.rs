@@ -5,7 +5,7 @@
 
 use super::subject::subject_of;
 use crate::connection::TlsConnection;
-use crate::edge::transport::Handshake;
+use crate::edge::transport::{Handshake, Protocol};
 use crate::ops::handles::TlsMetrics;
 use http::HeaderValue;
 use rustls::{AlertDescription, Error as TlsErr, PeerIncompatible};
@@ -88,7 +88,8 @@ impl Handshake for TlsHandshake {
     fn handshake(
         &self,
         tcp: TcpStream,
-    ) -> impl Future<Output = Option<(Self::Stream, TlsConnection)>> + Send + 'static {
+    ) -> impl Future<Output = Option<(Self::Stream, TlsConnection, Protocol)>> + Send + 'static
+    {
         let inner = self.0.clone();
         async move {
             let peer = tcp.peer_addr().ok();
@@ -115,7 +116,14 @@ impl Handshake for TlsHandshake {
                 .and_then(|chain| chain.first())
                 .and_then(|leaf| subject_of(leaf.as_ref()))
                 .and_then(|s| HeaderValue::try_from(s).ok());
-            Some((stream, TlsConnection::new(inner.port, subject)))
+            // The protocol ALPN agreed on: `h2` when the client offered it
+            // (the server's order, `h2` first, decides); HTTP/1.1 when the
+            // client offered `http/1.1` only or used no ALPN at all.
+            let protocol = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::H2,
+                _ => Protocol::Http1,
+            };
+            Some((stream, TlsConnection::new(inner.port, subject), protocol))
         }
     }
 }

@@ -1,6 +1,6 @@
 //! HTTPS on the public side: the TLS listener's settings, its rustls
 //! server config (TLS 1.2 and 1.3, the ring provider's default cipher
-//! suites, ALPN `http/1.1`), certificates chosen by SNI
+//! suites, ALPN `h2` then `http/1.1`), certificates chosen by SNI
 //! ([`resolver`]), reloaded when their files change or on SIGHUP
 //! ([`reload`]), client certificates verified against an optional CA, and
 //! each connection's handshake ([`handshake`]).
@@ -155,7 +155,9 @@ fn server_config(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The server's preference wins (rustls picks the first of its own list
+    // the client offers): HTTP/2 for clients that speak it.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

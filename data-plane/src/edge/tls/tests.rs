@@ -192,14 +192,24 @@ async fn client_handshake(
     ca: &rcgen::Certificate,
     name: &str,
 ) -> std::io::Result<Vec<u8>> {
+    client_handshake_offering(addr, ca, name, &[]).await
+}
+
+async fn client_handshake_offering(
+    addr: std::net::SocketAddr,
+    ca: &rcgen::Certificate,
+    name: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<Vec<u8>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
@@ -221,7 +231,7 @@ async fn handshakes_pick_by_sni_and_silent_clients_time_out() {
     let server = tokio::spawn(async move {
         let mut facts = Vec::new();
         while let Ok((tcp, _)) = listener.accept().await {
-            if let Some((_stream, f)) = handshake.handshake(tcp).await {
+            if let Some((_stream, f, _)) = handshake.handshake(tcp).await {
                 facts.push(f);
             }
             if facts.len() == 2 {
@@ -249,6 +259,38 @@ async fn handshakes_pick_by_sni_and_silent_clients_time_out() {
     assert_eq!(facts[0].port(), "8443");
     assert!(facts[0].client_subject().is_none());
     assert_eq!(m.handshakes.get(), 2);
+}
+
+#[tokio::test]
+async fn alpn_chooses_h2_when_offered_and_http1_otherwise() {
+    use crate::edge::transport::Protocol;
+    let pki = Pki::new();
+    let a = pki.issue("a", &["a.test"]);
+    let edge = TlsEdge::load(settings(vec![a]), metrics()).unwrap();
+    let handshake = edge.handshake(8443);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut protocols = Vec::new();
+        while protocols.len() < 4 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (_stream, _, protocol) = handshake.handshake(tcp).await.unwrap();
+            protocols.push(protocol);
+        }
+        protocols
+    });
+    for offer in [
+        &[&b"h2"[..], b"http/1.1"][..],
+        &[b"http/1.1", b"h2"],
+        &[b"http/1.1"],
+        &[],
+    ] {
+        client_handshake_offering(addr, &pki.ca, "a.test", offer)
+            .await
+            .unwrap();
+    }
+    use Protocol::{Http1, H2};
+    assert_eq!(server.await.unwrap(), [H2, H2, Http1, Http1]);
 }
 
 #[test]
